@@ -1,0 +1,23 @@
+"""vaelab: variational autoencoders, from the lecture to the literature's numbers.
+
+    >>> import vaelab
+    >>> data = vaelab.load_data(vaelab.DataConfig(dataset="digits"))
+    >>> result = vaelab.train(vaelab.Config(), "runs/digits")
+    >>> model, cfg = vaelab.load_run("runs/digits")
+    >>> g = vaelab.imagine(model, 100)            # z ~ p(z); E[x|z] and x ~ p(x|z)
+"""
+from .config import Config, ConfigError, DataConfig, ModelConfig, TrainConfig
+from .data import DATASETS, Data, Split, load_data, read_idx
+from .evaluate import evaluate
+from .fetch import DataError
+from .model import VAE
+from .objectives import elbo, iwae_bound, kl_divergence
+from .sample import imagine, reconstruct
+from .train import RunError, load_run, train
+
+__version__ = "0.1.0"
+
+__all__ = ["Config", "ConfigError", "DataConfig", "ModelConfig", "TrainConfig", "DATASETS",
+           "Data", "Split", "load_data", "read_idx", "evaluate", "DataError", "VAE", "elbo",
+           "iwae_bound", "kl_divergence", "imagine", "reconstruct", "RunError", "load_run",
+           "train", "__version__"]

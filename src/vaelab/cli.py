@@ -1,0 +1,213 @@
+"""Command line: ``vaelab train | sample | evaluate | datasets``. The only argv parser."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import typing
+from pathlib import Path
+
+from .config import Config, ConfigError, field_specs
+
+log = logging.getLogger("vaelab")
+
+
+def _registries() -> dict[str, list[str]]:
+    from .data import DATASETS
+    from .distributions import LIKELIHOODS, PRIORS
+    from .nets import ACTIVATIONS, NETS
+
+    return {"dataset": DATASETS.names(), "likelihood": ["auto", *LIKELIHOODS.names()], "net": NETS.names(),
+            "prior": PRIORS.names(), "activation": ACTIVATIONS.names()}
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per config field (``latent_dim`` -> ``--latent-dim``); unset flags are None."""
+    choices = _registries()
+    groups = {sec: p.add_argument_group(f"[{sec}] settings") for sec in ("data", "model", "train")}
+    for sec, name, tp, f in field_specs():
+        flag = "--" + name.replace("_", "-")
+        meta = dict(f.metadata)
+        ch = choices.get(name) or meta.get("choices")
+        default = f.default
+        if isinstance(default, tuple):
+            default = ",".join(map(str, default))
+        help_ = f"{meta.get('help', '')} (default: {default})"
+        if tp is bool:
+            groups[sec].add_argument(flag, dest=name, default=None,
+                                     action=argparse.BooleanOptionalAction, help=help_)
+            continue
+        kw: dict = {"dest": name, "default": None, "help": help_, "metavar": name.upper()}
+        if ch:
+            kw["choices"] = [str(c) for c in ch]
+            kw["metavar"] = "{" + ",".join(map(str, ch)) + "}"
+        if typing.get_origin(tp) is tuple:
+            kw["metavar"] = "W1,W2,..."
+        groups[sec].add_argument(flag, **kw)
+
+
+def _config_from_args(args: argparse.Namespace) -> Config:
+    cfg = Config.load(args.config) if args.config else Config()
+    given = {name: getattr(args, name) for _, name, _, _ in field_specs()
+             if getattr(args, name, None) is not None}
+    return cfg.override(**given)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vaelab", description="Variational autoencoders: train, sample, evaluate.")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a VAE by maximising the ELBO",
+                       description="Train a VAE. Settings come from the defaults, then --config "
+                       "FILE, then flags. Writes a run directory and the samples figure.")
+    t.add_argument("--config", metavar="FILE", help="TOML file with [data], [model], [train]")
+    t.add_argument("--out", metavar="DIR", help="run directory (default: runs/DATASET-TIME)")
+    t.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its checkpoint "
+                   "(only --epochs and --device may be changed)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_config_flags(t)
+
+    s = sub.add_parser("sample", help="write the Data / Mean samples / Samples figure")
+    s.add_argument("run", metavar="RUN", help="run directory")
+    s.add_argument("--out", metavar="PNG", help="figure path (default: RUN/figures/samples.png)")
+    s.add_argument("--n", type=int, default=100, help="images per grid (default: 100 = 10x10)")
+    s.add_argument("--temperature", type=float, default=1.0,
+                   help="scale of the prior's standard deviation (default: 1)")
+    s.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    s.add_argument("--which", choices=["best", "last"], default="best",
+                   help="checkpoint (default: best validation ELBO)")
+    s.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+
+    e = sub.add_parser("evaluate", help="test-set ELBO, reconstruction, KL and bits/dim")
+    e.add_argument("run", metavar="RUN", help="run directory")
+    e.add_argument("--split", choices=["train", "val", "test"], default="test")
+    e.add_argument("--batch-size", type=int, default=1000)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--which", choices=["best", "last"], default="best")
+    e.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+
+    d = sub.add_parser("datasets", help="list the data sets and where their files are")
+    d.add_argument("--data-dir", metavar="DIR", help="also look here")
+    return p
+
+
+# ---------------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    from .plots import sample_figures
+    from .train import train
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        cfg = Config.load(run_dir / "config.toml")
+        changed = {n for _, n, _, _ in field_specs() if getattr(args, n) is not None}
+        if args.config or changed - {"epochs", "device"}:
+            raise ConfigError("--resume continues a run with its own config.toml; only "
+                              f"--epochs and --device may be given (got {sorted(changed)})")
+        cfg = cfg.override(**{n: getattr(args, n) for n in changed})
+    else:
+        cfg = _config_from_args(args)
+        run_dir = Path(args.out or f"runs/{cfg.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+        args.out = str(run_dir)  # named in the message if the run is interrupted
+    result = train(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress)
+    figs = sample_figures(result.model, result.data, run_dir / "figures")
+    best = max(result.history, key=lambda m: m["val_elbo"]) if result.history else None
+    if best:
+        print(f"best validation ELBO {best['val_elbo']:.3f} nats "
+              f"({best['val_bits_per_dim']:.4f} bits/dim) at epoch {best['epoch']}")
+    print(f"run directory: {run_dir}")
+    print(f"figure: {figs['samples']}")
+    print(f"reconstructions: {figs['reconstructions']}")
+    return 0
+
+
+def _load(args: argparse.Namespace):
+    from .data import load_data
+    from .train import load_run, resolve_device
+
+    device = resolve_device(args.device)
+    model, cfg = load_run(args.run, args.which, device)
+    return model, cfg, load_data(cfg.data, device)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .plots import sample_figures
+
+    if args.n < 1:
+        raise ConfigError(f"--n must be >= 1, got {args.n}")
+    model, cfg, data = _load(args)
+    figs = sample_figures(model, data, Path(args.run) / "figures", args.n, args.temperature,
+                          args.seed, samples_path=args.out)
+    print(f"figure: {figs['samples']}")
+    print(f"reconstructions: {figs['reconstructions']}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+
+    model, cfg, data = _load(args)
+    r = evaluate(model, data, args.split, args.batch_size, args.seed)
+    r["run"] = str(args.run)
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    unit = "nats" if r["discrete"] else "nats (continuous density on [0,1]^D)"
+    print(f"{r['dataset']} {r['split']} set, n = {r['n']}, D = {r['dims']}, "
+          f"likelihood = {r['likelihood']}")
+    print(f"  ELBO            {r['elbo']:10.3f} {unit} per example")
+    print(f"  -ELBO           {r['bits_per_dim']:10.4f} bits/dim")
+    print(f"  E_q log p(x|z)  {r['recon']:10.3f} nats")
+    print(f"  KL(q(z|x)||p(z)){r['kl']:10.3f} nats")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from .data import DATASETS, IdxDataset
+
+    for name in DATASETS.names():
+        ds = DATASETS.get(name)
+        if isinstance(ds, IdxDataset):
+            found = ds.locate(args.data_dir)
+            where = (f"found in {next(iter(found.values())).parent}" if found else
+                     f"not found; `vaelab train --dataset {name}` downloads it to "
+                     f"{ds.download_dir(args.data_dir)}")
+        elif name == "digits":
+            where = "bundled with scikit-learn (offline, 1,797 8x8 images)"
+        else:
+            where = "your own images: --dataset folder --data-dir DIR [--image-size N]"
+        print(f"{name:14s} {where}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate,
+            "datasets": cmd_datasets}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(message)s")
+    logging.captureWarnings(True)
+    from .fetch import DataError
+    from .train import RunError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, DataError, RunError) as e:
+        print(f"vaelab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if args.command == "train":
+            run = args.resume or args.out or "RUN"
+            print(f"\ninterrupted: the last completed epoch is saved; continue with "
+                  f"`vaelab train --resume {run}`", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""Configuration: one frozen dataclass per concern, TOML in and out, typed overrides.
+
+A run is fully described by a :class:`Config` (``[data]``, ``[model]``, ``[train]``).
+Field names are unique across the three sections, so every field is also a command-line
+flag (``latent_dim`` -> ``--latent-dim``) and an override (``latent_dim=50``).
+
+Names that pick an implementation (a data set, a likelihood, a net, a prior, an
+activation) are looked up in a :class:`Registry`; an unknown name raises
+:class:`ConfigError` naming the valid choices.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable, Generic, TypeVar
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+import tomli_w
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message says which and what is allowed."""
+
+
+class Registry(Generic[T]):
+    """Name -> factory. ``@REG.register("name")`` adds one; ``REG.get(name)`` looks it up."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def deco(obj: T) -> T:
+            if name in self._items:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._items[name] = obj
+            return obj
+
+        return deco
+
+    def get(self, name: str) -> T:
+        try:
+            return self._items[name]
+        except KeyError:
+            raise ConfigError(
+                f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}"
+            ) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+
+BINARIZE_MODES = ("auto", "none", "dynamic", "static")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _help(text: str, **kw: Any) -> dict:
+    return {"help": text, **kw}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = field(default="digits", metadata=_help("data set name (see `vaelab datasets`)"))
+    data_dir: str | None = field(default=None, metadata=_help(
+        "directory holding the data files (for `folder`: the image directory)"))
+    binarize: str = field(default="auto", metadata=_help(
+        "auto: the data set's protocol (dynamic for the MNIST-likes, none otherwise); "
+        "none: grey values in [0,1]; dynamic: fresh Bernoulli draw of the training set every "
+        "epoch (validation/test drawn once, fixed seed); static: one fixed draw of every split",
+        choices=BINARIZE_MODES))
+    binarize_seed: int = field(default=0, metadata=_help(
+        "seed of the one-off binarization of held-out (and, under static, all) images"))
+    val_size: int | None = field(default=None, metadata=_help(
+        "validation images split off the training set (default: 10000 for the MNIST-likes, "
+        "10%% otherwise)"))
+    split_seed: int = field(default=0, metadata=_help("seed of the train/validation split"))
+    image_size: int | None = field(default=None, metadata=_help(
+        "folder data: resize images to this size (square)"))
+    channels: int = field(default=1, metadata=_help(
+        "folder data: 1 = grayscale, 3 = RGB", choices=(1, 3)))
+    download: bool = field(default=True, metadata=_help(
+        "download missing MNIST/Fashion-MNIST files"))
+
+    def __post_init__(self) -> None:
+        _check_choice("binarize", self.binarize, BINARIZE_MODES)
+        _check_choice("channels", self.channels, (1, 3))
+        if self.val_size is not None and self.val_size < 0:
+            raise ConfigError(f"val_size must be >= 0, got {self.val_size}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    net: str = field(default="mlp", metadata=_help("encoder/decoder network family"))
+    latent_dim: int = field(default=16, metadata=_help("dimension of z"))
+    hidden: tuple[int, ...] = field(default=(512, 256), metadata=_help(
+        "hidden widths of the encoder MLP, comma separated; the decoder mirrors them"))
+    activation: str = field(default="relu", metadata=_help("hidden activation"))
+    likelihood: str = field(default="auto", metadata=_help(
+        "decoder distribution p(x|z); auto: bernoulli for binary data, cbernoulli for grey"))
+    prior: str = field(default="normal", metadata=_help("prior p(z)"))
+    min_scale: float = field(default=1e-3, metadata=_help(
+        "lower bound on standard deviations of Gaussian heads"))
+
+    def __post_init__(self) -> None:
+        if self.latent_dim < 1:
+            raise ConfigError(f"latent_dim must be >= 1, got {self.latent_dim}")
+        if any(h < 1 for h in self.hidden):
+            raise ConfigError(f"hidden widths must be >= 1, got {self.hidden}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = field(default=100, metadata=_help("number of passes over the training set"))
+    batch_size: int = field(default=128, metadata=_help("training mini-batch size"))
+    lr: float = field(default=1e-3, metadata=_help("Adam learning rate"))
+    beta: float = field(default=1.0, metadata=_help(
+        "weight of the KL term in the training loss (reported ELBOs always use 1)"))
+    samples: int = field(default=1, metadata=_help("Monte-Carlo samples of z per example"))
+    seed: int = field(default=0, metadata=_help("seed of initialisation, batches and noise"))
+    device: str = field(default="auto", metadata=_help(
+        "auto picks cuda, then mps, then cpu", choices=DEVICES))
+    eval_batch_size: int = field(default=1000, metadata=_help("batch size for evaluation"))
+
+    def __post_init__(self) -> None:
+        _check_choice("device", self.device, DEVICES)
+        for name in ("epochs", "batch_size", "samples", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.beta < 0:
+            raise ConfigError(f"beta must be >= 0, got {self.beta}")
+
+
+SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    # ---- TOML -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for sec in SECTIONS:
+            d = dataclasses.asdict(getattr(self, sec))
+            out[sec] = {k: list(v) if isinstance(v, tuple) else v
+                        for k, v in d.items() if v is not None}
+        return out
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_toml())
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> "Config":
+        unknown = set(d) - set(SECTIONS)
+        if unknown:
+            raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}; "
+                              f"valid sections: {', '.join(SECTIONS)}")
+        parts = {}
+        for sec, klass in SECTIONS.items():
+            values = d.get(sec, {})
+            if not isinstance(values, dict):
+                raise ConfigError(f"{source}: [{sec}] must be a table")
+            hints = _field_types(klass)
+            bad = set(values) - set(hints)
+            if bad:
+                raise ConfigError(f"{source}: unknown key(s) {sorted(bad)} in [{sec}]; "
+                                  f"valid keys: {', '.join(hints)}")
+            parts[sec] = klass(**{k: coerce(hints[k], v, k) for k, v in values.items()})
+        return cls(**parts)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Config":
+        path = Path(path)
+        try:
+            d = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path} is not valid TOML: {e}") from None
+        return cls.from_dict(d, source=str(path))
+
+    # ---- overrides --------------------------------------------------------------------
+    def override(self, **values: Any) -> "Config":
+        """Return a copy with fields replaced; values may be strings (as from a command line)."""
+        sections = {sec: {} for sec in SECTIONS}
+        for key, value in values.items():
+            sec = FIELD_SECTION.get(key)
+            if sec is None:
+                raise ConfigError(f"unknown setting {key!r}; valid settings: "
+                                  f"{', '.join(sorted(FIELD_SECTION))}")
+            sections[sec][key] = coerce(_field_types(SECTIONS[sec])[key], value, key)
+        return Config(**{sec: replace(getattr(self, sec), **vals) if vals else getattr(self, sec)
+                         for sec, vals in sections.items()})
+
+
+def _check_choice(name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(f"invalid {name} {value!r}; choose one of: "
+                          f"{', '.join(map(str, choices))}")
+
+
+def _field_types(klass: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(klass)
+    return {f.name: hints[f.name] for f in fields(klass)}
+
+
+def field_specs() -> list[tuple[str, str, Any, dataclasses.Field]]:
+    """(section, name, type, field) for every setting, in declaration order."""
+    return [(sec, f.name, _field_types(k)[f.name], f)
+            for sec, k in SECTIONS.items() for f in fields(k)]
+
+
+FIELD_SECTION: dict[str, str] = {name: sec for sec, name, _, _ in field_specs()}
+assert len(FIELD_SECTION) == len(field_specs()), "config field names must be unique"
+
+
+def coerce(tp: Any, value: Any, name: str = "value") -> Any:
+    """Convert ``value`` (a TOML value or a command-line string) to type ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("", "none")):
+            return None
+        return coerce(args[0], value, name)
+    if origin is tuple:
+        (elem, _) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v for v in value.replace(" ", "").split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name} must be a list, got {value!r}")
+        return tuple(coerce(elem, v, name) for v in value)
+    try:
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if tp is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        if tp is int and isinstance(value, str):
+            return int(float(value)) if "e" in value.lower() else int(value)
+        return tp(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be of type {getattr(tp, '__name__', tp)}, "
+                          f"got {value!r}") from None

@@ -1,0 +1,122 @@
+"""Verified downloads: mirrors tried in order, retries with back-off, checksums, atomic writes.
+
+A file is accepted when the MD5 of the downloaded bytes matches the canonical archive, or
+when the MD5 of its decompressed content matches (a re-compressed copy of the same data,
+such as Debian's). It is written to a temporary file in the destination directory and
+renamed into place only after verification: the cache never holds a partial file.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 16
+
+
+class DataError(RuntimeError):
+    """A data file is missing, corrupt or cannot be fetched; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    name: str
+    md5: str  # of the canonical (compressed) file
+    md5_content: str | None = None  # of the decompressed content, where known
+
+    def verify(self, data: bytes) -> bool:
+        if hashlib.md5(data).hexdigest() == self.md5:
+            return True
+        if self.md5_content is None or data[:2] != b"\x1f\x8b":
+            return False
+        try:
+            content = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error):
+            return False
+        return hashlib.md5(content).hexdigest() == self.md5_content
+
+
+def mirrors_from_env() -> tuple[str, ...]:
+    """Extra base URLs from ``$VAELAB_MIRRORS`` (comma separated), tried first."""
+    return tuple(m.strip() for m in os.environ.get("VAELAB_MIRRORS", "").split(",") if m.strip())
+
+
+class _Retryable(Exception):
+    pass
+
+
+def _get(url: str, timeout: float, desc: str) -> bytes:
+    from tqdm.auto import tqdm
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            total = int(r.headers.get("Content-Length") or 0) or None
+            buf = bytearray()
+            with tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=None,
+                      leave=False) as bar:
+                while chunk := r.read(CHUNK):
+                    buf += chunk
+                    bar.update(len(chunk))
+            if total is not None and len(buf) != total:
+                raise _Retryable(f"connection closed after {len(buf)} of {total} bytes")
+            return bytes(buf)
+    except urllib.error.HTTPError as e:
+        if e.code >= 500 or e.code == 429:
+            raise _Retryable(f"HTTP {e.code}") from None
+        raise  # 403/404: this mirror does not have it
+    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
+        raise _Retryable(str(getattr(e, "reason", e))) from None
+
+
+def fetch_file(remote: RemoteFile, dest_dir: str | Path, mirrors: tuple[str, ...] | list[str],
+               retries: int = 3, timeout: float = 30.0, backoff: float = 0.5) -> Path:
+    """Download ``remote`` from the first mirror that serves a verified copy; return its path."""
+    dest_dir = Path(dest_dir)
+    target = dest_dir / remote.name
+    failures: list[str] = []
+    for base in mirrors:
+        url = base.rstrip("/") + "/" + remote.name
+        for attempt in range(retries):
+            try:
+                data = _get(url, timeout, remote.name)
+            except urllib.error.HTTPError as e:
+                failures.append(f"{url}: HTTP {e.code}")
+                break
+            except _Retryable as e:
+                if attempt + 1 == retries:
+                    failures.append(f"{url}: {e} (after {retries} tries)")
+                else:
+                    time.sleep(backoff * 2 ** attempt)
+                continue
+            if not remote.verify(data):
+                failures.append(f"{url}: checksum mismatch (md5 {hashlib.md5(data).hexdigest()}, "
+                                f"expected {remote.md5})")
+                break
+            atomic_write(target, data)
+            log.info("downloaded %s -> %s", url, target)
+            return target
+    raise DataError(f"could not download {remote.name}:\n  " + "\n  ".join(failures or ["no mirrors"]))
+
+
+def atomic_write(target: Path, data: bytes) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,75 @@
+"""The VAE: a prior p(z), a decoder p(x|z) and a Gaussian encoder q(z|x), each returning a
+``torch.distributions`` object (Kingma & Welling 2014). No loss lives here: see
+``objectives``."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import nn
+from torch.distributions import Distribution
+
+from .config import ConfigError, ModelConfig
+from .distributions import LIKELIHOODS, PRIORS, Likelihood, diagonal_normal
+from .nets import NETS
+
+Tensor = torch.Tensor
+
+
+class VAE(nn.Module):
+    """``encode(x) -> q(z|x)``, ``decode(z) -> p(x|z)``, ``prior() -> p(z)``.
+
+    Shapes: x is ``(B, C, H, W)``; z is ``(..., L)``; q has batch ``(B,)`` and event
+    ``(L,)``; p(x|z) has batch ``z.shape[:-1]`` and event ``(C, H, W)``.
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, likelihood: Likelihood,
+                 prior: nn.Module, latent_dim: int, image_shape: tuple[int, int, int],
+                 min_scale: float = 0.0):
+        super().__init__()
+        self.encoder, self.decoder, self.prior = encoder, decoder, prior
+        self.likelihood = likelihood
+        self.latent_dim = latent_dim
+        self.image_shape = tuple(image_shape)
+        self.min_scale = min_scale
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, image_shape: tuple[int, int, int]) -> "VAE":
+        if cfg.likelihood == "auto":
+            raise ConfigError("likelihood 'auto' is chosen from the data; resolve it first "
+                              "(vaelab.train.resolve) or name the likelihood")
+        likelihood = LIKELIHOODS.get(cfg.likelihood)(cfg)
+        encoder, decoder = NETS.get(cfg.net)(cfg, tuple(image_shape), 2 * cfg.latent_dim,
+                                             likelihood.params_per_channel * image_shape[0])
+        return cls(encoder, decoder, likelihood, PRIORS.get(cfg.prior)(cfg), cfg.latent_dim,
+                   image_shape, cfg.min_scale)
+
+    def encode(self, x: Tensor) -> Distribution:
+        """q(z|x): diagonal Gaussian, batch (B,), event (L,)."""
+        return diagonal_normal(self.encoder(x), self.min_scale)  # (B, 2L) -> q
+
+    def decode(self, z: Tensor) -> Distribution:
+        """p(x|z): batch z.shape[:-1], event (C, H, W)."""
+        return self.likelihood(self.decoder(z))  # (..., P*C, H, W) -> p(x|z)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 1.0) -> tuple[Tensor, Distribution]:
+        """Imagination: z ~ p(z) (scaled by ``temperature``), then p(x|z). Returns
+        ``(z, p(x|z))``; ``p.mean`` is E[x|z] and ``p.sample()`` draws x ~ p(x|z)."""
+        z = self.prior(temperature).sample((n,))  # (n, L)
+        return z, self.decode(z)
+
+
+@contextmanager
+def seeded(seed: int | None, device: torch.device | str = "cpu") -> Iterator[None]:
+    """Run a block with its own seeded RNG stream; the caller's RNG state is restored after."""
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield

@@ -1,0 +1,86 @@
+"""The ELBO, in one place, written like the math.
+
+    log p(x) >= ELBO(x) = E_{q(z|x)}[log p(x|z)] - KL(q(z|x) || p(z))
+
+estimated with the reparameterization trick z = mu + sigma * eps (Kingma & Welling 2014),
+with the analytic KL where ``torch.distributions`` has one and a Monte-Carlo estimate
+E_q[log q(z|x) - log p(z)] otherwise. With k samples, the importance-weighted bound
+(Burda et al. 2016) log (1/k) sum_k p(x, z_k) / q(z_k|x) is tighter and -> log p(x).
+
+Units: every term is summed over pixels and latent dimensions and is per example (shape
+``(B,)``); losses are means over examples. Reported ELBOs never include beta.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+from torch.distributions import Distribution, kl_divergence as _analytic_kl
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class Terms:
+    """Per-example terms, each of shape (B,), in nats."""
+
+    elbo: Tensor
+    recon: Tensor  # E_q log p(x|z)
+    kl: Tensor  # KL(q(z|x) || p(z))
+
+
+def kl_divergence(q: Distribution, p: Distribution, z: Tensor | None = None) -> Tensor:
+    """KL(q || p) per example, shape q.batch_shape. Analytic if registered in
+    ``torch.distributions``; otherwise the Monte-Carlo mean over samples ``z`` (k, B, L)
+    of log q(z) - log p(z)."""
+    try:
+        return _analytic_kl(q, p)
+    except NotImplementedError:
+        if z is None:
+            z = q.rsample((1,))
+        return (q.log_prob(z) - p.log_prob(z)).mean(0)
+
+
+def elbo(model, x: Tensor, k: int = 1, beta: float = 1.0) -> tuple[Tensor, Terms]:
+    """Training loss ``-mean_B(recon - beta * KL)`` and the per-example terms (beta = 1)."""
+    q = model.encode(x)  # batch (B,), event (L,)
+    z = q.rsample((k,))  # (k, B, L)
+    recon = model.decode(z).log_prob(x).mean(0)  # (k, B) -> (B,)
+    kl = kl_divergence(q, model.prior(), z)  # (B,)
+    loss = -(recon - beta * kl).mean()
+    return loss, Terms(recon - kl, recon, kl)
+
+
+def log_weights(model, x: Tensor, k: int) -> Tensor:
+    """log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x), z_k ~ q(z|x); shape (k, B)."""
+    q = model.encode(x)
+    z = q.sample((k,))  # (k, B, L)
+    return model.decode(z).log_prob(x) + model.prior().log_prob(z) - q.log_prob(z)
+
+
+def iwae_bound(model, x: Tensor, k: int) -> Tensor:
+    """log (1/k) sum_k w_k, per example (B,): a lower bound on log p(x), tight as k -> inf."""
+    return torch.logsumexp(log_weights(model, x, k), dim=0) - math.log(k)
+
+
+@torch.no_grad()
+def elbo_over(model, batches: Iterable[Tensor], k: int = 1) -> dict[str, float]:
+    """Mean ELBO, reconstruction and KL (nats per example) over an iterable of batches."""
+    sums = None
+    n = 0
+    for x in batches:
+        _, t = elbo(model, x, k)
+        s = torch.stack([t.elbo.sum(), t.recon.sum(), t.kl.sum()])
+        sums = s if sums is None else sums + s
+        n += x.shape[0]
+    if sums is None:
+        return {"elbo": math.nan, "recon": math.nan, "kl": math.nan, "n": 0}
+    e, r, kl = (sums / n).tolist()
+    return {"elbo": e, "recon": r, "kl": kl, "n": n}
+
+
+def bits_per_dim(nats_per_example: float, dims: int) -> float:
+    """Negative log-likelihood in bits per dimension: nats / (D ln 2)."""
+    return nats_per_example / (dims * math.log(2))

@@ -1,0 +1,90 @@
+"""Figures (the only module that draws). Uses matplotlib's object API, no pyplot state."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import Data
+from .model import VAE, seeded
+from .sample import imagine, reconstruct
+
+Tensor = torch.Tensor
+
+
+def image_grid(images: Tensor, nrow: int = 10, pad: int = 1, pad_value: float = 1.0
+               ) -> np.ndarray:
+    """(N, C, H, W) values in [0, 1] -> one image (rows*(H+pad)+pad, nrow*(W+pad)+pad[, 3])."""
+    x = images.detach().float().clamp(0, 1).cpu().numpy()
+    n, c, h, w = x.shape
+    rows = math.ceil(n / nrow)
+    grid = np.full((c, rows * (h + pad) + pad, nrow * (w + pad) + pad), pad_value, np.float32)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        top, left = pad + r * (h + pad), pad + col * (w + pad)
+        grid[:, top:top + h, left:left + w] = x[i]
+    return grid[0] if c == 1 else grid.transpose(1, 2, 0)
+
+
+def _panels(grids: list[tuple[str, np.ndarray]], path: str | Path, suptitle: str | None = None,
+            panel_inches: float = 4.0) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(panel_inches * len(grids), panel_inches + 0.6), dpi=110)
+    FigureCanvasAgg(fig)
+    for i, (title, g) in enumerate(grids):
+        ax = fig.add_subplot(1, len(grids), i + 1)
+        ax.imshow(g, cmap="gray" if g.ndim == 2 else None, vmin=0, vmax=1,
+                  interpolation="nearest")
+        ax.set_title(title, fontsize=14)
+        ax.set_axis_off()
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=11)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def imagination_figure(data: Tensor, mean: Tensor, sample: Tensor, path: str | Path,
+                       nrow: int = 10, suptitle: str | None = None) -> Path:
+    """The lecture's figure: Data | Mean samples E[x|z] | Samples x ~ p(x|z)."""
+    return _panels([("Data", image_grid(data, nrow)), ("Mean samples", image_grid(mean, nrow)),
+                    ("Samples", image_grid(sample, nrow))], path, suptitle)
+
+
+def reconstruction_figure(data: Tensor, recon: Tensor, path: str | Path, nrow: int = 10,
+                          suptitle: str | None = None) -> Path:
+    """Test images beside E[x | z = E_q[z|x]]."""
+    return _panels([("Data", image_grid(data, nrow)),
+                    ("Reconstruction means", image_grid(recon, nrow))], path, suptitle)
+
+
+def data_examples(data: Data, n: int = 100, split: str = "test", seed: int = 0) -> Tensor:
+    """``n`` seeded random images of a split, as the model sees them."""
+    s = data.split(split)
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(s), generator=g)[:n].to(s.images.device)
+    with seeded(seed, s.images.device):
+        return s.batch(idx)
+
+
+def sample_figures(model: VAE, data: Data, out_dir: str | Path, n: int = 100,
+                   temperature: float = 1.0, seed: int = 0, samples_path: str | Path | None = None
+                   ) -> dict[str, Path]:
+    """Write ``samples.png`` (the lecture's three grids) and ``reconstructions.png``."""
+    out_dir = Path(out_dir)
+    nrow = max(1, int(round(math.sqrt(n))))
+    x = data_examples(data, n, seed=seed).to(model.device)
+    g = imagine(model, n, temperature, seed)
+    title = f"{data.name}, z ~ N(0, {temperature:g}² I)" if temperature != 1 else data.name
+    return {
+        "samples": imagination_figure(x, g["mean"], g["sample"],
+                                      samples_path or out_dir / "samples.png", nrow, title),
+        "reconstructions": reconstruction_figure(x, reconstruct(model, x),
+                                                 out_dir / "reconstructions.png", nrow, data.name),
+    }

@@ -1,0 +1,291 @@
+"""The training loop and the run directory.
+
+A run directory holds::
+
+    config.toml              the full configuration
+    model.safetensors        weights with the best validation ELBO (used by sample/evaluate)
+    checkpoint.safetensors   the last epoch: weights, Adam state, RNG states, counters
+    metrics.jsonl            one JSON object per epoch
+    figures/                 PNGs
+
+Both ``.safetensors`` files carry the image shape in their metadata, so
+:func:`load_run` rebuilds the model from ``config.toml`` alone; nothing is pickled. The
+checkpoint is one file, written atomically, so an interrupted run always resumes from a
+consistent state.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as st_load, save as st_save
+
+from .config import Config, ConfigError
+from .data import Data, load_data
+from .fetch import atomic_write
+from .model import VAE
+from .objectives import bits_per_dim, elbo, elbo_over
+
+log = logging.getLogger(__name__)
+
+FORMAT = "vaelab-run-1"
+
+
+class RunError(RuntimeError):
+    """A run directory is missing, incomplete or inconsistent."""
+
+
+class GreyBernoulliWarning(UserWarning):
+    """Grey-valued data met a Bernoulli likelihood: the numbers are not log-likelihoods."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but CUDA is not available; use --device auto")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device 'mps' requested but MPS is not available; use --device auto")
+    return torch.device(name)
+
+
+def check_likelihood(model: VAE, data: Data) -> None:
+    if model.likelihood.binary and not data.binary:
+        warnings.warn(
+            f"the {model.likelihood.name} likelihood is meant for binary data, but {data.name} "
+            "is grey-valued (binarize=none): its 'log-likelihood' is then a cross-entropy, not "
+            "a likelihood of the data. Use --binarize dynamic, or --likelihood cbernoulli or "
+            "gaussian for grey values.", GreyBernoulliWarning, stacklevel=2)
+
+
+def resolve(cfg: Config, data: Data) -> Config:
+    """Replace the "auto" settings by what they mean for this data set, so the saved
+    config.toml says exactly what was run."""
+    likelihood = cfg.model.likelihood
+    if likelihood == "auto":
+        likelihood = "bernoulli" if data.binary else "cbernoulli"
+    return cfg.override(binarize=data.binarize, likelihood=likelihood)
+
+
+def make_optimizer(model: VAE, lr: float) -> torch.optim.Adam:
+    try:  # fused Adam: one kernel for all parameters (CUDA, and CPU on recent PyTorch)
+        return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(model.parameters(), lr=lr)
+
+
+# ---------------------------------------------------------------------------------------
+# Run directory I/O
+# ---------------------------------------------------------------------------------------
+def _meta(model: VAE, **extra) -> dict[str, str]:
+    return {"format": FORMAT, "image_shape": json.dumps(list(model.image_shape)),
+            **{k: json.dumps(v) for k, v in extra.items()}}
+
+
+def save_weights(path: Path, model: VAE, **extra) -> None:
+    atomic_write(path, st_save({k: v.contiguous() for k, v in model.state_dict().items()},
+                               metadata=_meta(model, **extra)))
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise RunError(f"{path} does not exist; is {path.parent} a vaelab run directory?")
+    try:
+        raw = path.read_bytes()
+        tensors = st_load(raw)
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types
+        raise RunError(f"{path} is corrupt or not a safetensors file ({e})") from None
+    if meta.get("format") != FORMAT:
+        raise RunError(f"{path} was not written by vaelab (format {meta.get('format')!r})")
+    return tensors, meta
+
+
+def load_run(path: str | Path, which: str = "best", device: str | torch.device = "cpu"
+             ) -> tuple[VAE, Config]:
+    """The model of a run directory (``which``: "best" or "last") and its config."""
+    path = Path(path)
+    if not (path / "config.toml").is_file():
+        raise RunError(f"{path} is not a vaelab run directory (no config.toml)")
+    cfg = Config.load(path / "config.toml")
+    files = {"best": "model.safetensors", "last": "checkpoint.safetensors"}
+    if which not in files:
+        raise ConfigError(f"unknown checkpoint {which!r}; choose one of: best, last")
+    tensors, meta = _read_safetensors(path / files[which])
+    model = VAE.from_config(cfg.model, tuple(json.loads(meta["image_shape"])))
+    weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")} \
+        if which == "last" else tensors
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise RunError(f"weights in {path / files[which]} do not fit config.toml: {e}") from None
+    return model.to(device).eval(), cfg
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for name, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"optim.{idx}.{name}"] = v.contiguous()
+            else:
+                scalars[f"{idx}.{name}"] = v
+    return tensors, json.dumps({"param_groups": sd["param_groups"], "scalars": scalars})
+
+
+def _optimizer_state(tensors: dict[str, torch.Tensor], meta: str) -> dict:
+    m = json.loads(meta)
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = v
+    for key, v in m["scalars"].items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = v
+    for g in m["param_groups"]:
+        g["betas"] = tuple(g["betas"])
+    return {"state": state, "param_groups": m["param_groups"]}
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0
+    best_val_elbo: float = -math.inf
+    best_epoch: int = 0
+
+
+def save_checkpoint(run_dir: Path, model: VAE, opt: torch.optim.Optimizer,
+                    gen: torch.Generator, state: TrainState) -> None:
+    tensors = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
+    opt_tensors, opt_meta = _optimizer_tensors(opt)
+    tensors.update(opt_tensors)
+    tensors["rng.cpu"] = torch.get_rng_state()
+    tensors["rng.data"] = gen.get_state()
+    if torch.cuda.is_available() and model.device.type == "cuda":
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(model.device)
+    meta = _meta(model, state=state.__dict__)
+    meta["optimizer"] = opt_meta
+    atomic_write(run_dir / "checkpoint.safetensors", st_save(tensors, metadata=meta))
+
+
+def _restore(run_dir: Path, model: VAE, opt: torch.optim.Optimizer,
+             gen: torch.Generator) -> TrainState:
+    tensors, meta = _read_safetensors(run_dir / "checkpoint.safetensors")
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    opt.load_state_dict(_optimizer_state(tensors, meta["optimizer"]))
+    torch.set_rng_state(tensors["rng.cpu"])
+    gen.set_state(tensors["rng.data"])
+    if "rng.cuda" in tensors and model.device.type == "cuda":
+        torch.cuda.set_rng_state(tensors["rng.cuda"], model.device)
+    return TrainState(**json.loads(meta["state"]))
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    p = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] \
+        if p.is_file() else []
+
+
+# ---------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model: VAE
+    data: Data
+    history: list[dict] = field(default_factory=list)
+
+
+def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, data: Data | None = None,
+          progress: bool = True) -> TrainResult:
+    """Maximise the ELBO with Adam. Writes the run directory; ``resume=True`` continues a
+    run from its checkpoint (up to ``cfg.train.epochs``)."""
+    run_dir = Path(run_dir)
+    if resume:
+        if not (run_dir / "checkpoint.safetensors").is_file():
+            raise RunError(f"cannot resume: {run_dir} has no checkpoint.safetensors")
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise RunError(f"{run_dir} already exists and is not empty; pass --resume to continue "
+                       "that run, or choose another --out")
+    tc = cfg.train
+    device = resolve_device(tc.device)
+    torch.manual_seed(tc.seed)
+    data = data if data is not None else load_data(cfg.data, device)
+    cfg = resolve(cfg, data)
+    model = VAE.from_config(cfg.model, data.image_shape).to(device)
+    check_likelihood(model, data)
+    opt = make_optimizer(model, tc.lr)
+    gen = torch.Generator(device).manual_seed(tc.seed)
+    dims = math.prod(data.image_shape)
+
+    if resume:
+        state = _restore(run_dir, model, opt, gen)
+        history = [m for m in read_metrics(run_dir) if m["epoch"] <= state.epoch]
+        log.info("resuming %s after epoch %d", run_dir, state.epoch)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        state, history = TrainState(), []
+    cfg.save(run_dir / "config.toml")
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in history))
+
+    from tqdm.auto import tqdm
+
+    n_batches = math.ceil(len(data.train) / tc.batch_size)
+    for epoch in range(state.epoch + 1, tc.epochs + 1):
+        model.train()
+        t0 = time.perf_counter()
+        sums = torch.zeros(4, device=device)
+        bar = tqdm(data.train.batches(tc.batch_size, shuffle=True, generator=gen),
+                   total=n_batches, desc=f"epoch {epoch}/{tc.epochs}", leave=False,
+                   disable=not progress, unit="batch")
+        for step, x in enumerate(bar):
+            loss, t = elbo(model, x, tc.samples, tc.beta)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sums += torch.stack([loss.detach() * x.shape[0], t.elbo.detach().sum(),
+                                 t.recon.detach().sum(), t.kl.detach().sum()])
+            if progress and step % 20 == 0:
+                bar.set_postfix(elbo=f"{-loss.item():.2f}")
+        bar.close()
+        seconds = time.perf_counter() - t0
+        loss_m, elbo_m, recon_m, kl_m = (sums / len(data.train)).tolist()
+        model.eval()
+        val = elbo_over(model, data.val.batches(tc.eval_batch_size))
+        m = {"epoch": epoch, "train_loss": loss_m, "train_elbo": elbo_m, "train_recon": recon_m,
+             "train_kl": kl_m, "val_elbo": val["elbo"], "val_recon": val["recon"],
+             "val_kl": val["kl"], "val_bits_per_dim": bits_per_dim(-val["elbo"], dims),
+             "seconds": seconds, "images_per_s": len(data.train) / seconds}
+        history.append(m)
+        with open(run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(m) + "\n")
+        score = val["elbo"] if val["n"] else elbo_m
+        state.epoch = epoch
+        if score > state.best_val_elbo or state.best_epoch == 0:
+            state.best_val_elbo, state.best_epoch = score, epoch
+            save_weights(run_dir / "model.safetensors", model, epoch=epoch)
+        save_checkpoint(run_dir, model, opt, gen, state)
+        log.info("epoch %d/%d  train ELBO %.3f  val ELBO %.3f nats (%.4f bits/dim)  KL %.2f  "
+                 "%.1fs  %.0f img/s", epoch, tc.epochs, elbo_m, val["elbo"],
+                 m["val_bits_per_dim"], val["kl"], seconds, m["images_per_s"])
+    if state.epoch == 0:
+        raise RunError("no epoch was trained (epochs must be >= 1)")
+    if state.best_epoch != state.epoch:
+        model, _ = load_run(run_dir, "best", device)
+    return TrainResult(run_dir, model.eval(), data, history)
