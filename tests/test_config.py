@@ -1,0 +1,42 @@
+import pytest
+
+from vaelab.config import Config, ConfigError, field_specs
+
+
+def test_toml_round_trip(tmp_path):
+    cfg = Config().override(latent_dim="50", hidden="400", dataset="fashion-mnist", lr="3e-4",
+                            download="false", val_size="100")
+    cfg.save(tmp_path / "c.toml")
+    back = Config.load(tmp_path / "c.toml")
+    assert back == cfg
+    assert back.model.hidden == (400,) and back.train.lr == 3e-4 and back.data.download is False
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("latent_dim", "abc", "latent_dim must be of type int"),
+    ("latent_dim", "0", "latent_dim must be >= 1"),
+    ("binarize", "sometimes", "choose one of: auto, none, dynamic, static"),
+    ("device", "tpu", "choose one of: auto, cpu, cuda, mps"),
+    ("lr", "-1", "lr must be > 0"),
+    ("nonsense", "1", "unknown setting 'nonsense'"),
+])
+def test_bad_values_name_the_choices(key, value, match):
+    with pytest.raises(ConfigError, match=match):
+        Config().override(**{key: value})
+
+
+@pytest.mark.parametrize("text, match", [
+    ("[model]\nlatent = 3\n", r"unknown key\(s\) \['latent'\] in \[model\]; valid keys: net"),
+    ("[modle]\n", r"unknown section\(s\) \['modle'\]"),
+    ("[model\n", "not valid TOML"),
+])
+def test_bad_files(tmp_path, text, match):
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        Config.load(p)
+
+
+def test_field_names_are_unique_flags():
+    names = [name for _, name, _, _ in field_specs()]
+    assert len(names) == len(set(names))

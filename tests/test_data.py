@@ -1,0 +1,159 @@
+import gzip
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from vaelab.config import DataConfig
+from vaelab.data import FASHION_MNIST, MNIST, load_data, parse_idx, read_idx, read_idx_pair
+from vaelab.fetch import DataError
+
+
+def idx_bytes(arr: np.ndarray) -> bytes:
+    header = bytes([0, 0, 0x08, arr.ndim]) + b"".join(
+        int(d).to_bytes(4, "big") for d in arr.shape)
+    return header + arr.astype(np.uint8).tobytes()
+
+
+def test_mnist_test_set_parses(mnist_t10k):
+    x, y = read_idx_pair(mnist_t10k / "t10k-images-idx3-ubyte.gz",
+                         mnist_t10k / "t10k-labels-idx1-ubyte.gz")
+    assert x.shape == (10000, 1, 28, 28) and x.dtype == np.uint8
+    assert y.shape == (10000,) and set(np.unique(y)) == set(range(10))
+    assert y[:5].tolist() == [7, 2, 1, 0, 4]  # the well-known first test labels
+    # gz and raw files give the same array
+    raw = read_idx(mnist_t10k / "t10k-labels-idx1-ubyte.gz")
+    assert np.array_equal(raw, y)
+
+
+@pytest.mark.parametrize("mangle, match", [
+    (lambda b: b[:-1], "truncated"),
+    (lambda b: b + b"\0", "trailing bytes"),
+    (lambda b: b[:10], "truncated"),
+    (lambda b: b"\x12\x34" + b[2:], "bad magic number"),
+    (lambda b: b[:2] + b"\x42" + b[3:], "bad magic number"),
+    (lambda b: b[:2], "bad magic number"),
+])
+def test_bad_idx_bytes(mangle, match):
+    good = idx_bytes(np.arange(24).reshape(2, 3, 4))
+    assert parse_idx(good).shape == (2, 3, 4)
+    with pytest.raises(DataError, match=match):
+        parse_idx(mangle(good), "f")
+
+
+def test_corrupt_gzip_and_mismatched_pair(tmp_path, mnist_t10k):
+    bad = tmp_path / "t10k-images-idx3-ubyte.gz"
+    data = (mnist_t10k / "t10k-images-idx3-ubyte.gz").read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="corrupt or truncated gzip"):
+        read_idx(bad)
+    images = tmp_path / "img"
+    images.write_bytes(idx_bytes(np.zeros((5, 28, 28))))
+    with pytest.raises(DataError, match="holds 5 images but .* holds 10000 labels"):
+        read_idx_pair(images, mnist_t10k / "t10k-labels-idx1-ubyte.gz")
+
+
+def test_lookup_order_and_offline_error(tmp_path, mnist_t10k, monkeypatch):
+    # --data-dir first, also when it holds the files directly
+    first, second = tmp_path / "a", tmp_path / "b" / "mnist"
+    for d in (first, second):
+        d.mkdir(parents=True)
+        for f in mnist_t10k.iterdir():
+            shutil.copy(f, d / f.name)
+    monkeypatch.setenv("VAELAB_DATA", str(tmp_path / "b"))
+    # the train files are missing: not found anywhere -> clear error naming the places
+    with pytest.raises(DataError, match=r"(?s)mnist not found.*train-images-idx3-ubyte.gz.*"
+                       + str(first)):
+        MNIST.fetch(str(first), download=False)
+    dirs = MNIST.search_dirs(str(first))
+    assert dirs[:4] == [first / "mnist", first, second, tmp_path / "b"]
+
+
+def test_offline_download_error_says_where_to_put_files(tmp_path):
+    with pytest.raises(DataError, match=r"(?s)could not download.*127\.0\.0\.1.*copy the files"):
+        MNIST.fetch(str(tmp_path), mirrors=("http://127.0.0.1:9/",))
+    assert not any((tmp_path / "mnist").glob("*")) if (tmp_path / "mnist").exists() else True
+
+
+def test_fashion_mnist_protocol_split(fashion_dir):
+    data = load_data(DataConfig(dataset="fashion-mnist"))
+    assert (len(data.train), len(data.val), len(data.test)) == (50_000, 10_000, 10_000)
+    assert data.binarize == "dynamic" and data.image_shape == (1, 28, 28)
+    # held-out splits are binarized once, reproducibly; the training split is re-drawn
+    again = load_data(DataConfig(dataset="fashion-mnist"))
+    assert torch.equal(data.test.images, again.test.images)
+    assert set(data.test.images.unique().tolist()) == {0, 1} and data.test.max_value == 1
+    a, b = data.train.batch(slice(0, 256)), data.train.batch(slice(0, 256))
+    assert set(a.unique().tolist()) == {0.0, 1.0} and not torch.equal(a, b)
+    # the same 50k/10k split whatever the run seed; another split seed changes it
+    other = load_data(DataConfig(dataset="fashion-mnist", split_seed=1))
+    assert not torch.equal(data.val.images, other.val.images)
+    assert data.classes[0] == "T-shirt/top"
+
+
+@pytest.mark.parametrize("mode", ["none", "dynamic", "static"])
+def test_digits_binarization_modes(mode):
+    data = load_data(DataConfig(dataset="digits", binarize=mode))
+    assert len(data.train) + len(data.val) + len(data.test) == 1797
+    x1, x2 = data.train.batch(slice(0, 500)), data.train.batch(slice(0, 500))
+    assert x1.dtype == torch.float32 and 0 <= x1.min() and x1.max() <= 1
+    if mode == "none":
+        assert torch.equal(x1, x2) and len(x1.unique()) == 17  # grey levels 0/16 .. 16/16
+    else:
+        assert set(x1.unique().tolist()) == {0.0, 1.0}
+        assert torch.equal(x1, x2) == (mode == "static")
+        # the one-off draw follows the grey level: P(x=1) ~ mean grey value
+        grey = load_data(DataConfig(dataset="digits", binarize="none"))
+        assert abs(data.test.batch(slice(None)).mean() - grey.test.batch(slice(None)).mean()) < 0.01
+
+
+def test_batches_cover_the_split_once():
+    data = load_data(DataConfig(dataset="digits", binarize="none"))
+    g = torch.Generator().manual_seed(0)
+    seen = torch.cat(list(data.train.batches(100, shuffle=True, generator=g)))
+    assert seen.shape[0] == len(data.train)
+    # same multiset of images as the split itself
+    ref = data.train.batch(slice(None)).flatten(1).sum(1).sort().values
+    assert torch.allclose(seen.flatten(1).sum(1).sort().values, ref)
+
+
+def _png_folder(root, sizes, classes=("cat", "dog")):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i, s in enumerate(sizes):
+            Image.fromarray(rng.integers(0, 256, (s, s, 3), dtype=np.uint8)).save(
+                root / c / f"{i}.png")
+
+
+def test_folder_dataset(tmp_path):
+    _png_folder(tmp_path / "imgs", [12] * 10)
+    data = load_data(DataConfig(dataset="folder", data_dir=str(tmp_path / "imgs"), channels=3))
+    assert data.image_shape == (3, 12, 12) and data.classes == ("cat", "dog")
+    assert len(data.train) + len(data.val) + len(data.test) == 20
+    small = load_data(DataConfig(dataset="folder", data_dir=str(tmp_path / "imgs"),
+                                 image_size=8))
+    assert small.image_shape == (1, 8, 8)
+
+
+@pytest.mark.parametrize("setup, match", [
+    (lambda d: _png_folder(d, [12, 13]), r"different sizes.*--image-size"),
+    (lambda d: d.mkdir(), "no PNG or JPEG images"),
+    (lambda d: (d.mkdir(), (d / "x.png").write_bytes(b"not a png")), "cannot read image .*x.png"),
+])
+def test_folder_errors(tmp_path, setup, match):
+    d = tmp_path / "imgs"
+    setup(d)
+    with pytest.raises(DataError, match=match):
+        load_data(DataConfig(dataset="folder", data_dir=str(d)))
+
+
+def test_recompressed_fashion_copy_is_accepted_by_content_checksum(fashion_dir):
+    f = FASHION_MNIST.files["test_labels"]
+    data = (fashion_dir / f.name).read_bytes()
+    assert f.verify(data)  # Debian's gzip differs, the content does not
+    assert f.verify(gzip.compress(gzip.decompress(data), compresslevel=1))
+    assert not f.verify(gzip.compress(gzip.decompress(data)[:-1] + b"\x07"))
