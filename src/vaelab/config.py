@@ -65,6 +65,7 @@ class Registry(Generic[T]):
 
 BINARIZE_MODES = ("auto", "none", "dynamic", "static")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("fp32", "bf16")
 
 
 def _help(text: str, **kw: Any) -> dict:
@@ -133,9 +134,13 @@ class TrainConfig:
     device: str = field(default="auto", metadata=_help(
         "auto picks cuda, then mps, then cpu", choices=DEVICES))
     eval_batch_size: int = field(default=1000, metadata=_help("batch size for evaluation"))
+    precision: str = field(default="fp32", metadata=_help(
+        "fp32, or bf16: training forward/backward under bfloat16 autocast (matrix products in "
+        "bf16, losses and weights in fp32); evaluation is always fp32", choices=PRECISIONS))
 
     def __post_init__(self) -> None:
         _check_choice("device", self.device, DEVICES)
+        _check_choice("precision", self.precision, PRECISIONS)
         for name in ("epochs", "batch_size", "samples", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -253,9 +253,10 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, data: Data 
         sums = torch.zeros(4, device=device)
         bar = tqdm(data.train.batches(tc.batch_size, shuffle=True, generator=gen),
                    total=n_batches, desc=f"epoch {epoch}/{tc.epochs}", leave=False,
-                   disable=not progress, unit="batch")
+                   disable=None if progress else True, unit="batch")
         for step, x in enumerate(bar):
-            loss, t = elbo(model, x, tc.samples, tc.beta)
+            with torch.autocast(device.type, torch.bfloat16, enabled=tc.precision == "bf16"):
+                loss, t = elbo(model, x, tc.samples, tc.beta)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
