@@ -23,11 +23,14 @@ def _registries() -> dict[str, list[str]]:
             "prior": PRIORS.names(), "activation": ACTIVATIONS.names()}
 
 
-def _add_config_flags(p: argparse.ArgumentParser) -> None:
+def _add_config_flags(p: argparse.ArgumentParser,
+                      sections: tuple[str, ...] = ("data", "model", "train")) -> None:
     """One flag per config field (``latent_dim`` -> ``--latent-dim``); unset flags are None."""
     choices = _registries()
-    groups = {sec: p.add_argument_group(f"[{sec}] settings") for sec in ("data", "model", "train")}
+    groups = {sec: p.add_argument_group(f"[{sec}] settings") for sec in sections}
     for sec, name, tp, f in field_specs():
+        if sec not in sections:
+            continue
         flag = "--" + name.replace("_", "-")
         meta = dict(f.metadata)
         ch = choices.get(name) or meta.get("choices")
@@ -49,7 +52,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _config_from_args(args: argparse.Namespace) -> Config:
-    cfg = Config.load(args.config) if args.config else Config()
+    cfg = Config.load(args.config) if getattr(args, "config", None) else Config()
     given = {name: getattr(args, name) for _, name, _, _ in field_specs()
              if getattr(args, name, None) is not None}
     return cfg.override(**given)
@@ -93,6 +96,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--which", choices=["best", "last"], default="best")
     e.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
     e.add_argument("--json", action="store_true", help="print one JSON object")
+
+    b = sub.add_parser("baselines", help="the lecture's MLE density models: test NLL",
+                       description="Fit factorized Bernoulli and Gaussian models, a mixture of "
+                       "Bernoullis (EM) and probabilistic PCA by maximum likelihood on the "
+                       "training split; print the test NLL in nats and bits/dim, in the same "
+                       "protocol as `vaelab evaluate`.")
+    b.add_argument("--config", metavar="FILE", help="take the [data] settings from this TOML")
+    b.add_argument("--models", metavar="M1,M2", help="subset of: bernoulli, gaussian, mixture, "
+                   "ppca (default: all that fit the data)")
+    b.add_argument("--components", type=int, default=50, help="mixture components (default 50)")
+    b.add_argument("--em-iterations", type=int, default=100, help="EM iterations (default 100)")
+    b.add_argument("--ppca-dim", type=int, default=50, help="PPCA latent dimension (default 50)")
+    b.add_argument("--split", choices=["train", "val", "test"], default="test")
+    b.add_argument("--json", action="store_true", help="print a JSON list")
+    _add_config_flags(b, ("data",))
 
     d = sub.add_parser("datasets", help="list the data sets and where their files are")
     d.add_argument("--data-dir", metavar="DIR", help="also look here")
@@ -178,6 +196,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_baselines(args: argparse.Namespace) -> int:
+    from .baselines import BASELINES, BaselineSettings, run_baselines
+    from .data import load_data
+
+    cfg = _config_from_args(args)
+    names = [m.strip() for m in args.models.split(",")] if args.models else None
+    for n in names or []:
+        BASELINES.get(n)  # an unknown name fails here, with the choices
+    if min(args.components, args.em_iterations, args.ppca_dim) < 1:
+        raise ConfigError("--components, --em-iterations and --ppca-dim must be >= 1")
+    data = load_data(cfg.data)
+    rows = run_baselines(data, names, args.split, BaselineSettings(
+        args.components, args.em_iterations, args.ppca_dim, cfg.train.seed))
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print(f"{data.name}, {args.split} set (n = {rows[0]['n'] if rows else 0}), "
+          f"binarize = {data.binarize}; negative log-likelihood per example")
+    print(f"  {'model':10s} {'NLL (nats)':>16s} {'bits/dim':>9s} {'params':>9s} {'fit s':>7s}  note")
+    for r in rows:
+        print(f"  {r['model']:10s} {r['nll']:9.2f} ± {r['nll_stderr']:4.2f} "
+              f"{r['bits_per_dim']:9.4f} {r['params']:9d} {r['fit_seconds']:7.1f}  {r['note']}")
+    return 0
+
+
 def cmd_datasets(args: argparse.Namespace) -> int:
     from .data import DATASETS, IdxDataset
 
@@ -197,7 +240,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate,
-            "datasets": cmd_datasets}
+            "baselines": cmd_baselines, "datasets": cmd_datasets}
 
 
 def main(argv: list[str] | None = None) -> int:
