@@ -97,6 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
     e.add_argument("--json", action="store_true", help="print one JSON object")
 
+    po = sub.add_parser("posterior", help="2-D latent: exact log p(x) and p(z|x) beside q(z|x)",
+                        description="For a model with a 2-D latent: the true posterior "
+                        "p(z|x) = p(x|z) p(z) / p(x) by Bayes rule on a grid, the exact log p(x) "
+                        "by numerical integration, drawn beside the encoder's q(z|x).")
+    po.add_argument("run", metavar="RUN", help="run directory")
+    po.add_argument("--n", type=int, default=6, help="test images (default 6)")
+    po.add_argument("--seed", type=int, default=0)
+    po.add_argument("--out", metavar="PNG", help="default: RUN/figures/posterior.png")
+    po.add_argument("--which", choices=["best", "last"], default="best")
+    po.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    po.add_argument("--json", action="store_true", help="print one JSON object")
+
     b = sub.add_parser("baselines", help="the lecture's MLE density models: test NLL",
                        description="Fit factorized Bernoulli and Gaussian models, a mixture of "
                        "Bernoullis (EM) and probabilistic PCA by maximum likelihood on the "
@@ -196,6 +208,35 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_posterior(args: argparse.Namespace) -> int:
+    from .evaluate import posterior_grid
+    from .objectives import elbo
+    from .plots import data_examples, posterior_figure
+    from .model import seeded
+
+    model, cfg, data = _load(args)
+    if model.latent_dim != 2:
+        raise ConfigError(f"`vaelab posterior` needs a model with latent_dim = 2; {args.run} "
+                          f"has {model.latent_dim}")
+    if args.n < 1:
+        raise ConfigError(f"--n must be >= 1, got {args.n}")
+    x = data_examples(data, args.n, seed=args.seed).to(model.device)
+    with seeded(args.seed, model.device):
+        elbos = elbo(model, x, k=1000)[1].elbo.tolist()
+    grids = posterior_grid(model, x)
+    out = posterior_figure(x, grids, args.out or Path(args.run) / "figures" / "posterior.png",
+                           elbos)
+    exact = [g["log_px"] for g in grids]
+    if args.json:
+        print(json.dumps({"log_px": exact, "elbo": elbos, "figure": str(out)}))
+        return 0
+    for i, (lp, e) in enumerate(zip(exact, elbos)):
+        print(f"image {i}: log p(x) = {lp:9.3f} nats (grid)   ELBO = {e:9.3f}   "
+              f"KL(q || p(z|x)) = {lp - e:6.3f}")
+    print(f"figure: {out}")
+    return 0
+
+
 def cmd_baselines(args: argparse.Namespace) -> int:
     from .baselines import BASELINES, BaselineSettings, run_baselines
     from .data import load_data
@@ -240,7 +281,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate,
-            "baselines": cmd_baselines, "datasets": cmd_datasets}
+            "posterior": cmd_posterior, "baselines": cmd_baselines, "datasets": cmd_datasets}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -88,3 +88,39 @@ def sample_figures(model: VAE, data: Data, out_dir: str | Path, n: int = 100,
         "reconstructions": reconstruction_figure(x, reconstruct(model, x),
                                                  out_dir / "reconstructions.png", nrow, data.name),
     }
+
+
+def posterior_figure(images: Tensor, grids: list[dict], path: str | Path,
+                     elbos: list[float] | None = None) -> Path:
+    """Per image: the image, and the true posterior p(z|x) (filled) with the encoder's
+    q(z|x) (red contours at 1, 2, 3 standard deviations) on the same axes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n = len(grids)
+    fig = Figure(figsize=(2.4 * n, 5.2), dpi=110)
+    FigureCanvasAgg(fig)
+    for i, g in enumerate(grids):
+        ax = fig.add_subplot(2, n, i + 1)
+        ax.imshow(image_grid(images[i:i + 1], 1, pad=0), cmap="gray", vmin=0, vmax=1)
+        ax.set_axis_off()
+        ax.set_title(f"log p(x) = {g['log_px']:.2f}" +
+                     (f"\nELBO = {elbos[i]:.2f}" if elbos else ""), fontsize=8)
+        ax = fig.add_subplot(2, n, n + i + 1)
+        a, b = (t.numpy() for t in g["zs"])
+        post = g["log_post"].exp().numpy().T  # rows: z2, columns: z1
+        ax.contourf(a, b, post, levels=12, cmap="Blues")
+        lq = g["log_q"].numpy().T
+        peak = lq.max()
+        ax.contour(a, b, lq, levels=sorted(peak - 0.5 * np.array([9.0, 4.0, 1.0])),
+                   colors="red", linewidths=0.8, linestyles="solid")
+        ax.set_xlabel("z1", fontsize=8)
+        ax.set_ylabel("z2", fontsize=8) if i == 0 else None
+        ax.tick_params(labelsize=6)
+    fig.suptitle("true posterior p(z|x) (blue) and encoder q(z|x) (red: 1, 2, 3 sd)",
+                 fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
