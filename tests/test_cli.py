@@ -78,3 +78,30 @@ def test_datasets_lists_everything():
     assert p.returncode == 0
     for name in ("digits", "mnist", "fashion-mnist", "folder"):
         assert name in p.stdout
+
+
+def test_evaluate_importance_sampled(run_dir):
+    p = vaelab("evaluate", run_dir, "--k", 50, "--json")
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    assert {"nll", "nll_stderr", "k", "active_units", "kl_per_dim"} <= set(r)
+    assert r["k"] == 50 and len(r["kl_per_dim"]) == 4 and 0 <= r["active_units"] <= 4
+    assert sum(r["kl_per_dim"]) == pytest.approx(r["kl"], rel=1e-4)
+    p = vaelab("evaluate", run_dir, "--k", 50)
+    assert "importance-sampled, k = 50" in p.stdout and "active units" in p.stdout
+
+
+def test_posterior_needs_a_2d_latent(run_dir):
+    p = vaelab("posterior", run_dir)
+    assert p.returncode == 2 and "latent_dim = 2" in p.stderr
+
+
+def test_baselines_json():
+    p = vaelab("baselines", "--dataset", "digits", "--binarize", "static", "--models",
+               "bernoulli,mixture", "--components", 5, "--json")
+    assert p.returncode == 0, p.stderr
+    rows = json.loads(p.stdout)
+    assert [r["model"] for r in rows] == ["bernoulli", "mixture"]
+    assert all(r["nll"] > 0 for r in rows)
+    p = vaelab("baselines", "--models", "kmeans")
+    assert p.returncode == 2 and "unknown baseline 'kmeans'; choose one of: bernoulli" in p.stderr
