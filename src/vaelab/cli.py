@@ -58,6 +58,15 @@ def _config_from_args(args: argparse.Namespace) -> Config:
     return cfg.override(**given)
 
 
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    """The arguments of every command that reads a run directory."""
+    p.add_argument("run", metavar="RUN", help="run directory")
+    p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    p.add_argument("--which", choices=["best", "last"], default="best",
+                   help="checkpoint (default: best validation ELBO)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vaelab", description="Variational autoencoders: train, sample, evaluate.")
@@ -75,38 +84,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(t)
 
     s = sub.add_parser("sample", help="write the Data / Mean samples / Samples figure")
-    s.add_argument("run", metavar="RUN", help="run directory")
+    _add_run_args(s)
     s.add_argument("--out", metavar="PNG", help="figure path (default: RUN/figures/samples.png)")
     s.add_argument("--n", type=int, default=100, help="images per grid (default: 100 = 10x10)")
     s.add_argument("--temperature", type=float, default=1.0,
                    help="scale of the prior's standard deviation (default: 1)")
-    s.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
-    s.add_argument("--which", choices=["best", "last"], default="best",
-                   help="checkpoint (default: best validation ELBO)")
-    s.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
 
     e = sub.add_parser("evaluate", help="test-set ELBO, reconstruction, KL and bits/dim")
-    e.add_argument("run", metavar="RUN", help="run directory")
+    _add_run_args(e)
     e.add_argument("--split", choices=["train", "val", "test"], default="test")
     e.add_argument("--k", type=int, default=0, metavar="K",
                    help="importance samples for log p(x) (the literature uses 5000; "
                    "default 0: ELBO only)")
     e.add_argument("--batch-size", type=int, default=1000)
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--which", choices=["best", "last"], default="best")
-    e.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
     e.add_argument("--json", action="store_true", help="print one JSON object")
 
     po = sub.add_parser("posterior", help="2-D latent: exact log p(x) and p(z|x) beside q(z|x)",
                         description="For a model with a 2-D latent: the true posterior "
                         "p(z|x) = p(x|z) p(z) / p(x) by Bayes rule on a grid, the exact log p(x) "
                         "by numerical integration, drawn beside the encoder's q(z|x).")
-    po.add_argument("run", metavar="RUN", help="run directory")
+    _add_run_args(po)
     po.add_argument("--n", type=int, default=6, help="test images (default 6)")
-    po.add_argument("--seed", type=int, default=0)
     po.add_argument("--out", metavar="PNG", help="default: RUN/figures/posterior.png")
-    po.add_argument("--which", choices=["best", "last"], default="best")
-    po.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
     po.add_argument("--json", action="store_true", help="print one JSON object")
 
     b = sub.add_parser("baselines", help="the lecture's MLE density models: test NLL",
