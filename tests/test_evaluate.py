@@ -63,3 +63,21 @@ def test_bounds_are_ordered_for_a_trained_2d_model(tmp_path):
     exact = sum(g["log_px"] for g in posterior_grid(r.model, x)) / len(x)
     assert e < i10 < i1000 < exact + 0.02, (e, i10, i1000, exact)
     assert exact - i1000 < 0.5 * (exact - e)  # k = 1000 closes most of the gap
+
+
+def test_active_units_and_collapse_warning():
+    from vaelab.evaluate import latent_diagnostics
+
+    lg = LinearGaussian()
+    x = lg.data(n=300)
+    good = latent_diagnostics(lg.vae(), x)
+    assert good["active_units"] == 2 and good["warnings"] == []
+    # KL per dimension, analytic: 1/2 (mu^2 + s^2 - 1 - log s^2), averaged over x
+    q = lg.vae().encode(x)
+    by_hand = 0.5 * (q.mean ** 2 + q.variance - 1 - q.variance.log()).mean(0)
+    assert torch.allclose(torch.tensor(good["kl_per_dim"], dtype=torch.float64), by_hand)
+    collapsed = lg.vae()
+    with torch.no_grad():
+        collapsed.encoder[1].weight.zero_()  # q(z|x) no longer depends on x
+    bad = latent_diagnostics(collapsed, x)
+    assert bad["active_units"] == 0 and "posterior collapse" in bad["warnings"][0]

@@ -204,6 +204,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"  log p(x) - ELBO {r['gap']:10.3f} nats")
     print(f"  active units    {r['active_units']:6d} of {r['latent_dim']} "
           f"(Cov_x E_q[z_d] > 0.01)")
+    for w in r["warnings"]:
+        print(f"warning: {w}")
     return 0
 
 
