@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from vaelab.baselines import (BernoulliMixture, FactorizedBernoulli, FactorizedGaussian, PPCA,
-                              discretized_gaussian_log_prob, run_baselines)
+                              run_baselines)
+from vaelab.distributions import discretized_normal_log_prob
 from vaelab.config import DataConfig
 from vaelab.data import load_data, read_idx
 
@@ -29,7 +30,7 @@ def test_mle_of_factorized_models_is_the_data_mean():
 def test_discretized_gaussian_sums_to_one_over_levels(levels):
     x = torch.arange(levels, dtype=torch.float64) / (levels - 1)
     for loc, scale in [(0.5, 0.2), (0.0, 0.01), (1.3, 0.05), (-4.0, 0.3)]:
-        lp = discretized_gaussian_log_prob(x, torch.tensor(loc, dtype=torch.float64),
+        lp = discretized_normal_log_prob(x, torch.tensor(loc, dtype=torch.float64),
                                            torch.tensor(scale, dtype=torch.float64), levels)
         assert torch.isfinite(lp).all()
         assert lp.exp().sum().item() == pytest.approx(1.0, abs=1e-9)

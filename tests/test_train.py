@@ -36,7 +36,8 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
     r = train(small(), tmp_path / "run", progress=False)
     x = r.data.test.batch(slice(0, 32))
     model, cfg = load_run(tmp_path / "run")  # the best checkpoint, as train() returns it
-    assert cfg.model.likelihood == "cbernoulli" and cfg.data.binarize == "none"  # resolved
+    assert cfg.model.likelihood == "dgaussian" and cfg.data.binarize == "none"  # resolved
+    assert cfg.model.levels == 17  # the digits grey levels 0..16
     q1, q2 = r.model.encode(x), model.encode(x)
     assert torch.equal(q1.mean, q2.mean) and torch.equal(q1.stddev, q2.stddev)
     assert torch.equal(r.model.decode(q1.mean).mean, model.decode(q1.mean).mean)

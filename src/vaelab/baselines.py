@@ -24,6 +24,7 @@ import torch
 
 from .config import Registry
 from .data import Data
+from .distributions import discretized_normal_log_prob, to_levels
 from .objectives import bits_per_dim
 
 log = logging.getLogger(__name__)
@@ -33,30 +34,6 @@ Tensor = torch.Tensor
 def levels_of(data: Data) -> int:
     """Number of distinct values a pixel can take as the model sees it."""
     return 2 if data.binary else data.train.max_value + 1
-
-
-def to_levels(x: Tensor, levels: int) -> Tensor:
-    """Values k / (K - 1) in [0, 1] -> integer levels k in {0, ..., K-1} (as float)."""
-    return torch.round(x * (levels - 1))
-
-
-def _log_diff_exp(a: Tensor, b: Tensor) -> Tensor:
-    """log(exp(a) - exp(b)) for a >= b, stable."""
-    return a + torch.log(-torch.expm1(b - a))
-
-
-def discretized_gaussian_log_prob(x: Tensor, loc: Tensor, scale: Tensor, levels: int) -> Tensor:
-    """log P(x) of the level x = k/(K-1) under N(loc, scale^2) cut into bins at the midpoints
-    between levels (outer bins open to +-inf). Elementwise; sums to 1 over the K levels."""
-    k = to_levels(x, levels)
-    half = 0.5 / (levels - 1)
-    lo = torch.where(k > 0, (x - half - loc) / scale, torch.full_like(x, -math.inf))
-    hi = torch.where(k < levels - 1, (x + half - loc) / scale, torch.full_like(x, math.inf))
-    # Phi(hi) - Phi(lo) = Phi(-lo) - Phi(-hi): use the side where the tails are small
-    flip = lo > 0
-    a = torch.special.log_ndtr(torch.where(flip, -lo, hi))
-    b = torch.special.log_ndtr(torch.where(flip, -hi, lo))
-    return _log_diff_exp(a, b)
 
 
 def dequantize(x: Tensor, levels: int, generator: torch.Generator | None = None) -> Tensor:
@@ -102,7 +79,7 @@ class FactorizedGaussian:
         return cls(x.mean(0), var.sqrt(), levels)
 
     def log_prob(self, x: Tensor) -> Tensor:
-        return discretized_gaussian_log_prob(x.double(), self.loc, self.scale, self.levels).sum(-1)
+        return discretized_normal_log_prob(x.double(), self.loc, self.scale, self.levels).sum(-1)
 
     def n_params(self) -> int:
         return 2 * self.loc.numel()

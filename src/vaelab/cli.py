@@ -149,8 +149,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     figs = sample_figures(result.model, result.data, run_dir / "figures")
     best = max(result.history, key=lambda m: m["val_elbo"]) if result.history else None
     if best:
-        print(f"best validation ELBO {best['val_elbo']:.3f} nats "
-              f"({best['val_bits_per_dim']:.4f} bits/dim) at epoch {best['epoch']}")
+        bpd = best["val_bits_per_dim"]
+        print(f"best validation ELBO {best['val_elbo']:.3f} nats"
+              + (f" ({bpd:.4f} bits/dim)" if bpd is not None else " (a density)")
+              + f" at epoch {best['epoch']}")
     print(f"run directory: {run_dir}")
     print(f"figure: {figs['samples']}")
     print(f"reconstructions: {figs['reconstructions']}")
@@ -191,16 +193,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(r))
         return 0
-    unit = "nats" if r["discrete"] else "nats (continuous density on [0,1]^D)"
+    unit = "nats" if r["discrete"] else "nats (a density on [0,1]^D)"
+
+    def bits(v):
+        return f"({v:.4f} bits/dim)" if v is not None else ""
+
     print(f"{r['dataset']} {r['split']} set, n = {r['n']}, D = {r['dims']}, "
           f"likelihood = {r['likelihood']}")
-    print(f"  ELBO            {r['elbo']:10.3f} {unit} per example")
-    print(f"  -ELBO           {r['bits_per_dim']:10.4f} bits/dim")
+    print(f"  ELBO            {r['elbo']:10.3f} {unit} per example {bits(r['bits_per_dim'])}")
     print(f"  E_q log p(x|z)  {r['recon']:10.3f} nats")
     print(f"  KL(q(z|x)||p(z)){r['kl']:10.3f} nats")
     if args.k:
-        print(f"  -log p(x)       {r['nll']:10.3f} ± {r['nll_stderr']:.3f} nats "
-              f"({r['nll_bits_per_dim']:.4f} bits/dim), importance-sampled, k = {r['k']}")
+        print(f"  -log p(x)       {r['nll']:10.3f} ± {r['nll_stderr']:.3f} {unit} "
+              f"{bits(r['nll_bits_per_dim'])}, importance-sampled, k = {r['k']}")
         print(f"  log p(x) - ELBO {r['gap']:10.3f} nats")
     print(f"  active units    {r['active_units']:6d} of {r['latent_dim']} "
           f"(Cov_x E_q[z_d] > 0.01)")

@@ -110,10 +110,12 @@ class ModelConfig:
         "hidden widths of the encoder MLP, comma separated; the decoder mirrors them"))
     activation: str = field(default="relu", metadata=_help("hidden activation"))
     likelihood: str = field(default="auto", metadata=_help(
-        "decoder distribution p(x|z); auto: bernoulli for binary data, cbernoulli for grey"))
+        "decoder distribution p(x|z); auto: bernoulli for binary data, dgaussian for grey"))
     prior: str = field(default="normal", metadata=_help("prior p(z)"))
     min_scale: float = field(default=1e-3, metadata=_help(
         "lower bound on standard deviations of Gaussian heads"))
+    levels: int | None = field(default=None, metadata=_help(
+        "grey levels of the data, for discrete likelihoods (default: from the data)"))
 
     def __post_init__(self) -> None:
         if self.latent_dim < 1:

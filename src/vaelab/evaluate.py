@@ -111,17 +111,24 @@ def evaluate(model: VAE, data: Data, split: str = "test", batch_size: int = 1000
     with seeded(seed, model.device):
         res = elbo_over(model, s.batches(batch_size))
     dims = math.prod(data.image_shape)
+    discrete = model.likelihood.discrete
+    bpd = (lambda nats: bits_per_dim(nats, dims)) if discrete else (lambda nats: None)
     out = {"dataset": data.name, "split": split, "n": res["n"], "elbo": res["elbo"],
-           "recon": res["recon"], "kl": res["kl"],
-           "bits_per_dim": bits_per_dim(-res["elbo"], dims), "dims": dims,
-           "likelihood": model.likelihood.name, "discrete": model.likelihood.discrete}
+           "recon": res["recon"], "kl": res["kl"], "bits_per_dim": bpd(-res["elbo"]),
+           "dims": dims, "likelihood": model.likelihood.name, "discrete": discrete}
     out.update(latent_diagnostics(model, s, batch_size))
+    if not discrete:
+        out["warnings"].insert(0, (
+            f"the {model.likelihood.name} likelihood is a density on [0, 1]^{dims}: its "
+            "log-likelihoods are densities, not probabilities of the discrete data, and do not "
+            "compare with published bits/dim (not reported). Train with --likelihood "
+            "dgaussian for a discrete likelihood of grey images."))
     if k > 0:
         ll = log_likelihood(model, s, k, seed=seed, progress=progress)
         nll = -ll.double()
         out.update(k=k, nll=nll.mean().item(),
                    nll_stderr=(nll.std() / math.sqrt(len(nll))).item() if len(nll) > 1 else 0.0,
-                   nll_bits_per_dim=bits_per_dim(nll.mean().item(), dims),
+                   nll_bits_per_dim=bpd(nll.mean().item()),
                    gap=(-nll.mean() - res["elbo"]).item())
     return out
 

@@ -64,8 +64,8 @@ def check_likelihood(model: VAE, data: Data) -> None:
         warnings.warn(
             f"the {model.likelihood.name} likelihood is meant for binary data, but {data.name} "
             "is grey-valued (binarize=none): its 'log-likelihood' is then a cross-entropy, not "
-            "a likelihood of the data. Use --binarize dynamic, or --likelihood cbernoulli or "
-            "gaussian for grey values.", GreyBernoulliWarning, stacklevel=2)
+            "a likelihood of the data. Use --binarize dynamic, or --likelihood dgaussian (or "
+            "the densities cbernoulli, gaussian) for grey values.", GreyBernoulliWarning, stacklevel=2)
 
 
 def resolve(cfg: Config, data: Data) -> Config:
@@ -73,8 +73,9 @@ def resolve(cfg: Config, data: Data) -> Config:
     config.toml says exactly what was run."""
     likelihood = cfg.model.likelihood
     if likelihood == "auto":
-        likelihood = "bernoulli" if data.binary else "cbernoulli"
-    return cfg.override(binarize=data.binarize, likelihood=likelihood)
+        likelihood = "bernoulli" if data.binary else "dgaussian"
+    return cfg.override(binarize=data.binarize, likelihood=likelihood,
+                        levels=2 if data.binary else data.train.max_value + 1)
 
 
 def make_optimizer(model: VAE, lr: float) -> torch.optim.Adam:
@@ -271,7 +272,8 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, data: Data 
         val = elbo_over(model, data.val.batches(tc.eval_batch_size))
         m = {"epoch": epoch, "train_loss": loss_m, "train_elbo": elbo_m, "train_recon": recon_m,
              "train_kl": kl_m, "val_elbo": val["elbo"], "val_recon": val["recon"],
-             "val_kl": val["kl"], "val_bits_per_dim": bits_per_dim(-val["elbo"], dims),
+             "val_kl": val["kl"], "val_bits_per_dim": bits_per_dim(-val["elbo"], dims)
+             if model.likelihood.discrete else None,
              "seconds": seconds, "images_per_s": len(data.train) / seconds}
         history.append(m)
         with open(run_dir / "metrics.jsonl", "a") as f:
@@ -282,9 +284,10 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, data: Data 
             state.best_val_elbo, state.best_epoch = score, epoch
             save_weights(run_dir / "model.safetensors", model, epoch=epoch)
         save_checkpoint(run_dir, model, opt, gen, state)
-        log.info("epoch %d/%d  train ELBO %.3f  val ELBO %.3f nats (%.4f bits/dim)  KL %.2f  "
-                 "%.1fs  %.0f img/s", epoch, tc.epochs, elbo_m, val["elbo"],
-                 m["val_bits_per_dim"], val["kl"], seconds, m["images_per_s"])
+        log.info("epoch %d/%d  train ELBO %.3f  val ELBO %.3f nats%s  KL %.2f  %.1fs  "
+                 "%.0f img/s", epoch, tc.epochs, elbo_m, val["elbo"],
+                 f" ({m['val_bits_per_dim']:.4f} bits/dim)" if model.likelihood.discrete else "",
+                 val["kl"], seconds, m["images_per_s"])
     if state.epoch == 0:
         raise RunError("no epoch was trained (epochs must be >= 1)")
     if state.best_epoch != state.epoch:
