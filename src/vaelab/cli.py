@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ---------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
-    from .plots import sample_figures
+    from .plots import sample_figures, training_curves
     from .train import train
 
     if args.resume:
@@ -147,6 +147,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.out = str(run_dir)  # named in the message if the run is interrupted
     result = train(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress)
     figs = sample_figures(result.model, result.data, run_dir / "figures")
+    if result.history:
+        figs["curves"] = training_curves(result.history, run_dir / "figures" / "curves.png",
+                                         f"{result.data.name}: {run_dir}")
     best = max(result.history, key=lambda m: m["val_elbo"]) if result.history else None
     if best:
         bpd = best["val_bits_per_dim"]
@@ -156,6 +159,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"run directory: {run_dir}")
     print(f"figure: {figs['samples']}")
     print(f"reconstructions: {figs['reconstructions']}")
+    if "curves" in figs:
+        print(f"training curves: {figs['curves']}")
     return 0
 
 

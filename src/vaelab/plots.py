@@ -124,3 +124,34 @@ def posterior_figure(images: Tensor, grids: list[dict], path: str | Path,
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path
+
+
+def training_curves(history: list[dict], path: str | Path, title: str | None = None) -> Path:
+    """ELBO, reconstruction term and KL per epoch, training and validation (nats)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 3.6), dpi=110)
+    FigureCanvasAgg(fig)
+    epochs = [m["epoch"] for m in history]
+    for i, (key, label) in enumerate([("elbo", "ELBO"), ("recon", "E_q log p(x|z)"),
+                                      ("kl", "KL(q(z|x) || p(z))")]):
+        ax = fig.add_subplot(1, 3, i + 1)
+        ax.plot(epochs, [m[f"train_{key}"] for m in history], label="train")
+        ax.plot(epochs, [m[f"val_{key}"] for m in history], label="validation")
+        lo, hi = (min(m[f"val_{key}"] for m in history[len(history) // 10:]),
+                  max(m[f"val_{key}"] for m in history[len(history) // 10:]))
+        pad = 0.5 * (hi - lo) + 1e-3
+        ax.set_ylim(lo - pad, hi + pad)  # the tail of the curve, not epoch 1
+        ax.set_title(f"{label} (nats)", fontsize=11)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if i == 0:
+            ax.legend()
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
