@@ -80,3 +80,15 @@ def test_grey_data_with_bernoulli_warns(tmp_path):
     with pytest.warns(GreyBernoulliWarning, match="not a likelihood"):
         train(small(epochs=1, binarize="none", likelihood="bernoulli"), tmp_path / "r",
               progress=False)
+
+
+def test_kl_warmup_rises_linearly_to_beta():
+    from vaelab.train import kl_weight
+
+    tc = small(kl_warmup=2, beta=0.5).train
+    n = 10
+    weights = [kl_weight(tc, e, s, n) for e in (1, 2, 3) for s in range(n)]
+    assert weights[0] == pytest.approx(0.5 / 20) and weights[9] == pytest.approx(0.25)
+    assert weights[19] == pytest.approx(0.5) and set(weights[20:]) == {0.5}
+    assert all(a < b for a, b in zip(weights[:19], weights[1:20]))
+    assert kl_weight(small().train, 1, 0, n) == 1.0

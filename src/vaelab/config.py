@@ -131,6 +131,9 @@ class TrainConfig:
     lr: float = field(default=1e-3, metadata=_help("Adam learning rate"))
     beta: float = field(default=1.0, metadata=_help(
         "weight of the KL term in the training loss (reported ELBOs always use 1)"))
+    kl_warmup: int = field(default=0, metadata=_help(
+        "epochs over which the KL weight rises linearly from 0 to beta (Sonderby et al. "
+        "2016); 0: none"))
     samples: int = field(default=1, metadata=_help("Monte-Carlo samples of z per example"))
     seed: int = field(default=0, metadata=_help("seed of initialisation, batches and noise"))
     device: str = field(default="auto", metadata=_help(
@@ -150,6 +153,8 @@ class TrainConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.beta < 0:
             raise ConfigError(f"beta must be >= 0, got {self.beta}")
+        if self.kl_warmup < 0:
+            raise ConfigError(f"kl_warmup must be >= 0, got {self.kl_warmup}")
 
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}

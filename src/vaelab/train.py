@@ -68,6 +68,13 @@ def check_likelihood(model: VAE, data: Data) -> None:
             "the densities cbernoulli, gaussian) for grey values.", GreyBernoulliWarning, stacklevel=2)
 
 
+def kl_weight(tc, epoch: int, step: int, n_batches: int) -> float:
+    """beta, reached linearly over the first ``kl_warmup`` epochs (epoch counts from 1)."""
+    if tc.kl_warmup == 0:
+        return tc.beta
+    return tc.beta * min(1.0, ((epoch - 1) * n_batches + step + 1) / (tc.kl_warmup * n_batches))
+
+
 def resolve(cfg: Config, data: Data) -> Config:
     """Replace the "auto" settings by what they mean for this data set, so the saved
     config.toml says exactly what was run."""
@@ -257,7 +264,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, data: Data 
                    disable=None if progress else True, unit="batch")
         for step, x in enumerate(bar):
             with torch.autocast(device.type, torch.bfloat16, enabled=tc.precision == "bf16"):
-                loss, t = elbo(model, x, tc.samples, tc.beta)
+                loss, t = elbo(model, x, tc.samples, kl_weight(tc, epoch, step, n_batches))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
