@@ -5,11 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from vaelab.baselines import (BernoulliMixture, FactorizedBernoulli, FactorizedGaussian, PPCA,
-                              run_baselines)
-from vaelab.distributions import discretized_normal_log_prob
+from vaelab.baselines import (
+    PPCA,
+    BernoulliMixture,
+    FactorizedBernoulli,
+    FactorizedGaussian,
+    run_baselines,
+)
 from vaelab.config import DataConfig
 from vaelab.data import load_data, read_idx
+from vaelab.distributions import discretized_normal_log_prob
 
 
 def test_mle_of_factorized_models_is_the_data_mean():

@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from vaelab.config import DataConfig
-from vaelab.data import FASHION_MNIST, MNIST, load_data, parse_idx, read_idx, read_idx_pair
+from vaelab.data import (
+    FASHION_MNIST,
+    MNIST,
+    load_data,
+    parse_idx,
+    read_idx,
+    read_idx_pair,
+)
 from vaelab.fetch import DataError
 
 

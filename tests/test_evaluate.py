@@ -2,9 +2,9 @@
 import math
 
 import torch
+from test_objectives import LinearGaussian
 
 from vaelab.evaluate import log_likelihood
-from test_objectives import LinearGaussian
 
 
 def test_exact_posterior_gives_exact_log_likelihood():

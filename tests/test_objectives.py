@@ -5,11 +5,16 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.distributions import (Categorical, Independent, MixtureSameFamily,
-                                 MultivariateNormal, Normal)
+from torch.distributions import (
+    Categorical,
+    Independent,
+    MixtureSameFamily,
+    MultivariateNormal,
+    Normal,
+)
 
-from vaelab.distributions import GaussianLikelihood, StandardNormalPrior
 from vaelab.config import ModelConfig
+from vaelab.distributions import GaussianLikelihood, StandardNormalPrior
 from vaelab.model import VAE
 from vaelab.objectives import elbo, iwae_bound, kl_divergence, log_weights
 

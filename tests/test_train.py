@@ -47,7 +47,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
 
 def test_resume_continues_exactly(tmp_path):
     """2 epochs in one go == 1 epoch, stop, resume for the 2nd: same weights, same metrics."""
-    full = train(small(epochs=2, binarize="dynamic"), tmp_path / "full", progress=False)
+    train(small(epochs=2, binarize="dynamic"), tmp_path / "full", progress=False)
     train(small(epochs=1, binarize="dynamic"), tmp_path / "part", progress=False)
     cfg = Config.load(tmp_path / "part" / "config.toml").override(epochs=2)
     train(cfg, tmp_path / "part", resume=True, progress=False)

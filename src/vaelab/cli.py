@@ -221,9 +221,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_posterior(args: argparse.Namespace) -> int:
     from .evaluate import posterior_grid
+    from .model import seeded
     from .objectives import elbo
     from .plots import data_examples, posterior_figure
-    from .model import seeded
 
     model, cfg, data = _load(args)
     if model.latent_dim != 2:

@@ -15,7 +15,6 @@ Binarization (``DataConfig.binarize``):
 from __future__ import annotations
 
 import gzip
-import hashlib
 import logging
 import os
 import zlib

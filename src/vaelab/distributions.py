@@ -21,8 +21,14 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributions import (Bernoulli, ContinuousBernoulli, Distribution, Independent,
-                                 Normal, constraints)
+from torch.distributions import (
+    Bernoulli,
+    ContinuousBernoulli,
+    Distribution,
+    Independent,
+    Normal,
+    constraints,
+)
 
 from .config import ModelConfig, Registry
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Iterable
 
 import torch
-from torch.distributions import Distribution, kl_divergence as _analytic_kl
+from torch.distributions import Distribution
+from torch.distributions import kl_divergence as _analytic_kl
 
 Tensor = torch.Tensor
 
