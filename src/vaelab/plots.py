@@ -28,19 +28,16 @@ def image_grid(images: Tensor, nrow: int = 10, pad: int = 1, pad_value: float = 
     return grid[0] if c == 1 else grid.transpose(1, 2, 0)
 
 
-def _panels(grids: list[tuple[str, np.ndarray]], path: str | Path, suptitle: str | None = None,
-            panel_inches: float = 4.0) -> Path:
+def _figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(panel_inches * len(grids), panel_inches + 0.6), dpi=110)
+    fig = Figure(figsize=(width, height), dpi=110)
     FigureCanvasAgg(fig)
-    for i, (title, g) in enumerate(grids):
-        ax = fig.add_subplot(1, len(grids), i + 1)
-        ax.imshow(g, cmap="gray" if g.ndim == 2 else None, vmin=0, vmax=1,
-                  interpolation="nearest")
-        ax.set_title(title, fontsize=14)
-        ax.set_axis_off()
+    return fig
+
+
+def _save(fig, path: str | Path, suptitle: str | None = None) -> Path:
     if suptitle:
         fig.suptitle(suptitle, fontsize=11)
     fig.tight_layout()
@@ -48,6 +45,18 @@ def _panels(grids: list[tuple[str, np.ndarray]], path: str | Path, suptitle: str
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path
+
+
+def _panels(grids: list[tuple[str, np.ndarray]], path: str | Path, suptitle: str | None = None,
+            panel_inches: float = 4.0) -> Path:
+    fig = _figure(panel_inches * len(grids), panel_inches + 0.6)
+    for i, (title, g) in enumerate(grids):
+        ax = fig.add_subplot(1, len(grids), i + 1)
+        ax.imshow(g, cmap="gray" if g.ndim == 2 else None, vmin=0, vmax=1,
+                  interpolation="nearest")
+        ax.set_title(title, fontsize=14)
+        ax.set_axis_off()
+    return _save(fig, path, suptitle)
 
 
 def imagination_figure(data: Tensor, mean: Tensor, sample: Tensor, path: str | Path,
@@ -94,12 +103,8 @@ def posterior_figure(images: Tensor, grids: list[dict], path: str | Path,
                      elbos: list[float] | None = None) -> Path:
     """Per image: the image, and the true posterior p(z|x) (filled) with the encoder's
     q(z|x) (red contours at 1, 2, 3 standard deviations) on the same axes."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     n = len(grids)
-    fig = Figure(figsize=(2.4 * n, 5.2), dpi=110)
-    FigureCanvasAgg(fig)
+    fig = _figure(2.4 * n, 5.2)
     for i, g in enumerate(grids):
         ax = fig.add_subplot(2, n, i + 1)
         ax.imshow(image_grid(images[i:i + 1], 1, pad=0), cmap="gray", vmin=0, vmax=1)
@@ -117,22 +122,12 @@ def posterior_figure(images: Tensor, grids: list[dict], path: str | Path,
         ax.set_xlabel("z1", fontsize=8)
         ax.set_ylabel("z2", fontsize=8) if i == 0 else None
         ax.tick_params(labelsize=6)
-    fig.suptitle("true posterior p(z|x) (blue) and encoder q(z|x) (red: 1, 2, 3 sd)",
-                 fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return _save(fig, path, "true posterior p(z|x) (blue) and encoder q(z|x) (red: 1, 2, 3 sd)")
 
 
 def training_curves(history: list[dict], path: str | Path, title: str | None = None) -> Path:
     """ELBO, reconstruction term and KL per epoch, training and validation (nats)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(12, 3.6), dpi=110)
-    FigureCanvasAgg(fig)
+    fig = _figure(12, 3.6)
     epochs = [m["epoch"] for m in history]
     for i, (key, label) in enumerate([("elbo", "ELBO"), ("recon", "E_q log p(x|z)"),
                                       ("kl", "KL(q(z|x) || p(z))")]):
@@ -148,10 +143,4 @@ def training_curves(history: list[dict], path: str | Path, title: str | None = N
         ax.grid(alpha=0.3)
         if i == 0:
             ax.legend()
-    if title:
-        fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return _save(fig, path, title)
