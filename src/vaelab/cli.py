@@ -37,7 +37,7 @@ def _add_config_flags(p: argparse.ArgumentParser,
         default = f.default
         if isinstance(default, tuple):
             default = ",".join(map(str, default))
-        help_ = f"{meta.get('help', '')} (default: {default})"
+        help_ = meta.get("help", "") + ("" if default is None else f" (default: {default})")
         if tp is bool:
             groups[sec].add_argument(flag, dest=name, default=None,
                                      action=argparse.BooleanOptionalAction, help=help_)
