@@ -25,7 +25,7 @@ import torch
 from .config import Registry
 from .data import Data
 from .distributions import discretized_normal_log_prob, to_levels
-from .objectives import bits_per_dim
+from .objectives import bits_per_dim, mean_stderr
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -234,10 +234,8 @@ def run_baselines(data: Data, names: list[str] | None = None, split: str = "test
             log.warning("baseline %s skipped: %s", name, note)
             continue
         fit_s = time.perf_counter() - t0
-        ll = model.log_prob(x).double()
-        nll = -ll.mean().item()
-        rows.append({"model": name, "nll": nll,
-                     "nll_stderr": (ll.std() / math.sqrt(len(ll))).item(),
+        nll, se = mean_stderr(-model.log_prob(x))
+        rows.append({"model": name, "nll": nll, "nll_stderr": se,
                      "bits_per_dim": bits_per_dim(nll, dims), "params": model.n_params(),
                      "fit_seconds": fit_s, "note": note, "split": split, "n": len(x),
                      "dataset": data.name})

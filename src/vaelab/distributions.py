@@ -157,28 +157,30 @@ class GaussianLikelihood(Likelihood):
     def __init__(self, cfg: ModelConfig | None = None):
         self.min_scale = cfg.min_scale if cfg is not None else 1e-3
 
-    def __call__(self, params: Tensor) -> Distribution:
+    def _loc_scale(self, params: Tensor) -> tuple[Tensor, Tensor]:
         loc, raw = params.chunk(2, dim=-3)
-        scale = F.softplus(raw) + self.min_scale
-        return Independent(Normal(loc, scale, validate_args=False), 3, validate_args=False)
+        return loc, F.softplus(raw) + self.min_scale
+
+    def __call__(self, params: Tensor) -> Distribution:
+        return Independent(Normal(*self._loc_scale(params), validate_args=False), 3,
+                           validate_args=False)
 
 
 @LIKELIHOODS.register("dgaussian")
-class DiscretizedGaussianLikelihood(Likelihood):
+class DiscretizedGaussianLikelihood(GaussianLikelihood):
     """A discretized Gaussian per pixel with learned scale: a probability over the data's
     grey levels (``levels``, set from the data), so its log-likelihood is that of the
     discrete 8-bit (or 17-level) data, comparable with the literature's."""
 
-    name, params_per_channel, discrete = "dgaussian", 2, True
+    name, discrete = "dgaussian", True
 
     def __init__(self, cfg: ModelConfig | None = None):
-        self.min_scale = cfg.min_scale if cfg is not None else 1e-3
+        super().__init__(cfg)
         self.levels = cfg.levels if cfg is not None and cfg.levels else 256
 
     def __call__(self, params: Tensor) -> Distribution:
-        loc, raw = params.chunk(2, dim=-3)
-        scale = F.softplus(raw) + self.min_scale
-        return Independent(DiscretizedNormal(loc, scale, self.levels), 3, validate_args=False)
+        return Independent(DiscretizedNormal(*self._loc_scale(params), self.levels), 3,
+                           validate_args=False)
 
 
 PRIORS: Registry[Callable[[ModelConfig], nn.Module]] = Registry("prior")

@@ -17,7 +17,7 @@ import torch
 
 from .data import Data, Split
 from .model import VAE, seeded
-from .objectives import bits_per_dim, elbo_over, log_weights
+from .objectives import bits_per_dim, elbo_over, log_weights, mean_stderr
 
 Tensor = torch.Tensor
 
@@ -112,9 +112,9 @@ def evaluate(model: VAE, data: Data, split: str = "test", batch_size: int = 1000
         res = elbo_over(model, s.batches(batch_size))
     dims = math.prod(data.image_shape)
     discrete = model.likelihood.discrete
-    bpd = (lambda nats: bits_per_dim(nats, dims)) if discrete else (lambda nats: None)
     out = {"dataset": data.name, "split": split, "n": res["n"], "elbo": res["elbo"],
-           "recon": res["recon"], "kl": res["kl"], "bits_per_dim": bpd(-res["elbo"]),
+           "recon": res["recon"], "kl": res["kl"],
+           "bits_per_dim": bits_per_dim(-res["elbo"], dims, discrete),
            "dims": dims, "likelihood": model.likelihood.name, "discrete": discrete}
     out.update(latent_diagnostics(model, s, batch_size))
     if not discrete:
@@ -124,12 +124,9 @@ def evaluate(model: VAE, data: Data, split: str = "test", batch_size: int = 1000
             "compare with published bits/dim (not reported). Train with --likelihood "
             "dgaussian for a discrete likelihood of grey images."))
     if k > 0:
-        ll = log_likelihood(model, s, k, seed=seed, progress=progress)
-        nll = -ll.double()
-        out.update(k=k, nll=nll.mean().item(),
-                   nll_stderr=(nll.std() / math.sqrt(len(nll))).item() if len(nll) > 1 else 0.0,
-                   nll_bits_per_dim=bpd(nll.mean().item()),
-                   gap=(-nll.mean() - res["elbo"]).item())
+        nll, se = mean_stderr(-log_likelihood(model, s, k, seed=seed, progress=progress))
+        out.update(k=k, nll=nll, nll_stderr=se,
+                   nll_bits_per_dim=bits_per_dim(nll, dims, discrete), gap=-nll - res["elbo"])
     return out
 
 

@@ -82,6 +82,14 @@ def elbo_over(model, batches: Iterable[Tensor], k: int = 1) -> dict[str, float]:
     return {"elbo": e, "recon": r, "kl": kl, "n": n}
 
 
-def bits_per_dim(nats_per_example: float, dims: int) -> float:
-    """Negative log-likelihood in bits per dimension: nats / (D ln 2)."""
-    return nats_per_example / (dims * math.log(2))
+def bits_per_dim(nats_per_example: float, dims: int, discrete: bool = True) -> float | None:
+    """Negative log-likelihood in bits per dimension: nats / (D ln 2). None for a density
+    (``discrete`` False): bits/dim are a unit of probabilities of discrete data."""
+    return nats_per_example / (dims * math.log(2)) if discrete else None
+
+
+def mean_stderr(values: Tensor) -> tuple[float, float]:
+    """Mean over examples and its standard error, std / sqrt(n) (0 for one example)."""
+    v = values.double()
+    se = (v.std() / math.sqrt(len(v))).item() if len(v) > 1 else 0.0
+    return v.mean().item(), se

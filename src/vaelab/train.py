@@ -66,7 +66,8 @@ def check_likelihood(model: VAE, data: Data) -> None:
             f"the {model.likelihood.name} likelihood is meant for binary data, but {data.name} "
             "is grey-valued (binarize=none): its 'log-likelihood' is then a cross-entropy, not "
             "a likelihood of the data. Use --binarize dynamic, or --likelihood dgaussian (or "
-            "the densities cbernoulli, gaussian) for grey values.", GreyBernoulliWarning, stacklevel=2)
+            "the densities cbernoulli, gaussian) for grey values.", GreyBernoulliWarning,
+            stacklevel=2)
 
 
 def kl_weight(tc, epoch: int, step: int, n_batches: int) -> float:
@@ -280,8 +281,8 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, data: Data 
         val = elbo_over(model, data.val.batches(tc.eval_batch_size))
         m = {"epoch": epoch, "train_loss": loss_m, "train_elbo": elbo_m, "train_recon": recon_m,
              "train_kl": kl_m, "val_elbo": val["elbo"], "val_recon": val["recon"],
-             "val_kl": val["kl"], "val_bits_per_dim": bits_per_dim(-val["elbo"], dims)
-             if model.likelihood.discrete else None,
+             "val_kl": val["kl"],
+             "val_bits_per_dim": bits_per_dim(-val["elbo"], dims, model.likelihood.discrete),
              "seconds": seconds, "images_per_s": len(data.train) / seconds}
         history.append(m)
         with open(run_dir / "metrics.jsonl", "a") as f:
@@ -292,10 +293,11 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, data: Data 
             state.best_val_elbo, state.best_epoch = score, epoch
             save_weights(run_dir / "model.safetensors", model, epoch=epoch)
         save_checkpoint(run_dir, model, opt, gen, state)
+        bpd = m["val_bits_per_dim"]
         log.info("epoch %d/%d  train ELBO %.3f  val ELBO %.3f nats%s  KL %.2f  %.1fs  "
                  "%.0f img/s", epoch, tc.epochs, elbo_m, val["elbo"],
-                 f" ({m['val_bits_per_dim']:.4f} bits/dim)" if model.likelihood.discrete else "",
-                 val["kl"], seconds, m["images_per_s"])
+                 "" if bpd is None else f" ({bpd:.4f} bits/dim)", val["kl"], seconds,
+                 m["images_per_s"])
     if state.epoch == 0:
         raise RunError("no epoch was trained (epochs must be >= 1)")
     if state.best_epoch != state.epoch:
