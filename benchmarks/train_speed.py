@@ -151,7 +151,8 @@ def main():
     print(f"device: {device.type} ({hw}); torch {torch.__version__}; {args.epochs} epochs each, "
           "median")
     print()
-    print("| loop | s/epoch (median) | s/epoch (min) | images/s | speed-up | val ELBO after 2 epochs |")
+    print("| loop | s/epoch (median) | s/epoch (min) | images/s | speed-up "
+          "| val ELBO after 2 epochs |")
     print("|---|---:|---:|---:|---:|---:|")
     base = statistics.median(next(iter(times.values())))
     for name, ts in times.items():

@@ -60,7 +60,8 @@ def test_resume_extends_a_run(run_dir, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["train", "--likelihood", "poisson"], "invalid choice: 'poisson' (choose from 'auto', 'bernoulli'"),
+    (["train", "--likelihood", "poisson"],
+     "invalid choice: 'poisson' (choose from 'auto', 'bernoulli'"),
     (["train", "--latent-dim", "x"], "latent_dim must be of type int"),
     (["train", "--config", "missing.toml"], "config file missing.toml does not exist"),
     (["evaluate", "nowhere"], "nowhere is not a vaelab run directory"),

@@ -93,7 +93,8 @@ class LinearGaussian:
             dec.bias[:D] = self.b
             dec.bias[D:] = softplus_inv(self.sigma - min_scale)
         cfg = ModelConfig(latent_dim=L, likelihood="gaussian", min_scale=min_scale)
-        model = VAE(nn.Sequential(nn.Flatten(-3), enc), nn.Sequential(dec, nn.Unflatten(-1, (2, 1, D))),
+        model = VAE(nn.Sequential(nn.Flatten(-3), enc),
+                    nn.Sequential(dec, nn.Unflatten(-1, (2, 1, D))),
                     GaussianLikelihood(cfg), StandardNormalPrior(cfg).double(), L, (1, 1, D))
         return model
 

@@ -112,7 +112,10 @@ class BernoulliMixture:
         model = cls(torch.zeros(components, dtype=torch.float64, device=x.device),
                     torch.full((components, x.shape[1]), 0.5, dtype=torch.float64,
                                device=x.device))
-        for it in range(iterations):
+        from tqdm.auto import tqdm
+
+        bar = tqdm(range(iterations), desc=f"EM, K={components}", leave=False, disable=None)
+        for it in bar:
             nk = resp.sum(0)  # M-step
             model.log_pi = (nk / n).log()
             model.mu = ((resp.T @ x) / nk[:, None]).clamp(eps, 1 - eps)
@@ -120,8 +123,10 @@ class BernoulliMixture:
             ll = torch.logsumexp(joint, dim=1)
             resp = torch.exp(joint - ll[:, None])
             model.history.append(ll.mean().item())
+            bar.set_postfix(loglik=f"{model.history[-1]:.2f}", refresh=False)
             if it > 0 and model.history[-1] - model.history[-2] < tol:
                 break
+        bar.close()
         return model
 
     def n_params(self) -> int:
@@ -222,12 +227,16 @@ def _ppca(data: Data, s: BaselineSettings):
 
 
 def run_baselines(data: Data, names: list[str] | None = None, split: str = "test",
-                  settings: BaselineSettings = BaselineSettings()) -> list[dict]:
+                  settings: BaselineSettings = BaselineSettings(), progress: bool = False
+                  ) -> list[dict]:
     """Fit each baseline on the training split; test NLL in nats per example and bits/dim."""
+    from tqdm.auto import tqdm
+
     x = _flat(data.split(split).batch(slice(None)))
     dims = x.shape[1]
     rows = []
-    for name in names or BASELINES.names():
+    for name in tqdm(names or BASELINES.names(), desc="baselines", unit="model", leave=False,
+                     disable=None if progress else True):
         t0 = time.perf_counter()
         model, note = BASELINES.get(name)(data, settings)
         if model is None:

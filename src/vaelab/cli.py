@@ -1,4 +1,5 @@
-"""Command line: ``vaelab train | sample | evaluate | datasets``. The only argv parser."""
+"""Command line: ``vaelab train | sample | evaluate | posterior | baselines | report | compare
+| datasets``. The only argv parser."""
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,8 @@ def _registries() -> dict[str, list[str]]:
     from .distributions import LIKELIHOODS, PRIORS
     from .nets import ACTIVATIONS, NETS
 
-    return {"dataset": DATASETS.names(), "likelihood": ["auto", *LIKELIHOODS.names()], "net": NETS.names(),
+    return {"dataset": DATASETS.names(), "likelihood": ["auto", *LIKELIHOODS.names()],
+            "net": NETS.names(),
             "prior": PRIORS.names(), "activation": ACTIVATIONS.names()}
 
 
@@ -81,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its checkpoint "
                    "(only --epochs and --device may be changed)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--tensorboard", action="store_true", help="also log scalars and sample "
+                   "grids to RUN/tensorboard (needs: pip install 'vaelab[tensorboard]')")
     _add_config_flags(t)
 
     s = sub.add_parser("sample", help="write the Data / Mean samples / Samples figure")
@@ -114,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "training split; print the test NLL in nats and bits/dim, in the same "
                        "protocol as `vaelab evaluate`.")
     b.add_argument("--config", metavar="FILE", help="take the [data] settings from this TOML")
+    b.add_argument("--run", metavar="RUN", help="take the [data] settings from this run and "
+                   "record the table in RUN/baselines.json (shown by `vaelab report`)")
     b.add_argument("--models", metavar="M1,M2", help="subset of: bernoulli, gaussian, mixture, "
                    "ppca (default: all that fit the data)")
     b.add_argument("--components", type=int, default=50, help="mixture components (default 50)")
@@ -122,6 +128,22 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--split", choices=["train", "val", "test"], default="test")
     b.add_argument("--json", action="store_true", help="print a JSON list")
     _add_config_flags(b, ("data",))
+
+    r = sub.add_parser("report", help="one self-contained HTML page with a run's figures "
+                       "and results", description="Write RUN/report/index.html: the samples "
+                       "figure, reconstructions, interpolations, latent traversals, the latent "
+                       "space, training curves and the results of evaluate, baselines and "
+                       "classify (images embedded; the PNGs are written beside it).")
+    _add_run_args(r)
+    r.add_argument("--out", metavar="HTML", help="default: RUN/report/index.html")
+
+    c = sub.add_parser("compare", help="one HTML page with several runs side by side")
+    c.add_argument("runs", metavar="RUN", nargs="+", help="run directories")
+    c.add_argument("--out", metavar="HTML", default="compare.html",
+                   help="default: compare.html")
+    c.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    c.add_argument("--which", choices=["best", "last"], default="best")
+    c.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
 
     d = sub.add_parser("datasets", help="list the data sets and where their files are")
     d.add_argument("--data-dir", metavar="DIR", help="also look here")
@@ -145,7 +167,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = _config_from_args(args)
         run_dir = Path(args.out or f"runs/{cfg.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
         args.out = str(run_dir)  # named in the message if the run is interrupted
-    result = train(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress)
+    result = train(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress,
+                   tensorboard=args.tensorboard)
     figs = sample_figures(result.model, result.data, run_dir / "figures")
     if result.history:
         figs["curves"] = training_curves(result.history, run_dir / "figures" / "curves.png",
@@ -188,6 +211,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
+    from .train import write_result
 
     model, cfg, data = _load(args)
     if args.k < 0:
@@ -195,6 +219,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     r = evaluate(model, data, args.split, args.batch_size, args.seed, args.k,
                  progress=not args.json)
     r["run"] = str(args.run)
+    r["which"] = args.which
+    write_result(args.run, "evaluate", f"{args.split}, k={args.k}, {args.which}", r)
     if args.json:
         print(json.dumps(r))
         return 0
@@ -252,6 +278,12 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     from .baselines import BASELINES, BaselineSettings, run_baselines
     from .data import load_data
 
+    if args.run and args.config:
+        raise ConfigError("give --run or --config, not both")
+    if args.run:
+        args.config = str(Path(args.run) / "config.toml")
+        if not Path(args.config).is_file():
+            raise ConfigError(f"{args.run} is not a run directory (no config.toml)")
     cfg = _config_from_args(args)
     names = [m.strip() for m in args.models.split(",")] if args.models else None
     for n in names or []:
@@ -260,16 +292,42 @@ def cmd_baselines(args: argparse.Namespace) -> int:
         raise ConfigError("--components, --em-iterations and --ppca-dim must be >= 1")
     data = load_data(cfg.data)
     rows = run_baselines(data, names, args.split, BaselineSettings(
-        args.components, args.em_iterations, args.ppca_dim, cfg.train.seed))
+        args.components, args.em_iterations, args.ppca_dim, cfg.train.seed),
+        progress=not args.json)
+    if args.run:
+        from .train import write_result
+
+        write_result(args.run, "baselines", args.split, rows)
     if args.json:
         print(json.dumps(rows))
         return 0
     print(f"{data.name}, {args.split} set (n = {rows[0]['n'] if rows else 0}), "
           f"binarize = {data.binarize}; negative log-likelihood per example")
-    print(f"  {'model':10s} {'NLL (nats)':>16s} {'bits/dim':>9s} {'params':>9s} {'fit s':>7s}  note")
+    print(f"  {'model':10s} {'NLL (nats)':>16s} {'bits/dim':>9s} {'params':>9s} "
+          f"{'fit s':>7s}  note")
     for r in rows:
         print(f"  {r['model']:10s} {r['nll']:9.2f} ± {r['nll_stderr']:4.2f} "
               f"{r['bits_per_dim']:9.4f} {r['params']:9d} {r['fit_seconds']:7.1f}  {r['note']}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    out = write_report(args.run, args.out, device=args.device, which=args.which,
+                       seed=args.seed)
+    print(f"report: {out}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .report import write_comparison
+
+    if len(set(args.runs)) < 2:
+        raise ConfigError("compare needs at least two different run directories")
+    out = write_comparison(args.runs, args.out, device=args.device, which=args.which,
+                           seed=args.seed)
+    print(f"comparison: {out}")
     return 0
 
 
@@ -292,7 +350,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate,
-            "posterior": cmd_posterior, "baselines": cmd_baselines, "datasets": cmd_datasets}
+            "posterior": cmd_posterior, "baselines": cmd_baselines, "report": cmd_report,
+            "compare": cmd_compare, "datasets": cmd_datasets}
 
 
 def main(argv: list[str] | None = None) -> int:

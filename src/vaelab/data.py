@@ -213,7 +213,10 @@ def _holdout(x: np.ndarray, y: np.ndarray | None, fraction: float, seed: int):
     perm = np.random.default_rng(seed).permutation(len(x))
     n_test = int(round(fraction * len(x)))
     test, train = perm[:n_test], perm[n_test:]
-    pick = (lambda a, i: None if a is None else a[i])
+
+    def pick(a, i):
+        return None if a is None else a[i]
+
     return x[train], pick(y, train), x[test], pick(y, test)
 
 

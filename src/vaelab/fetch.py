@@ -105,7 +105,8 @@ def fetch_file(remote: RemoteFile, dest_dir: str | Path, mirrors: tuple[str, ...
             atomic_write(target, data)
             log.info("downloaded %s -> %s", url, target)
             return target
-    raise DataError(f"could not download {remote.name}:\n  " + "\n  ".join(failures or ["no mirrors"]))
+    raise DataError(f"could not download {remote.name}:\n  "
+                    + "\n  ".join(failures or ["no mirrors"]))
 
 
 def atomic_write(target: Path, data: bytes) -> None:

@@ -48,15 +48,32 @@ def _save(fig, path: str | Path, suptitle: str | None = None) -> Path:
 
 
 def _panels(grids: list[tuple[str, np.ndarray]], path: str | Path, suptitle: str | None = None,
-            panel_inches: float = 4.0) -> Path:
-    fig = _figure(panel_inches * len(grids), panel_inches + 0.6)
+            panel_inches: float = 4.0, row_labels: list[str] | None = None,
+            rows: int | None = None) -> Path:
+    """Image grids side by side; ``row_labels`` name the ``rows`` rows of the first panel."""
+    aspect = grids[0][1].shape[0] / grids[0][1].shape[1]
+    height = min(panel_inches * max(aspect, 0.25), 24.0)
+    fig = _figure(panel_inches * len(grids) + (0.9 if row_labels else 0), height + 0.6)
     for i, (title, g) in enumerate(grids):
         ax = fig.add_subplot(1, len(grids), i + 1)
         ax.imshow(g, cmap="gray" if g.ndim == 2 else None, vmin=0, vmax=1,
                   interpolation="nearest")
         ax.set_title(title, fontsize=14)
-        ax.set_axis_off()
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for side in ax.spines.values():
+            side.set_visible(False)
+        if row_labels and i == 0:
+            step = g.shape[0] / (rows or len(row_labels))
+            ax.set_yticks([step * (r + 0.5) for r in range(len(row_labels))], row_labels,
+                          fontsize=7)
+            ax.tick_params(length=0)
     return _save(fig, path, suptitle)
+
+
+def _rows(images: Tensor) -> np.ndarray:
+    """(R, S, C, H, W) -> one grid, a row of S images per r."""
+    return image_grid(images.flatten(0, 1), images.shape[1])
 
 
 def imagination_figure(data: Tensor, mean: Tensor, sample: Tensor, path: str | Path,
@@ -144,3 +161,65 @@ def training_curves(history: list[dict], path: str | Path, title: str | None = N
         if i == 0:
             ax.legend()
     return _save(fig, path, title)
+
+
+def interpolation_figure(posterior: Tensor, prior: Tensor, path: str | Path,
+                         suptitle: str | None = None) -> Path:
+    """Rows of images (P, S, C, H, W): between two test images through their posterior means
+    (codes, not samples), and along great circles between two prior samples."""
+    return _panels([("Posterior means, linear", _rows(posterior)),
+                    ("Prior samples, spherical", _rows(prior))], path, suptitle, 5.0)
+
+
+def traversal_figure(images: Tensor, row_labels: list[str], path: str | Path,
+                     suptitle: str | None = None) -> Path:
+    """One row per latent dimension (R, S, C, H, W): that coordinate swept over the prior's
+    5%..95% quantiles, the others held at a test image's posterior mean."""
+    return _panels([("Latent traversals (5% .. 95% prior quantiles)", _rows(images))], path,
+                   suptitle, 5.0, row_labels, len(row_labels))
+
+
+def manifold_figure(images: Tensor, path: str | Path, suptitle: str | None = None) -> Path:
+    """The decoded 2-D manifold (n, n, C, H, W) over the prior's quantiles."""
+    return _panels([("E[x|z] over the prior's quantiles", _rows(images))], path, suptitle, 6.0)
+
+
+def latent_figure(mu: Tensor, labels: Tensor | None, classes: tuple[str, ...] | None,
+                  path: str | Path, suptitle: str | None = None) -> Path:
+    """Posterior means of a split, coloured by label: the 2-D latent itself, or its first
+    two principal components."""
+    z = mu.detach().double().cpu().numpy()
+    if z.shape[1] == 2:
+        xy, axes = z, ("z1", "z2")
+    else:
+        from sklearn.decomposition import PCA
+
+        pca = PCA(2).fit(z)
+        xy = pca.transform(z)
+        r = pca.explained_variance_ratio_
+        axes = (f"PC 1 ({r[0]:.0%} of variance)", f"PC 2 ({r[1]:.0%})")
+    fig = _figure(6.4, 5.4)
+    ax = fig.add_subplot(1, 1, 1)
+    if labels is None:
+        ax.scatter(xy[:, 0], xy[:, 1], s=2, alpha=0.5)
+    else:
+        y = labels.cpu().numpy()
+        cmap = _colormap(int(y.max()) + 1)
+        for c in np.unique(y):
+            name = classes[c] if classes and c < len(classes) else str(c)
+            ax.scatter(xy[y == c, 0], xy[y == c, 1], s=2, alpha=0.6, color=cmap(int(c) % cmap.N),
+                       label=name)
+        ax.legend(markerscale=5, fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5),
+                  frameon=False)
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
+    ax.set_title("E_q[z|x] of the test set" + ("" if z.shape[1] == 2 else " (PCA)"),
+                 fontsize=11)
+    ax.grid(alpha=0.3)
+    return _save(fig, path, suptitle)
+
+
+def _colormap(n: int):
+    from matplotlib import colormaps
+
+    return colormaps["tab10" if n <= 10 else "tab20"]

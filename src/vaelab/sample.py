@@ -27,3 +27,74 @@ def reconstruct(model: VAE, x: Tensor) -> Tensor:
     """E[x | z = E_q[z|x]]: the decoder's mean at the posterior mean (no sampling)."""
     model.eval()
     return model.decode(model.encode(x).mean).mean
+
+
+def slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
+    """Spherical interpolation between codes a, b (..., L) at fractions t (T,) -> (T, ..., L).
+    Under a N(0, I) prior it keeps the norm typical of the prior, where the straight line
+    between two samples passes through the improbable region near 0 (White 2016)."""
+    cos = torch.nn.functional.cosine_similarity(a, b, dim=-1).clamp(-1 + 1e-7, 1 - 1e-7)
+    omega = torch.acos(cos)[None, ..., None]  # (1, ..., 1)
+    t = t.reshape(-1, *[1] * a.dim())
+    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+
+
+@torch.no_grad()
+def interpolate(model: VAE, xa: Tensor, xb: Tensor, steps: int = 10) -> Tensor:
+    """Decoder means along the straight line between the posterior means E_q[z|x_a] and
+    E_q[z|x_b] (codes, not samples): (P, steps, C, H, W) for P pairs of images."""
+    model.eval()
+    za, zb = model.encode(xa).mean, model.encode(xb).mean  # (P, L)
+    t = torch.linspace(0, 1, steps, device=za.device)[:, None, None]  # (S, 1, 1)
+    return model.decode(za + t * (zb - za)).mean.transpose(0, 1)  # (S, P, ...) -> (P, S, ...)
+
+
+@torch.no_grad()
+def prior_interpolate(model: VAE, pairs: int = 5, steps: int = 10, seed: int | None = 0
+                      ) -> Tensor:
+    """Decoder means along great circles between pairs of prior samples: (P, S, C, H, W)."""
+    model.eval()
+    with seeded(seed, model.device):
+        z = model.prior().sample((2, pairs))  # (2, P, L)
+    t = torch.linspace(0, 1, steps, device=z.device)
+    return model.decode(slerp(z[0], z[1], t)).mean.transpose(0, 1)
+
+
+def prior_quantiles(n: int, tail: float = 0.05, device: torch.device | str = "cpu") -> Tensor:
+    """n values of z with equally spaced N(0, 1) probabilities from ``tail`` to 1 - ``tail``
+    (Kingma & Welling 2014, fig. 4: a grid on the unit square through the inverse CDF)."""
+    p = torch.linspace(tail, 1 - tail, n, device=device)
+    return torch.distributions.Normal(0.0, 1.0).icdf(p)
+
+
+@torch.no_grad()
+def traverse(model: VAE, x: Tensor, dims: list[int], steps: int = 11) -> Tensor:
+    """Latent traversals: start at the posterior mean of one image x (1, C, H, W), move one
+    coordinate over the prior's quantiles, decode the means: (len(dims), steps, C, H, W)."""
+    model.eval()
+    z0 = model.encode(x).mean[0]  # (L,)
+    values = prior_quantiles(steps, device=z0.device)
+    z = z0.repeat(len(dims), steps, 1)  # (R, S, L)
+    for r, d in enumerate(dims):
+        z[r, :, d] = values
+    return model.decode(z).mean
+
+
+@torch.no_grad()
+def manifold(model: VAE, n: int = 20) -> Tensor:
+    """2-D latent: decoder means over an n x n grid of prior quantiles, (n, n, C, H, W);
+    rows run from high z2 (top) to low, columns from low z1 to high."""
+    if model.latent_dim != 2:
+        raise ValueError(f"the manifold needs a 2-D latent, this model has {model.latent_dim}")
+    model.eval()
+    q = prior_quantiles(n, device=model.device)
+    z = torch.stack(torch.meshgrid(q.flip(0), q, indexing="ij"), -1)[..., [1, 0]]  # (n, n, 2)
+    return model.decode(z).mean
+
+
+@torch.no_grad()
+def latent_means(model: VAE, split, batch_size: int = 1000) -> Tensor:
+    """E_q[z|x] for every image of a split (held-out splits are fixed, so this is
+    deterministic): (N, L)."""
+    model.eval()
+    return torch.cat([model.encode(x).mean for x in split.batches(batch_size)])

@@ -30,7 +30,7 @@ from safetensors.torch import save as st_save
 from .config import Config, ConfigError
 from .data import Data, load_data
 from .fetch import atomic_write
-from .model import VAE
+from .model import VAE, seeded
 from .objectives import bits_per_dim, elbo, elbo_over
 
 log = logging.getLogger(__name__)
@@ -211,6 +211,68 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
         if p.is_file() else []
 
 
+RESULTS = ("evaluate", "baselines", "classify")  # RUN/<name>.json, written by those commands
+
+
+def write_result(run_dir: str | Path, name: str, key: str, value) -> Path:
+    """Record a command's result in ``RUN/<name>.json`` under ``key`` (e.g. the split and k
+    of an evaluation); other keys are kept. Atomic: an interrupted write loses nothing."""
+    if name not in RESULTS:
+        raise ValueError(f"unknown result {name!r}; one of {RESULTS}")
+    path = Path(run_dir) / f"{name}.json"
+    entries = read_results(run_dir).get(name, {})
+    entries[key] = value
+    atomic_write(path, (json.dumps(entries, indent=1) + "\n").encode())
+    return path
+
+
+def read_results(run_dir: str | Path) -> dict[str, dict]:
+    """The results recorded in a run directory: ``{name: {key: value}}`` for each file that
+    exists. A file that is not valid JSON raises a RunError naming it."""
+    out = {}
+    for name in RESULTS:
+        path = Path(run_dir) / f"{name}.json"
+        if path.is_file():
+            try:
+                out[name] = json.loads(path.read_text())
+            except json.JSONDecodeError as e:
+                raise RunError(f"{path} is not valid JSON ({e}); delete it and run "
+                               f"`vaelab {name}` again") from e
+    return out
+
+
+class TensorBoard:
+    """Optional TensorBoard log in RUN/tensorboard: per-epoch scalars and a grid of mean
+    samples from fixed prior draws."""
+
+    def __init__(self, run_dir: Path, model: VAE):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise RunError("--tensorboard needs the tensorboard package: "
+                           "pip install 'vaelab[tensorboard]'") from e
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+        with seeded(0, model.device):
+            self.z = model.prior().sample((64,)).to(model.device)  # the same codes every epoch
+
+    @torch.no_grad()
+    def log(self, m: dict, model: VAE) -> None:
+        from .plots import image_grid
+
+        for key, value in m.items():
+            group, _, name = key.partition("_")
+            if key != "epoch" and value is not None:  # train_elbo -> elbo/train
+                tag = f"{name}/{group}" if group in ("train", "val") else key
+                self.writer.add_scalar(tag, value, m["epoch"])
+        g = image_grid(model.decode(self.z).mean, 8)
+        self.writer.add_image("mean samples", g, m["epoch"],
+                              dataformats="HW" if g.ndim == 2 else "HWC")
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 # ---------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------
@@ -223,9 +285,10 @@ class TrainResult:
 
 
 def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, data: Data | None = None,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, tensorboard: bool = False) -> TrainResult:
     """Maximise the ELBO with Adam. Writes the run directory; ``resume=True`` continues a
-    run from its checkpoint (up to ``cfg.train.epochs``)."""
+    run from its checkpoint (up to ``cfg.train.epochs``); ``tensorboard=True`` also logs
+    to RUN/tensorboard."""
     run_dir = Path(run_dir)
     if resume:
         if not (run_dir / "checkpoint.safetensors").is_file():
@@ -255,49 +318,58 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, data: Data 
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in history))
 
     from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
+    board = TensorBoard(run_dir, model) if tensorboard else None
     n_batches = math.ceil(len(data.train) / tc.batch_size)
-    for epoch in range(state.epoch + 1, tc.epochs + 1):
-        model.train()
-        t0 = time.perf_counter()
-        sums = torch.zeros(4, device=device)
-        bar = tqdm(data.train.batches(tc.batch_size, shuffle=True, generator=gen),
-                   total=n_batches, desc=f"epoch {epoch}/{tc.epochs}", leave=False,
-                   disable=None if progress else True, unit="batch")
-        for step, x in enumerate(bar):
-            with torch.autocast(device.type, torch.bfloat16, enabled=tc.precision == "bf16"):
-                loss, t = elbo(model, x, tc.samples, kl_weight(tc, epoch, step, n_batches))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sums += torch.stack([loss.detach() * x.shape[0], t.elbo.detach().sum(),
-                                 t.recon.detach().sum(), t.kl.detach().sum()])
-            if progress and step % 20 == 0:
-                bar.set_postfix(elbo=f"{-loss.item():.2f}")
-        bar.close()
-        seconds = time.perf_counter() - t0
-        loss_m, elbo_m, recon_m, kl_m = (sums / len(data.train)).tolist()
-        model.eval()
-        val = elbo_over(model, data.val.batches(tc.eval_batch_size))
-        m = {"epoch": epoch, "train_loss": loss_m, "train_elbo": elbo_m, "train_recon": recon_m,
-             "train_kl": kl_m, "val_elbo": val["elbo"], "val_recon": val["recon"],
-             "val_kl": val["kl"],
-             "val_bits_per_dim": bits_per_dim(-val["elbo"], dims, model.likelihood.discrete),
-             "seconds": seconds, "images_per_s": len(data.train) / seconds}
-        history.append(m)
-        with open(run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(m) + "\n")
-        score = val["elbo"] if val["n"] else elbo_m
-        state.epoch = epoch
-        if score > state.best_val_elbo or state.best_epoch == 0:
-            state.best_val_elbo, state.best_epoch = score, epoch
-            save_weights(run_dir / "model.safetensors", model, epoch=epoch)
-        save_checkpoint(run_dir, model, opt, gen, state)
-        bpd = m["val_bits_per_dim"]
-        log.info("epoch %d/%d  train ELBO %.3f  val ELBO %.3f nats%s  KL %.2f  %.1fs  "
-                 "%.0f img/s", epoch, tc.epochs, elbo_m, val["elbo"],
-                 "" if bpd is None else f" ({bpd:.4f} bits/dim)", val["kl"], seconds,
-                 m["images_per_s"])
+    bar = tqdm(total=n_batches * max(0, tc.epochs - state.epoch), leave=False, unit="batch",
+               disable=None if progress else True)  # one bar, so the ETA is the whole run's
+    with logging_redirect_tqdm():  # epoch lines above the bar, not through it
+        for epoch in range(state.epoch + 1, tc.epochs + 1):
+            model.train()
+            t0 = time.perf_counter()
+            sums = torch.zeros(4, device=device)
+            bar.set_description(f"epoch {epoch}/{tc.epochs}")
+            for step, x in enumerate(data.train.batches(tc.batch_size, shuffle=True,
+                                                        generator=gen)):
+                with torch.autocast(device.type, torch.bfloat16, enabled=tc.precision == "bf16"):
+                    loss, t = elbo(model, x, tc.samples, kl_weight(tc, epoch, step, n_batches))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sums += torch.stack([loss.detach() * x.shape[0], t.elbo.detach().sum(),
+                                     t.recon.detach().sum(), t.kl.detach().sum()])
+                bar.update()
+                if progress and step % 20 == 0:
+                    bar.set_postfix(elbo=f"{-loss.item():.2f}", refresh=False)
+            seconds = time.perf_counter() - t0
+            loss_m, elbo_m, recon_m, kl_m = (sums / len(data.train)).tolist()
+            model.eval()
+            val = elbo_over(model, data.val.batches(tc.eval_batch_size))
+            m = {"epoch": epoch, "train_loss": loss_m, "train_elbo": elbo_m, "train_recon": recon_m,
+                 "train_kl": kl_m, "val_elbo": val["elbo"], "val_recon": val["recon"],
+                 "val_kl": val["kl"],
+                 "val_bits_per_dim": bits_per_dim(-val["elbo"], dims, model.likelihood.discrete),
+                 "seconds": seconds, "images_per_s": len(data.train) / seconds}
+            history.append(m)
+            with open(run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(m) + "\n")
+            score = val["elbo"] if val["n"] else elbo_m
+            state.epoch = epoch
+            if score > state.best_val_elbo or state.best_epoch == 0:
+                state.best_val_elbo, state.best_epoch = score, epoch
+                save_weights(run_dir / "model.safetensors", model, epoch=epoch)
+            save_checkpoint(run_dir, model, opt, gen, state)
+            if board:
+                board.log(m, model)
+            bpd = m["val_bits_per_dim"]
+            log.info("epoch %d/%d  train ELBO %.3f  val ELBO %.3f nats%s  KL %.2f  %.1fs  "
+                     "%.0f img/s", epoch, tc.epochs, elbo_m, val["elbo"],
+                     "" if bpd is None else f" ({bpd:.4f} bits/dim)", val["kl"], seconds,
+                     m["images_per_s"])
+    bar.close()
+    if board:
+        board.close()
     if state.epoch == 0:
         raise RunError("no epoch was trained (epochs must be >= 1)")
     if state.best_epoch != state.epoch:
