@@ -112,7 +112,7 @@ def make_figures(run_dir: str | Path, out_dir: str | Path, device: str = "auto",
 # ---------------------------------------------------------------------------------------
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1200px;
-padding:12px 16px;line-height:1.45;color:#1d1d1f;background:#fff}
+padding:12px 16px;line-height:1.45;color:#1d1d1f;background:#fff;overflow-wrap:anywhere}
 h1{font-size:1.5em;margin:.4em 0}h2{font-size:1.2em;margin:1.4em 0 .4em;border-bottom:1px solid
 #ddd;padding-bottom:.2em}img{max-width:100%;height:auto;display:block}
 .wrap{overflow-x:auto}table{border-collapse:collapse;font-size:.9em;margin:.4em 0}

@@ -1,0 +1,172 @@
+"""`vaelab report` and `vaelab compare`: the pages, their numbers, and a real browser."""
+import base64
+import json
+import os
+import re
+import shutil
+
+import pytest
+import torch
+
+from vaelab.cli import main
+from vaelab.report import FIGURES
+from vaelab.sample import interpolate, prior_quantiles, slerp, traverse
+from vaelab.train import RunError, load_run, read_results, write_result
+
+
+def _train(out, *flags):
+    assert main(["-q", "train", "--epochs", "2", "--hidden", "64", "--out", str(out),
+                 "--no-progress", *flags]) == 0
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two digits runs: a 2-D latent (manifold, direct scatter) and an 8-D one (PCA), the
+    first with evaluate and baselines recorded."""
+    root = tmp_path_factory.mktemp("report")
+    two, eight = root / "two", root / "eight"
+    _train(two, "--latent-dim", "2")
+    _train(eight, "--latent-dim", "8")
+    assert main(["-q", "evaluate", str(two), "--k", "20", "--json"]) == 0
+    assert main(["-q", "baselines", "--run", str(two), "--json"]) == 0
+    for r in (two, eight):
+        assert main(["-q", "report", str(r)]) == 0
+    return two, eight
+
+
+def _images(page: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([^"]+)"', page)]
+
+
+def test_report_is_self_contained_and_complete(runs):
+    two, eight = runs
+    for run, latent in ((two, True), (eight, False)):
+        page = (run / "report" / "index.html").read_text()
+        shown = [k for k in FIGURES if f"<h2>{FIGURES[k][0]}</h2>" in page.replace("&amp;", "&")]
+        expected = [k for k in FIGURES if k != "manifold" or latent]
+        assert shown == expected
+        imgs = _images(page)
+        assert len(imgs) == len(expected) and all(i.startswith(b"\x89PNG") for i in imgs)
+        assert "http://" not in page and "https://" not in page  # nothing to fetch
+        assert {p.name for p in (run / "report").glob("*.png")} == {f"{k}.png" for k in expected}
+
+
+def test_report_tables_hold_the_recorded_numbers(runs):
+    two, eight = runs
+    page = (two / "report" / "index.html").read_text()
+    ev = read_results(two)["evaluate"]["test, k=20, best"]
+    assert f"{ev['nll']:.2f}" in page and f"{ev['elbo']:.2f}" in page
+    for row in read_results(two)["baselines"]["test"]:
+        assert f"{row['nll']:.2f}" in page
+    assert f"vaelab classify --run {two}" in page  # not run: named with its command
+    page = (eight / "report" / "index.html").read_text()
+    assert f"Not measured yet: <code>vaelab evaluate {eight} --k 5000</code>" in page
+    assert f"vaelab baselines --run {eight}" in page
+
+
+def test_compare_puts_runs_side_by_side(runs, tmp_path):
+    out = tmp_path / "cmp.html"
+    assert main(["-q", "compare", *map(str, runs), "--out", str(out)]) == 0
+    page = out.read_text()
+    assert all(f"<th>{r.name}</th>" in page for r in runs)
+    assert page.count('class="cols"') == len(FIGURES)  # manifold: one run has it
+    assert len(_images(page)) == 2 * len(FIGURES) - 1
+    assert main(["compare", str(runs[0])]) == 2
+
+
+def test_results_keep_other_keys_and_refuse_corrupt_files(tmp_path):
+    write_result(tmp_path, "evaluate", "a", {"nll": 1.0})
+    write_result(tmp_path, "evaluate", "b", {"nll": 2.0})
+    write_result(tmp_path, "evaluate", "a", {"nll": 3.0})
+    assert read_results(tmp_path) == {"evaluate": {"a": {"nll": 3.0}, "b": {"nll": 2.0}}}
+    (tmp_path / "baselines.json").write_text("{not json")
+    with pytest.raises(RunError, match="baselines.json is not valid JSON.*vaelab baselines"):
+        read_results(tmp_path)
+
+
+# ---- the tensors behind the figures ------------------------------------------------------
+def test_slerp_ends_at_its_endpoints_and_keeps_the_norm():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(5, 64, generator=g), torch.randn(5, 64, generator=g)
+    b = b * a.norm(dim=-1, keepdim=True) / b.norm(dim=-1, keepdim=True)  # equal norms
+    path = slerp(a, b, torch.linspace(0, 1, 7))  # (7, 5, 64)
+    torch.testing.assert_close(path[0], a)
+    torch.testing.assert_close(path[-1], b)
+    torch.testing.assert_close(path.norm(dim=-1), a.norm(dim=-1).expand(7, 5))
+
+
+def test_prior_quantiles_are_normal_quantiles():
+    q = prior_quantiles(11)
+    p = torch.distributions.Normal(0.0, 1.0).cdf(q)
+    torch.testing.assert_close(p, torch.linspace(0.05, 0.95, 11))
+    torch.testing.assert_close(q, -q.flip(0))
+
+
+def test_interpolations_and_traversals_decode_the_right_codes(runs):
+    model, _ = load_run(runs[1])
+    x = torch.rand(3, 1, 8, 8)
+    path = interpolate(model, x[:2], x[1:], steps=5)  # (2, 5, 1, 8, 8)
+    ends = model.decode(model.encode(x).mean).mean
+    torch.testing.assert_close(path[:, 0], ends[:2])
+    torch.testing.assert_close(path[:, -1], ends[1:])
+    rows = traverse(model, x[:1], [3, 0], steps=4)  # (2, 4, 1, 8, 8)
+    z = model.encode(x[:1]).mean.repeat(4, 1)
+    z[:, 3] = prior_quantiles(4)
+    torch.testing.assert_close(rows[0], model.decode(z).mean)
+
+
+# ---- TensorBoard (optional extra) --------------------------------------------------------
+def test_tensorboard_logs_the_epoch_metrics(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _train(tmp_path / "tb", "--latent-dim", "4", "--tensorboard")
+    ea = EventAccumulator(str(tmp_path / "tb" / "tensorboard")).Reload()
+    history = [json.loads(line) for line in (tmp_path / "tb" / "metrics.jsonl").open()]
+    logged = [e.value for e in ea.Scalars("elbo/val")]
+    assert logged == pytest.approx([m["val_elbo"] for m in history], rel=1e-6)
+    assert "mean samples" in ea.Tags()["images"]
+
+
+# ---- a real browser ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium through WebDriver. Skipped where Chromium is missing, except in CI
+    (`.ci/run` installs Debian's chromium and chromium-driver)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    try:
+        from selenium import webdriver
+    except ImportError:
+        webdriver = None
+    if not (chromium and driver and webdriver):
+        msg = "needs chromium, chromedriver and selenium (apt-get install chromium chromium-driver)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        opts.add_argument(arg)
+    b = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver), options=opts)
+    yield b
+    b.quit()
+
+
+IMAGES_JS = "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth]);"
+
+
+@pytest.mark.parametrize("width", [1280, 390])  # a desktop and a phone
+def test_report_renders_in_chromium(runs, browser, width):
+    two, _ = runs
+    browser.set_window_size(width, 900)
+    browser.get((two / "report" / "index.html").as_uri())
+    images = browser.execute_script(IMAGES_JS)
+    assert len(images) == len(FIGURES)
+    assert all(done and w > 0 for _, done, w in images), images
+    text = browser.execute_script("return document.body.innerText;")
+    ev = read_results(two)["evaluate"]["test, k=20, best"]
+    assert f"{ev['nll']:.2f}" in text and f"{ev['nll_bits_per_dim']:.4f}" in text
+    overflow = browser.execute_script(
+        "return document.documentElement.scrollWidth - window.innerWidth;")
+    assert overflow <= 0  # nothing wider than a phone's screen: wide tables scroll in place
