@@ -52,8 +52,9 @@ def _panels(grids: list[tuple[str, np.ndarray]], path: str | Path, suptitle: str
             rows: int | None = None) -> Path:
     """Image grids side by side; ``row_labels`` name the ``rows`` rows of the first panel."""
     aspect = grids[0][1].shape[0] / grids[0][1].shape[1]
-    height = min(panel_inches * max(aspect, 0.25), 24.0)
-    fig = _figure(panel_inches * len(grids) + (0.9 if row_labels else 0), height + 0.6)
+    height = min(panel_inches * max(aspect, 0.25), 16.0)  # a tall grid gets narrower
+    width = height / max(aspect, 0.25)
+    fig = _figure(width * len(grids) + (1.2 if row_labels else 0), height + 0.7)
     for i, (title, g) in enumerate(grids):
         ax = fig.add_subplot(1, len(grids), i + 1)
         ax.imshow(g, cmap="gray" if g.ndim == 2 else None, vmin=0, vmax=1,
@@ -172,11 +173,10 @@ def interpolation_figure(posterior: Tensor, prior: Tensor, path: str | Path,
 
 
 def traversal_figure(images: Tensor, row_labels: list[str], path: str | Path,
-                     suptitle: str | None = None) -> Path:
+                     title: str = "Latent traversals") -> Path:
     """One row per latent dimension (R, S, C, H, W): that coordinate swept over the prior's
     5%..95% quantiles, the others held at a test image's posterior mean."""
-    return _panels([("Latent traversals (5% .. 95% prior quantiles)", _rows(images))], path,
-                   suptitle, 5.0, row_labels, len(row_labels))
+    return _panels([(title, _rows(images))], path, None, 5.0, row_labels, len(row_labels))
 
 
 def manifold_figure(images: Tensor, path: str | Path, suptitle: str | None = None) -> Path:

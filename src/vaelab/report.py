@@ -19,7 +19,7 @@ import torch
 
 from .config import Config
 from .data import load_data
-from .evaluate import latent_diagnostics
+from .evaluate import ACTIVE_THRESHOLD, latent_diagnostics
 from .plots import (data_examples, interpolation_figure, latent_figure, manifold_figure,
                     sample_figures, training_curves, traversal_figure)
 from .sample import interpolate, latent_means, manifold, prior_interpolate, traverse
@@ -38,9 +38,9 @@ FIGURES = {
                        "along the straight line between their posterior means (codes, not "
                        "samples). Right: great circles between two prior samples."),
     "traversals": ("Latent traversals",
-                   "One row per latent dimension, most informative (largest KL) first: that "
-                   "coordinate swept over the prior's 5%..95% quantiles, the others held at a "
-                   "test image's posterior mean."),
+                   "One row per active latent dimension, largest KL(q||p) first, then "
+                   "inactive ones: that coordinate swept over the prior's 5%..95% quantiles, "
+                   "the others held at a test image's posterior mean."),
     "manifold": ("The learned manifold", "E[x|z] over a grid of the prior's quantiles "
                  "(Kingma & Welling 2014, fig. 4)."),
     "latent": ("The latent space", "Posterior means E_q[z|x] of the test set, coloured by label."),
@@ -91,12 +91,7 @@ def make_figures(run_dir: str | Path, out_dir: str | Path, device: str = "auto",
         torch.cat([ends[0], interpolate(model, x[:pairs], x[pairs:], steps), ends[1]], 1),
         prior_interpolate(model, pairs, steps, seed), out_dir / "interpolations.png", data.name)
     s.diagnostics = latent_diagnostics(model, split)
-    kl = torch.tensor(s.diagnostics["kl_per_dim"])
-    order = torch.argsort(kl.nan_to_num(0.0), descending=True)[:max_rows].tolist()
-    s.figures["traversals"] = traversal_figure(
-        traverse(model, x[:1], order, 11), [f"z{d + 1} (KL {kl[d]:.2f})" for d in order],
-        out_dir / "traversals.png",
-        data.name + (f": the {max_rows} largest of {len(kl)}" if len(kl) > max_rows else ""))
+    s.figures["traversals"] = _traversals(model, x[:1], s.diagnostics, out_dir, max_rows)
     if model.latent_dim == 2:
         s.figures["manifold"] = manifold_figure(manifold(model, 20), out_dir / "manifold.png",
                                                 data.name)
@@ -105,6 +100,25 @@ def make_figures(run_dir: str | Path, out_dir: str | Path, device: str = "auto",
     if history:
         s.figures["curves"] = training_curves(history, out_dir / "curves.png", data.name)
     return s
+
+
+def _traversals(model, x, diagnostics: dict, out_dir: Path, max_rows: int,
+                inactive_rows: int = 2) -> Path:
+    """Rows for the active dimensions, largest KL first, then a few inactive ones (they all
+    decode to the same image, so the rest are counted, not drawn)."""
+    kl = torch.tensor(diagnostics["kl_per_dim"]).nan_to_num(0.0)
+    active = torch.tensor(diagnostics["posterior_mean_var"]) > ACTIVE_THRESHOLD
+    order = torch.argsort(kl, descending=True).tolist()
+    on = [d for d in order if active[d]][:max_rows]
+    off = [d for d in order if not active[d]]
+    dims = on + off[:inactive_rows]
+    title = f"{len(on)} active dimension{'s' * (len(on) != 1)}"
+    if off:
+        title += (f", then {len(dims) - len(on)} of the {len(off)} inactive ones"
+                  if len(off) > inactive_rows else ", then the inactive ones")
+    return traversal_figure(traverse(model, x, dims, 11),
+                            [f"z{d + 1}  KL {kl[d]:.2f}" for d in dims],
+                            out_dir / "traversals.png", title)
 
 
 # ---------------------------------------------------------------------------------------
