@@ -229,15 +229,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     def bits(v):
         return f"({v:.4f} bits/dim)" if v is not None else ""
 
+    px = "p(x|y)" if r["conditional"] else "p(x)"  # a conditional model: given the label
     print(f"{r['dataset']} {r['split']} set, n = {r['n']}, D = {r['dims']}, "
-          f"likelihood = {r['likelihood']}")
+          f"likelihood = {r['likelihood']}" + (", conditional on the label y" if
+                                               r["conditional"] else ""))
     print(f"  ELBO            {r['elbo']:10.3f} {unit} per example {bits(r['bits_per_dim'])}")
     print(f"  E_q log p(x|z)  {r['recon']:10.3f} nats")
     print(f"  KL(q(z|x)||p(z)){r['kl']:10.3f} nats")
     if args.k:
-        print(f"  -log p(x)       {r['nll']:10.3f} ± {r['nll_stderr']:.3f} {unit} "
+        print(f"  -log {px:9s} {r['nll']:10.3f} ± {r['nll_stderr']:.3f} {unit} "
               f"{bits(r['nll_bits_per_dim'])}, importance-sampled, k = {r['k']}")
-        print(f"  log p(x) - ELBO {r['gap']:10.3f} nats")
+        print(f"  log {px} - ELBO{r['gap']:{10 if px == 'p(x)' else 8}.3f} nats")
     print(f"  active units    {r['active_units']:6d} of {r['latent_dim']} "
           f"(Cov_x E_q[z_d] > 0.01)")
     for w in r["warnings"]:
@@ -252,9 +254,10 @@ def cmd_posterior(args: argparse.Namespace) -> int:
     from .plots import data_examples, posterior_figure
 
     model, cfg, data = _load(args)
-    if model.latent_dim != 2:
-        raise ConfigError(f"`vaelab posterior` needs a model with latent_dim = 2; {args.run} "
-                          f"has {model.latent_dim}")
+    if model.latent_dim != 2 or model.classes:
+        raise ConfigError(f"`vaelab posterior` needs an unconditional model with latent_dim "
+                          f"= 2; {args.run} has {model.latent_dim}"
+                          + (" and is conditional" if model.classes else ""))
     if args.n < 1:
         raise ConfigError(f"--n must be >= 1, got {args.n}")
     x = data_examples(data, args.n, seed=args.seed).to(model.device)

@@ -116,6 +116,10 @@ class ModelConfig:
         "lower bound on standard deviations of Gaussian heads"))
     levels: int | None = field(default=None, metadata=_help(
         "grey levels of the data, for discrete likelihoods (default: from the data)"))
+    conditional: bool = field(default=False, metadata=_help(
+        "class-conditional VAE: p(x|y,z) and q(z|x,y) take the label y (needs labelled data)"))
+    classes: int | None = field(default=None, metadata=_help(
+        "number of classes of a conditional model (default: from the data)"))
 
     def __post_init__(self) -> None:
         if self.latent_dim < 1:

@@ -306,15 +306,20 @@ class Split:
         return x
 
     def batches(self, batch_size: int, shuffle: bool = False,
-                generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+                generator: torch.Generator | None = None, labels: bool = False
+                ) -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+        """Images (B, C, H, W), or ``(images, labels)`` with ``labels=True``."""
+        if labels and self.labels is None:
+            raise DataError("these data have no labels")
         n = len(self)
         if shuffle:
             order = torch.randperm(n, device=self.images.device, generator=generator)
-            for idx in order.split(batch_size):
-                yield self.batch(idx, generator)
+            idxs = order.split(batch_size)
         else:
-            for i in range(0, n, batch_size):
-                yield self.batch(slice(i, i + batch_size), generator)
+            idxs = (slice(i, i + batch_size) for i in range(0, n, batch_size))
+        for idx in idxs:
+            x = self.batch(idx, generator)
+            yield (x, self.labels[idx]) if labels else x
 
 
 @dataclass

@@ -40,17 +40,28 @@ def _chunk(model: VAE, k: int, batch: int, budget: int) -> int:
     return max(1, min(k, budget // (batch * widest)))
 
 
-def _batches(data: Split | Tensor, batch_size: int):
+def _batches(model: VAE, data: Split | Tensor, batch_size: int, labels: Tensor | None = None):
+    """(x, y) pairs of a split or of a tensor of images; y is None unless the model is
+    conditional (then the split's labels, or ``labels``)."""
     if isinstance(data, Split):
-        return data.batches(batch_size)
-    return (data[i:i + batch_size] for i in range(0, len(data), batch_size))
+        if model.classes:
+            yield from data.batches(batch_size, labels=True)
+        else:
+            yield from ((x, None) for x in data.batches(batch_size))
+        return
+    if model.classes and labels is None:
+        raise ValueError("a conditional model needs the labels of the images")
+    for i in range(0, len(data), batch_size):
+        yield data[i:i + batch_size], None if labels is None else labels[i:i + batch_size]
 
 
 @torch.no_grad()
 def log_likelihood(model: VAE, data: Split | Tensor, k: int = 5000, batch_size: int = 100,
-                   seed: int = 0, budget: int | None = None, progress: bool = False) -> Tensor:
+                   seed: int = 0, budget: int | None = None, progress: bool = False,
+                   labels: Tensor | None = None) -> Tensor:
     """Importance-sampled log p(x) in nats for every image of ``data`` (a split or a
-    tensor of images), shape (N,)."""
+    tensor of images), shape (N,). For a conditional model log p(x|y), with the split's
+    labels or ``labels`` (N,)."""
     model.eval()
     out = []
     chunk = _chunk(model, k, batch_size, budget or default_budget(model.device))
@@ -59,10 +70,10 @@ def log_likelihood(model: VAE, data: Split | Tensor, k: int = 5000, batch_size: 
     with seeded(seed, model.device):
         bar = tqdm(total=len(data), desc=f"log p(x), k={k}", unit="img",
                    disable=None if progress else True, leave=False)
-        for x in _batches(data, batch_size):
+        for x, y in _batches(model, data, batch_size, labels):
             acc = torch.full((x.shape[0],), -math.inf, device=x.device)
             for start in range(0, k, chunk):
-                lw = log_weights(model, x, min(chunk, k - start)).float()  # (kc, B)
+                lw = log_weights(model, x, min(chunk, k - start), y).float()  # (kc, B)
                 acc = torch.logaddexp(acc, torch.logsumexp(lw, dim=0))
             out.append(acc - math.log(k))
             bar.update(x.shape[0])
@@ -76,8 +87,8 @@ def latent_diagnostics(model: VAE, data: Split | Tensor, batch_size: int = 1000)
     model.eval()
     means, kls = [], []
     prior = model.prior()
-    for x in _batches(data, batch_size):
-        q = model.encode(x)
+    for x, y in _batches(model, data, batch_size):
+        q = model.encode(x, y)
         means.append(q.mean)
         try:  # per-dimension KL: analytic where the prior factorizes like q
             kls.append(torch.distributions.kl_divergence(q.base_dist, prior.base_dist))
@@ -109,13 +120,14 @@ def evaluate(model: VAE, data: Data, split: str = "test", batch_size: int = 1000
     s = data.split(split)
     model.eval()
     with seeded(seed, model.device):
-        res = elbo_over(model, s.batches(batch_size))
+        res = elbo_over(model, s.batches(batch_size, labels=model.classes > 0))
     dims = math.prod(data.image_shape)
     discrete = model.likelihood.discrete
     out = {"dataset": data.name, "split": split, "n": res["n"], "elbo": res["elbo"],
            "recon": res["recon"], "kl": res["kl"],
            "bits_per_dim": bits_per_dim(-res["elbo"], dims, discrete),
-           "dims": dims, "likelihood": model.likelihood.name, "discrete": discrete}
+           "dims": dims, "likelihood": model.likelihood.name, "discrete": discrete,
+           "conditional": model.classes > 0}
     out.update(latent_diagnostics(model, s, batch_size))
     if not discrete:
         out["warnings"].insert(0, (
@@ -142,9 +154,10 @@ def posterior_grid(model: VAE, x: Tensor, n: int = 201, extent: float = 5.0,
     ``mass`` times the largest); a second n x n grid over that box, widened by two coarse
     cells, integrates. Returns one dict per image: ``log_px``, ``zs`` (the two axes),
     ``log_post`` and ``log_q`` (n, n)."""
-    if model.latent_dim != 2:
-        raise ValueError(f"the posterior grid needs a 2-D latent, this model has "
-                         f"{model.latent_dim}")
+    if model.latent_dim != 2 or model.classes:
+        raise ValueError(f"the posterior grid needs an unconditional model with a 2-D latent, "
+                         f"this one has {model.latent_dim} dimensions"
+                         + (" and is conditional" if model.classes else ""))
     model.eval()
     dev = model.device
     prior, q_all = model.prior(), model.encode(x)

@@ -22,47 +22,64 @@ class VAE(nn.Module):
 
     Shapes: x is ``(B, C, H, W)``; z is ``(..., L)``; q has batch ``(B,)`` and event
     ``(L,)``; p(x|z) has batch ``z.shape[:-1]`` and event ``(C, H, W)``.
+
+    A class-conditional VAE (``classes`` > 0; Sohn et al. 2015, Kingma et al. 2014's M2
+    with y observed) has q(z|x,y) and p(x|y,z): ``encode(x, y)`` and ``decode(z, y)`` with
+    labels y of shape (B,); the prior p(z) does not depend on y.
     """
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, likelihood: Likelihood,
                  prior: nn.Module, latent_dim: int, image_shape: tuple[int, int, int],
-                 min_scale: float = 0.0):
+                 min_scale: float = 0.0, classes: int = 0):
         super().__init__()
         self.encoder, self.decoder, self.prior = encoder, decoder, prior
         self.likelihood = likelihood
         self.latent_dim = latent_dim
         self.image_shape = tuple(image_shape)
         self.min_scale = min_scale
+        self.classes = classes
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, image_shape: tuple[int, int, int]) -> "VAE":
         if cfg.likelihood == "auto":
             raise ConfigError("likelihood 'auto' is chosen from the data; resolve it first "
                               "(vaelab.train.resolve) or name the likelihood")
+        if cfg.conditional and not cfg.classes:
+            raise ConfigError("a conditional model needs its number of classes; resolve it "
+                              "from the data first (vaelab.train.resolve)")
+        classes = cfg.classes if cfg.conditional else 0
         likelihood = LIKELIHOODS.get(cfg.likelihood)(cfg)
         encoder, decoder = NETS.get(cfg.net)(cfg, tuple(image_shape), 2 * cfg.latent_dim,
-                                             likelihood.params_per_channel * image_shape[0])
+                                             likelihood.params_per_channel * image_shape[0],
+                                             classes)
         return cls(encoder, decoder, likelihood, PRIORS.get(cfg.prior)(cfg), cfg.latent_dim,
-                   image_shape, cfg.min_scale)
+                   image_shape, cfg.min_scale, classes)
 
-    def encode(self, x: Tensor) -> Distribution:
-        """q(z|x): diagonal Gaussian, batch (B,), event (L,)."""
-        return diagonal_normal(self.encoder(x), self.min_scale)  # (B, 2L) -> q
+    def _net(self, net: nn.Module, h: Tensor, y: Tensor | None) -> Tensor:
+        if self.classes and y is None:
+            raise ValueError("this VAE is class-conditional: pass the labels y")
+        return net(h, y) if self.classes else net(h)
 
-    def decode(self, z: Tensor) -> Distribution:
-        """p(x|z): batch z.shape[:-1], event (C, H, W)."""
-        return self.likelihood(self.decoder(z))  # (..., P*C, H, W) -> p(x|z)
+    def encode(self, x: Tensor, y: Tensor | None = None) -> Distribution:
+        """q(z|x) (or q(z|x,y)): diagonal Gaussian, batch (B,), event (L,)."""
+        return diagonal_normal(self._net(self.encoder, x, y), self.min_scale)  # (B, 2L) -> q
+
+    def decode(self, z: Tensor, y: Tensor | None = None) -> Distribution:
+        """p(x|z) (or p(x|y,z)): batch z.shape[:-1], event (C, H, W)."""
+        return self.likelihood(self._net(self.decoder, z, y))  # (..., P*C, H, W) -> p
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0) -> tuple[Tensor, Distribution]:
-        """Imagination: z ~ p(z) (scaled by ``temperature``), then p(x|z). Returns
-        ``(z, p(x|z))``; ``p.mean`` is E[x|z] and ``p.sample()`` draws x ~ p(x|z)."""
+    def sample(self, n: int, temperature: float = 1.0, y: Tensor | None = None
+               ) -> tuple[Tensor, Distribution]:
+        """Imagination: z ~ p(z) (scaled by ``temperature``), then p(x|z) (or p(x|y,z) for
+        labels y (n,)). Returns ``(z, p(x|z))``; ``p.mean`` is E[x|z] and ``p.sample()``
+        draws x ~ p(x|z)."""
         z = self.prior(temperature).sample((n,))  # (n, L)
-        return z, self.decode(z)
+        return z, self.decode(z, y)
 
 
 @contextmanager

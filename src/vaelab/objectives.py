@@ -44,35 +44,45 @@ def kl_divergence(q: Distribution, p: Distribution, z: Tensor | None = None) -> 
         return (q.log_prob(z) - p.log_prob(z)).mean(0)
 
 
-def elbo(model, x: Tensor, k: int = 1, beta: float = 1.0) -> tuple[Tensor, Terms]:
-    """Training loss ``-mean_B(recon - beta * KL)`` and the per-example terms (beta = 1)."""
-    q = model.encode(x)  # batch (B,), event (L,)
+def elbo(model, x: Tensor, k: int = 1, beta: float = 1.0, y: Tensor | None = None
+         ) -> tuple[Tensor, Terms]:
+    """Training loss ``-mean_B(recon - beta * KL)`` and the per-example terms (beta = 1).
+    With labels y (B,) of a conditional model: the ELBO of log p(x|y)."""
+    q = model.encode(x, y)  # batch (B,), event (L,)
     z = q.rsample((k,))  # (k, B, L)
-    recon = model.decode(z).log_prob(x).mean(0)  # (k, B) -> (B,)
+    recon = model.decode(z, y).log_prob(x).mean(0)  # (k, B) -> (B,)
     kl = kl_divergence(q, model.prior(), z)  # (B,)
     loss = -(recon - beta * kl).mean()
     return loss, Terms(recon - kl, recon, kl)
 
 
-def log_weights(model, x: Tensor, k: int) -> Tensor:
-    """log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x), z_k ~ q(z|x); shape (k, B)."""
-    q = model.encode(x)
+def log_weights(model, x: Tensor, k: int, y: Tensor | None = None) -> Tensor:
+    """log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x), z_k ~ q(z|x); shape (k, B).
+    With labels y: the weights of log p(x|y)."""
+    q = model.encode(x, y)
     z = q.sample((k,))  # (k, B, L)
-    return model.decode(z).log_prob(x) + model.prior().log_prob(z) - q.log_prob(z)
+    return model.decode(z, y).log_prob(x) + model.prior().log_prob(z) - q.log_prob(z)
 
 
-def iwae_bound(model, x: Tensor, k: int) -> Tensor:
+def iwae_bound(model, x: Tensor, k: int, y: Tensor | None = None) -> Tensor:
     """log (1/k) sum_k w_k, per example (B,): a lower bound on log p(x), tight as k -> inf."""
-    return torch.logsumexp(log_weights(model, x, k), dim=0) - math.log(k)
+    return torch.logsumexp(log_weights(model, x, k, y), dim=0) - math.log(k)
+
+
+def unpack(batch: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor | None]:
+    """A batch is images x, or (x, labels y) for a conditional model."""
+    return batch if isinstance(batch, tuple) else (batch, None)
 
 
 @torch.no_grad()
-def elbo_over(model, batches: Iterable[Tensor], k: int = 1) -> dict[str, float]:
+def elbo_over(model, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: int = 1
+              ) -> dict[str, float]:
     """Mean ELBO, reconstruction and KL (nats per example) over an iterable of batches."""
     sums = None
     n = 0
-    for x in batches:
-        _, t = elbo(model, x, k)
+    for batch in batches:
+        x, y = unpack(batch)
+        _, t = elbo(model, x, k, y=y)
         s = torch.stack([t.elbo.sum(), t.recon.sum(), t.kl.sum()])
         sums = s if sums is None else sums + s
         n += x.shape[0]

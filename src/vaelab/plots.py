@@ -100,19 +100,44 @@ def data_examples(data: Data, n: int = 100, split: str = "test", seed: int = 0) 
         return s.batch(idx)
 
 
+def class_examples(data: Data, per_class: int, split: str = "test", seed: int = 0
+                   ) -> tuple[Tensor, Tensor]:
+    """``per_class`` seeded random images of each class, class by class: (images, labels)."""
+    s = data.split(split)
+    g = torch.Generator().manual_seed(seed)
+    labels, idx = s.labels.cpu(), []
+    for c in range(len(data.classes)):
+        members = torch.nonzero(labels == c)[:, 0]
+        pick = members[torch.randperm(len(members), generator=g)][:per_class]
+        idx.append(pick.repeat(math.ceil(per_class / max(1, len(pick))))[:per_class])
+    idx = torch.cat(idx).to(s.images.device)
+    with seeded(seed, s.images.device):
+        return s.batch(idx), s.labels[idx]
+
+
 def sample_figures(model: VAE, data: Data, out_dir: str | Path, n: int = 100,
                    temperature: float = 1.0, seed: int = 0, samples_path: str | Path | None = None
                    ) -> dict[str, Path]:
-    """Write ``samples.png`` (the lecture's three grids) and ``reconstructions.png``."""
+    """Write ``samples.png`` (the lecture's three grids) and ``reconstructions.png``. For a
+    conditional model each row is one class y: test images of y, and E[x|y,z], x ~ p(x|y,z)
+    for z ~ p(z)."""
     out_dir = Path(out_dir)
     nrow = max(1, int(round(math.sqrt(n))))
-    x = data_examples(data, n, seed=seed).to(model.device)
-    g = imagine(model, n, temperature, seed)
+    y = None
+    if model.classes:
+        x, y = class_examples(data, nrow, seed=seed)
+        n = len(x)
+    else:
+        x = data_examples(data, n, seed=seed)
+    x = x.to(model.device)
+    g = imagine(model, n, temperature, seed, y)
     title = f"{data.name}, z ~ N(0, {temperature:g}² I)" if temperature != 1 else data.name
+    if model.classes:
+        title += ": one row per class"
     return {
         "samples": imagination_figure(x, g["mean"], g["sample"],
                                       samples_path or out_dir / "samples.png", nrow, title),
-        "reconstructions": reconstruction_figure(x, reconstruct(model, x),
+        "reconstructions": reconstruction_figure(x, reconstruct(model, x, y),
                                                  out_dir / "reconstructions.png", nrow, data.name),
     }
 

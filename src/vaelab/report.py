@@ -86,12 +86,17 @@ def make_figures(run_dir: str | Path, out_dir: str | Path, device: str = "auto",
     split = data.test if len(data.test) else data.val
     s.figures.update(sample_figures(model, data, out_dir, seed=seed))
     x = data_examples(data, 2 * pairs, seed=seed).to(dev)
-    ends = x[:pairs, None], x[pairs:, None]  # the images themselves at both ends of a row
-    s.figures["interpolations"] = interpolation_figure(
-        torch.cat([ends[0], interpolate(model, x[:pairs], x[pairs:], steps), ends[1]], 1),
-        prior_interpolate(model, pairs, steps, seed), out_dir / "interpolations.png", data.name)
+    y = split.labels[:1] if model.classes else None  # a conditional model's base label
+    if model.classes:
+        x = split.batch(slice(0, 1))
+    else:  # (between images of two classes a conditional model has no single path)
+        ends = x[:pairs, None], x[pairs:, None]  # the images themselves at both row ends
+        s.figures["interpolations"] = interpolation_figure(
+            torch.cat([ends[0], interpolate(model, x[:pairs], x[pairs:], steps), ends[1]], 1),
+            prior_interpolate(model, pairs, steps, seed), out_dir / "interpolations.png",
+            data.name)
     s.diagnostics = latent_diagnostics(model, split)
-    s.figures["traversals"] = _traversals(model, x[:1], s.diagnostics, out_dir, max_rows)
+    s.figures["traversals"] = _traversals(model, x[:1], y, s.diagnostics, out_dir, max_rows)
     if model.latent_dim == 2:
         s.figures["manifold"] = manifold_figure(manifold(model, 20), out_dir / "manifold.png",
                                                 data.name)
@@ -102,7 +107,7 @@ def make_figures(run_dir: str | Path, out_dir: str | Path, device: str = "auto",
     return s
 
 
-def _traversals(model, x, diagnostics: dict, out_dir: Path, max_rows: int,
+def _traversals(model, x, y, diagnostics: dict, out_dir: Path, max_rows: int,
                 inactive_rows: int = 2) -> Path:
     """Rows for the active dimensions, largest KL first, then a few inactive ones (they all
     decode to the same image, so the rest are counted, not drawn)."""
@@ -116,7 +121,7 @@ def _traversals(model, x, diagnostics: dict, out_dir: Path, max_rows: int,
     if off:
         title += (f", then {len(dims) - len(on)} of the {len(off)} inactive ones"
                   if len(off) > inactive_rows else ", then the inactive ones")
-    return traversal_figure(traverse(model, x, dims, 11),
+    return traversal_figure(traverse(model, x, dims, 11, y),
                             [f"z{d + 1}  KL {kl[d]:.2f}" for d in dims],
                             out_dir / "traversals.png", title)
 

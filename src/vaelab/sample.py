@@ -12,21 +12,21 @@ Tensor = torch.Tensor
 
 
 @torch.no_grad()
-def imagine(model: VAE, n: int = 100, temperature: float = 1.0, seed: int | None = 0
-            ) -> dict[str, Tensor]:
+def imagine(model: VAE, n: int = 100, temperature: float = 1.0, seed: int | None = 0,
+            y: Tensor | None = None) -> dict[str, Tensor]:
     """z ~ p(z) at ``temperature``; returns ``z`` (n, L), ``mean`` = E[x|z] and
-    ``sample`` ~ p(x|z), both (n, C, H, W)."""
+    ``sample`` ~ p(x|z), both (n, C, H, W). A conditional model needs the labels y (n,)."""
     model.eval()
     with seeded(seed, model.device):
-        z, px = model.sample(n, temperature)
+        z, px = model.sample(n, temperature, y)
         return {"z": z, "mean": px.mean, "sample": px.sample()}
 
 
 @torch.no_grad()
-def reconstruct(model: VAE, x: Tensor) -> Tensor:
+def reconstruct(model: VAE, x: Tensor, y: Tensor | None = None) -> Tensor:
     """E[x | z = E_q[z|x]]: the decoder's mean at the posterior mean (no sampling)."""
     model.eval()
-    return model.decode(model.encode(x).mean).mean
+    return model.decode(model.encode(x, y).mean, y).mean
 
 
 def slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
@@ -68,16 +68,18 @@ def prior_quantiles(n: int, tail: float = 0.05, device: torch.device | str = "cp
 
 
 @torch.no_grad()
-def traverse(model: VAE, x: Tensor, dims: list[int], steps: int = 11) -> Tensor:
-    """Latent traversals: start at the posterior mean of one image x (1, C, H, W), move one
-    coordinate over the prior's quantiles, decode the means: (len(dims), steps, C, H, W)."""
+def traverse(model: VAE, x: Tensor, dims: list[int], steps: int = 11,
+             y: Tensor | None = None) -> Tensor:
+    """Latent traversals: start at the posterior mean of one image x (1, C, H, W) (with
+    label y (1,) for a conditional model), move one coordinate over the prior's quantiles,
+    decode the means: (len(dims), steps, C, H, W)."""
     model.eval()
-    z0 = model.encode(x).mean[0]  # (L,)
+    z0 = model.encode(x, y).mean[0]  # (L,)
     values = prior_quantiles(steps, device=z0.device)
     z = z0.repeat(len(dims), steps, 1)  # (R, S, L)
     for r, d in enumerate(dims):
         z[r, :, d] = values
-    return model.decode(z).mean
+    return model.decode(z, None if y is None else y.expand(steps)).mean
 
 
 @torch.no_grad()
@@ -94,7 +96,10 @@ def manifold(model: VAE, n: int = 20) -> Tensor:
 
 @torch.no_grad()
 def latent_means(model: VAE, split, batch_size: int = 1000) -> Tensor:
-    """E_q[z|x] for every image of a split (held-out splits are fixed, so this is
-    deterministic): (N, L)."""
+    """E_q[z|x] (E_q[z|x,y] for a conditional model) for every image of a split: (N, L).
+    Held-out splits are fixed, so this is deterministic."""
     model.eval()
+    if model.classes:
+        return torch.cat([model.encode(x, y).mean
+                          for x, y in split.batches(batch_size, labels=True)])
     return torch.cat([model.encode(x).mean for x in split.batches(batch_size)])

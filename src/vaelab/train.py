@@ -31,7 +31,7 @@ from .config import Config, ConfigError
 from .data import Data, load_data
 from .fetch import atomic_write
 from .model import VAE, seeded
-from .objectives import bits_per_dim, elbo, elbo_over
+from .objectives import bits_per_dim, elbo, elbo_over, unpack
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,14 @@ def resolve(cfg: Config, data: Data) -> Config:
     likelihood = cfg.model.likelihood
     if likelihood == "auto":
         likelihood = "bernoulli" if data.binary else "dgaussian"
+    classes = None
+    if cfg.model.conditional:
+        if data.classes is None or data.train.labels is None:
+            raise ConfigError(f"a conditional model needs labels; the {data.name} data have "
+                              "none (for a folder: one sub-directory per class)")
+        classes = len(data.classes)
     return cfg.override(binarize=data.binarize, likelihood=likelihood,
-                        levels=2 if data.binary else data.train.max_value + 1)
+                        levels=2 if data.binary else data.train.max_value + 1, classes=classes)
 
 
 def make_optimizer(model: VAE, lr: float) -> torch.optim.Adam:
@@ -306,6 +312,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, data: Data 
     opt = make_optimizer(model, tc.lr)
     gen = torch.Generator(device).manual_seed(tc.seed)
     dims = math.prod(data.image_shape)
+    labelled = model.classes > 0  # a conditional model trains on (x, y)
 
     if resume:
         state = _restore(run_dir, model, opt, gen)
@@ -330,10 +337,12 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, data: Data 
             t0 = time.perf_counter()
             sums = torch.zeros(4, device=device)
             bar.set_description(f"epoch {epoch}/{tc.epochs}")
-            for step, x in enumerate(data.train.batches(tc.batch_size, shuffle=True,
-                                                        generator=gen)):
+            for step, batch in enumerate(data.train.batches(
+                    tc.batch_size, shuffle=True, generator=gen, labels=labelled)):
+                x, y = unpack(batch)
                 with torch.autocast(device.type, torch.bfloat16, enabled=tc.precision == "bf16"):
-                    loss, t = elbo(model, x, tc.samples, kl_weight(tc, epoch, step, n_batches))
+                    loss, t = elbo(model, x, tc.samples, kl_weight(tc, epoch, step, n_batches),
+                                   y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -345,7 +354,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, data: Data 
             seconds = time.perf_counter() - t0
             loss_m, elbo_m, recon_m, kl_m = (sums / len(data.train)).tolist()
             model.eval()
-            val = elbo_over(model, data.val.batches(tc.eval_batch_size))
+            val = elbo_over(model, data.val.batches(tc.eval_batch_size, labels=labelled))
             m = {"epoch": epoch, "train_loss": loss_m, "train_elbo": elbo_m, "train_recon": recon_m,
                  "train_kl": kl_m, "val_elbo": val["elbo"], "val_recon": val["recon"],
                  "val_kl": val["kl"],
