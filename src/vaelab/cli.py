@@ -129,6 +129,34 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="print a JSON list")
     _add_config_flags(b, ("data",))
 
+    cl = sub.add_parser(
+        "classify", help="generative vs discriminative classifiers; what the codes know",
+        description="On a labelled data set: a class-conditional VAE turned into a classifier "
+        "by Bayes rule, Gaussian and Bernoulli naive Bayes, logistic regression and an MLP on "
+        "pixels, and logistic-regression and 10-NN probes of the codes of a VAE and of an "
+        "autoencoder of the same size; each trained on nested class-balanced subsets of the "
+        "labelled training images. Prints accuracy, log-loss, calibration error and training "
+        "time; writes the data-efficiency curve (PNG, JSON) and the features figure. With "
+        "--run, probes that run's VAE; otherwise trains one first. Every model trained here "
+        "gets --epochs passes (default: 20, or the run's) and at least --min-steps steps.")
+    cl.add_argument("--run", metavar="RUN", help="a trained (unconditional) VAE run; results "
+                    "go to RUN/classify.json and RUN/classify/. --epochs (default: the run's) "
+                    "is then the budget of the models trained here")
+    cl.add_argument("--config", metavar="FILE", help="without --run: settings of the VAE to train")
+    cl.add_argument("--out", metavar="DIR", help="without --run: the run directory of the VAE "
+                    "it trains (default: runs/classify-DATASET-TIME)")
+    cl.add_argument("--models", metavar="M1,M2", help="subset of the classifiers (default: all)")
+    cl.add_argument("--sizes", metavar="N1,N2", default="100,300,1000,3000,10000,all",
+                    help="labelled training examples per fit (default: 100,300,1000,3000,"
+                    "10000,all)")
+    cl.add_argument("--k", type=int, default=16, help="importance samples per class for the "
+                    "conditional VAE's log p(x|y) (default 16)")
+    cl.add_argument("--min-steps", type=int, default=1000, help="fewest optimizer steps of a "
+                    "model trained on a small subset (default 1000)")
+    cl.add_argument("--json", action="store_true", help="print one JSON object")
+    cl.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_config_flags(cl)
+
     r = sub.add_parser("report", help="one self-contained HTML page with a run's figures "
                        "and results", description="Write RUN/report/index.html: the samples "
                        "figure, reconstructions, interpolations, latent traversals, the latent "
@@ -314,6 +342,74 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sizes(text: str) -> list[int] | None:
+    """'100,300,all' -> [100, 300] plus the whole split (None stands for 'all' alone)."""
+    sizes, everything = [], False
+    for part in text.split(","):
+        part = part.strip()
+        if part == "all":
+            everything = True
+            continue
+        if not part.isdigit() or int(part) < 1:
+            raise ConfigError(f"--sizes takes positive integers and 'all', got {part!r}")
+        sizes.append(int(part))
+    return sizes + [10 ** 12] * everything  # 'all' is capped to the split's size later
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from .classify import CLASSIFIERS, budget_epochs, check_labels, classify_run
+    from .data import load_data
+    from .train import resolve_device, train
+
+    sizes = _sizes(args.sizes)
+    names = [m.strip() for m in args.models.split(",")] if args.models else None
+    for n in names or []:
+        CLASSIFIERS.get(n)
+    if args.k < 1 or args.min_steps < 1:
+        raise ConfigError("--k and --min-steps must be >= 1")
+    given = {n for _, n, _, _ in field_specs() if getattr(args, n) is not None}
+    cfg = _config_from_args(args)  # parses and checks the flags
+    epochs = cfg.train.epochs if "epochs" in given else None
+    if args.run:
+        if args.config or args.out or given - {"epochs", "seed", "device"}:
+            raise ConfigError("with --run the data and model come from the run; only --epochs, "
+                              f"--seed and --device may be given (got {sorted(given)})")
+        run = Path(args.run)
+    else:
+        epochs = epochs or (cfg.train.epochs if args.config else 20)
+        data = load_data(cfg.data, resolve_device(cfg.train.device))
+        check_labels(data)  # before any training
+        cfg = cfg.override(epochs=budget_epochs(len(data.train), cfg.train.batch_size, epochs,
+                                                args.min_steps))
+        run = Path(args.out or f"runs/classify-{cfg.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+        args.out = str(run)
+        train(cfg, run, data=data, progress=not args.no_progress)
+    r = classify_run(run, epochs=epochs, min_steps=args.min_steps, k=args.k, sizes=sizes,
+                     names=names, seed=cfg.train.seed, device=cfg.train.device,
+                     progress=not (args.no_progress or args.json))
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    n = r["n_train"]
+    print(f"{r['dataset']}: {r['n_test']} test images; trained on all {n} labelled images")
+    print(f"  {'classifier':40s} {'kind':14s} {'accuracy':>8s} {'log-loss':>8s} {'ECE':>6s} "
+          f"{'train s':>8s}")
+    for row in (x for x in r["rows"] if x["n"] == n):
+        ll = "–" if row["log_loss"] is None else f"{row['log_loss']:.4f}"
+        print(f"  {row['model']:40s} {row['kind']:14s} {row['accuracy']:8.4f} {ll:>8s} "
+              f"{row['ece']:6.4f} {row['seconds']:8.1f}")
+    sizes = sorted({x["n"] for x in r["rows"]})
+    print("test accuracy against labelled training examples:")
+    print(f"  {'classifier':40s} " + " ".join(f"{s:>7d}" for s in sizes))
+    for name in dict.fromkeys(x["model"] for x in r["rows"]):
+        acc = {x["n"]: x["accuracy"] for x in r["rows"] if x["model"] == name}
+        print(f"  {name:40s} " + " ".join(f"{acc[s]:7.4f}" for s in sizes))
+    print(f"curve: {r['figures']['efficiency']} (and efficiency.json beside it)")
+    print(f"features: {r['figures']['features']}")
+    print(f"results: {run / 'classify.json'} (shown by `vaelab report {run}`)")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
@@ -353,7 +449,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate,
-            "posterior": cmd_posterior, "baselines": cmd_baselines, "report": cmd_report,
+            "posterior": cmd_posterior, "baselines": cmd_baselines, "classify": cmd_classify,
+            "report": cmd_report,
             "compare": cmd_compare, "datasets": cmd_datasets}
 
 

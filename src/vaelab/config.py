@@ -139,6 +139,10 @@ class TrainConfig:
         "epochs over which the KL weight rises linearly from 0 to beta (Sonderby et al. "
         "2016); 0: none"))
     samples: int = field(default=1, metadata=_help("Monte-Carlo samples of z per example"))
+    autoencoder: bool = field(default=False, metadata=_help(
+        "train a deterministic autoencoder with the same nets instead: z = E_q[z|x], loss "
+        "-log p(x|z), no KL (the baseline for what codes learn; its ELBO is not a bound "
+        "it was trained on)"))
     seed: int = field(default=0, metadata=_help("seed of initialisation, batches and noise"))
     device: str = field(default="auto", metadata=_help(
         "auto picks cuda, then mps, then cpu", choices=DEVICES))

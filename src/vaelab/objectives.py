@@ -44,12 +44,14 @@ def kl_divergence(q: Distribution, p: Distribution, z: Tensor | None = None) -> 
         return (q.log_prob(z) - p.log_prob(z)).mean(0)
 
 
-def elbo(model, x: Tensor, k: int = 1, beta: float = 1.0, y: Tensor | None = None
-         ) -> tuple[Tensor, Terms]:
+def elbo(model, x: Tensor, k: int = 1, beta: float = 1.0, y: Tensor | None = None,
+         sample: bool = True) -> tuple[Tensor, Terms]:
     """Training loss ``-mean_B(recon - beta * KL)`` and the per-example terms (beta = 1).
-    With labels y (B,) of a conditional model: the ELBO of log p(x|y)."""
+    With labels y (B,) of a conditional model: the ELBO of log p(x|y). ``sample=False``
+    decodes the posterior mean instead of samples: with beta = 0, a deterministic
+    autoencoder's loss -log p(x | z = E_q[z|x]) (its terms are then not an ELBO)."""
     q = model.encode(x, y)  # batch (B,), event (L,)
-    z = q.rsample((k,))  # (k, B, L)
+    z = q.rsample((k,)) if sample else q.mean.expand(k, *q.mean.shape)  # (k, B, L)
     recon = model.decode(z, y).log_prob(x).mean(0)  # (k, B) -> (B,)
     kl = kl_divergence(q, model.prior(), z)  # (B,)
     loss = -(recon - beta * kl).mean()
@@ -75,14 +77,14 @@ def unpack(batch: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor | None
 
 
 @torch.no_grad()
-def elbo_over(model, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: int = 1
-              ) -> dict[str, float]:
+def elbo_over(model, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: int = 1,
+              sample: bool = True) -> dict[str, float]:
     """Mean ELBO, reconstruction and KL (nats per example) over an iterable of batches."""
     sums = None
     n = 0
     for batch in batches:
         x, y = unpack(batch)
-        _, t = elbo(model, x, k, y=y)
+        _, t = elbo(model, x, k, y=y, sample=sample)
         s = torch.stack([t.elbo.sum(), t.recon.sum(), t.kl.sum()])
         sums = s if sums is None else sums + s
         n += x.shape[0]

@@ -209,39 +209,101 @@ def manifold_figure(images: Tensor, path: str | Path, suptitle: str | None = Non
     return _panels([("E[x|z] over the prior's quantiles", _rows(images))], path, suptitle, 6.0)
 
 
+def _project(z: np.ndarray, how: str, seed: int = 0) -> tuple[np.ndarray, tuple[str, str]]:
+    """Codes (N, L) -> 2-D points and axis names: the latent itself, PCA or t-SNE."""
+    if how == "latent":
+        return z, ("z1", "z2")
+    if how == "pca":
+        from sklearn.decomposition import PCA
+
+        pca = PCA(2).fit(z)
+        r = pca.explained_variance_ratio_
+        return pca.transform(z), (f"PC 1 ({r[0]:.0%} of variance)", f"PC 2 ({r[1]:.0%})")
+    from sklearn.manifold import TSNE
+
+    return TSNE(2, init="pca", random_state=seed).fit_transform(z), ("t-SNE 1", "t-SNE 2")
+
+
+def _scatter(ax, xy: np.ndarray, labels: np.ndarray | None, classes, axes: tuple[str, str],
+             title: str, legend: bool = True) -> None:
+    if labels is None:
+        ax.scatter(xy[:, 0], xy[:, 1], s=2, alpha=0.5)
+    else:
+        cmap = _colormap(int(labels.max()) + 1)
+        for c in np.unique(labels):
+            name = classes[c] if classes and c < len(classes) else str(c)
+            ax.scatter(xy[labels == c, 0], xy[labels == c, 1], s=2, alpha=0.6,
+                       color=cmap(int(c) % cmap.N), label=name)
+        if legend:
+            ax.legend(markerscale=5, fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5),
+                      frameon=False)
+    ax.set_xlabel(axes[0], fontsize=9)
+    ax.set_ylabel(axes[1], fontsize=9)
+    ax.set_title(title, fontsize=11)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+
+
 def latent_figure(mu: Tensor, labels: Tensor | None, classes: tuple[str, ...] | None,
                   path: str | Path, suptitle: str | None = None) -> Path:
     """Posterior means of a split, coloured by label: the 2-D latent itself, or its first
     two principal components."""
     z = mu.detach().double().cpu().numpy()
-    if z.shape[1] == 2:
-        xy, axes = z, ("z1", "z2")
-    else:
-        from sklearn.decomposition import PCA
-
-        pca = PCA(2).fit(z)
-        xy = pca.transform(z)
-        r = pca.explained_variance_ratio_
-        axes = (f"PC 1 ({r[0]:.0%} of variance)", f"PC 2 ({r[1]:.0%})")
+    xy, axes = _project(z, "latent" if z.shape[1] == 2 else "pca")
     fig = _figure(6.4, 5.4)
-    ax = fig.add_subplot(1, 1, 1)
-    if labels is None:
-        ax.scatter(xy[:, 0], xy[:, 1], s=2, alpha=0.5)
-    else:
-        y = labels.cpu().numpy()
-        cmap = _colormap(int(y.max()) + 1)
-        for c in np.unique(y):
-            name = classes[c] if classes and c < len(classes) else str(c)
-            ax.scatter(xy[y == c, 0], xy[y == c, 1], s=2, alpha=0.6, color=cmap(int(c) % cmap.N),
-                       label=name)
-        ax.legend(markerscale=5, fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5),
-                  frameon=False)
-    ax.set_xlabel(axes[0])
-    ax.set_ylabel(axes[1])
-    ax.set_title("E_q[z|x] of the test set" + ("" if z.shape[1] == 2 else " (PCA)"),
-                 fontsize=11)
-    ax.grid(alpha=0.3)
+    _scatter(fig.add_subplot(1, 1, 1), xy, None if labels is None else labels.cpu().numpy(),
+             classes, axes, "E_q[z|x] of the test set" + ("" if z.shape[1] == 2 else " (PCA)"))
     return _save(fig, path, suptitle)
+
+
+def features_figure(reps: dict[str, tuple[Tensor, Tensor | None]], labels: Tensor,
+                    classes: tuple[str, ...] | None, path: str | Path, seed: int = 0,
+                    tsne_points: int = 2000) -> Path:
+    """What the codes encode: per representation (name -> (test codes (N, L), first-layer
+    filters as images or None)) a row with the codes coloured by label (2-D directly,
+    otherwise PCA and t-SNE on a seeded subset) and the encoder's first-layer weights."""
+    g = np.random.default_rng(seed)
+    y = labels.cpu().numpy()
+    views = ["latent"] if next(iter(reps.values()))[0].shape[1] == 2 else ["pca", "tsne"]
+    cols = len(views) + 1
+    fig = _figure(4.6 * cols, 4.2 * len(reps))
+    for r, (name, (z, filters)) in enumerate(reps.items()):
+        z = z.double().cpu().numpy()
+        for c, how in enumerate(views):
+            pick = g.permutation(len(z))[:tsne_points] if how == "tsne" else np.arange(len(z))
+            xy, axes = _project(z[pick], how, seed)
+            _scatter(fig.add_subplot(len(reps), cols, r * cols + c + 1), xy, y[pick], classes,
+                     axes, f"{name}: E_q[z|x]" + {"pca": " (PCA)", "tsne": " (t-SNE)",
+                                                   "latent": ""}[how], legend=c == cols - 2)
+        ax = fig.add_subplot(len(reps), cols, r * cols + cols)
+        ax.set_axis_off()
+        if filters is not None:
+            n = filters.shape[0]
+            ax.imshow(image_grid(filters, max(1, round(math.sqrt(n)))), cmap="gray",
+                      vmin=0, vmax=1, interpolation="nearest")
+            ax.set_title(f"{name}: first-layer weights", fontsize=11)
+    return _save(fig, path, "what the codes encode (test set)")
+
+
+def efficiency_figure(rows: list[dict], path: str | Path, title: str | None = None) -> Path:
+    """Test accuracy against the number of labelled training examples, one line per
+    classifier; generative models dashed, probes dotted."""
+    fig = _figure(8.5, 5.0)
+    ax = fig.add_subplot(1, 1, 1)
+    style = {"generative": "--", "discriminative": "-", "probe": ":"}
+    names = list(dict.fromkeys(r["model"] for r in rows))
+    cmap = _colormap(len(names))
+    for i, name in enumerate(names):
+        rs = sorted((r for r in rows if r["model"] == name), key=lambda r: r["n"])
+        ax.plot([r["n"] for r in rs], [r["accuracy"] for r in rs], style[rs[0]["kind"]],
+                marker="o", ms=3, color=cmap(i % cmap.N),
+                label=f"{name} ({rs[0]['kind']})")
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled training examples")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5), frameon=False)
+    return _save(fig, path, title)
 
 
 def _colormap(n: int):

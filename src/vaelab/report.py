@@ -241,12 +241,23 @@ def _classify_section(s: RunSummary) -> str:
     if not cl:
         return _missing(f"vaelab classify --run {s.run_dir}")
     out = ""
-    for key, res in cl.items():
-        rows = [[_esc(r["model"]), _num(r["accuracy"], ".4f"), _num(r["log_loss"], ".4f"),
-                 _num(r["ece"], ".4f"), _num(r["train_seconds"], ".1f")]
-                for r in res["table"]]
-        out += f"<p>{_esc(key)}</p>" + _table(
-            ["classifier", "accuracy", "log-loss", "ECE", "train s"], rows)
+    for split, res in cl.items():
+        n = res["n_train"]
+        rows = [[_esc(r["model"]), _esc(r["kind"]), _num(r["accuracy"], ".4f"),
+                 _num(r["log_loss"], ".4f"), _num(r["ece"], ".4f"), _num(r["seconds"], ".1f")]
+                for r in res["rows"] if r["n"] == n]
+        out += (f"<p>{_esc(split)} set, n = {res['n_test']}; trained on all {n} labelled "
+                "images (log-loss in nats; ECE: expected calibration error)</p>" +
+                _table(["classifier", "kind", "accuracy", "log-loss", "ECE", "train s"], rows))
+        sizes = sorted({r["n"] for r in res["rows"]})
+        acc = {(r["model"], r["n"]): r["accuracy"] for r in res["rows"]}
+        out += "<p>Test accuracy against the number of labelled training images:</p>" + _table(
+            ["classifier", *map(str, sizes)],
+            [[_esc(m), *(_num(acc.get((m, s)), ".4f") for s in sizes)]
+             for m in dict.fromkeys(r["model"] for r in res["rows"])])
+        for key, path in res.get("figures", {}).items():
+            if Path(path).is_file():
+                out += f"<figure>{_img(Path(path), key)}</figure>"
     return out
 
 

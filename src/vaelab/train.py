@@ -314,6 +314,9 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, data: Data 
     dims = math.prod(data.image_shape)
     labelled = model.classes > 0  # a conditional model trains on (x, y)
 
+    def weight(epoch: int, step: int) -> float:  # of the KL term; none for an autoencoder
+        return 0.0 if tc.autoencoder else kl_weight(tc, epoch, step, n_batches)
+
     if resume:
         state = _restore(run_dir, model, opt, gen)
         history = [m for m in read_metrics(run_dir) if m["epoch"] <= state.epoch]
@@ -341,8 +344,8 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, data: Data 
                     tc.batch_size, shuffle=True, generator=gen, labels=labelled)):
                 x, y = unpack(batch)
                 with torch.autocast(device.type, torch.bfloat16, enabled=tc.precision == "bf16"):
-                    loss, t = elbo(model, x, tc.samples, kl_weight(tc, epoch, step, n_batches),
-                                   y)
+                    loss, t = elbo(model, x, tc.samples, weight(epoch, step), y,
+                                   sample=not tc.autoencoder)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -354,7 +357,8 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, data: Data 
             seconds = time.perf_counter() - t0
             loss_m, elbo_m, recon_m, kl_m = (sums / len(data.train)).tolist()
             model.eval()
-            val = elbo_over(model, data.val.batches(tc.eval_batch_size, labels=labelled))
+            val = elbo_over(model, data.val.batches(tc.eval_batch_size, labels=labelled),
+                            sample=not tc.autoencoder)
             m = {"epoch": epoch, "train_loss": loss_m, "train_elbo": elbo_m, "train_recon": recon_m,
                  "train_kl": kl_m, "val_elbo": val["elbo"], "val_recon": val["recon"],
                  "val_kl": val["kl"],
@@ -363,7 +367,8 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, data: Data 
             history.append(m)
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(m) + "\n")
-            score = val["elbo"] if val["n"] else elbo_m
+            score = (val["elbo"] if val["n"] else elbo_m) if not tc.autoencoder else \
+                (val["recon"] if val["n"] else recon_m)  # an autoencoder: reconstruction
             state.epoch = epoch
             if score > state.best_val_elbo or state.best_epoch == 0:
                 state.best_val_elbo, state.best_epoch = score, epoch

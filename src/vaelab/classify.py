@@ -1,0 +1,377 @@
+"""Generative vs discriminative classifiers, and what the codes of an autoencoder know.
+
+Generative (estimate the model, then define the classifier by Bayes rule):
+
+    p(y|x) = p(x|y) p(y) / sum_y' p(x|y') p(y')
+
+with log p(x|y) the importance-sampled estimate of a class-conditional VAE (all classes at
+once), or the closed forms of Gaussian and Bernoulli Naive Bayes. Discriminative (p(y|x)
+directly): logistic regression on pixels and an MLP. Probes of learned features: logistic
+regression and k-nearest neighbours on the posterior means E_q[z|x] of a VAE and of an
+autoencoder of the same size (the same nets, z = E_q[z|x], trained on -log p(x|z) alone).
+
+Every classifier gets the same nested, seeded, class-balanced subsets of labelled training
+images (the data-efficiency curve; Ng & Jordan 2001). Features of the VAE and autoencoder
+are learned without labels from the whole training split; only the probe sees the labels.
+Binarized data sets are classified on one fixed draw of the training images, so that every
+model sees the same pixels."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import Config, ConfigError, Registry
+from .data import Data, Split, binarize_once
+from .evaluate import log_likelihood
+from .model import VAE, seeded
+from .nets import MLP
+from .sample import latent_means
+from .train import train
+
+Tensor = torch.Tensor
+log = logging.getLogger(__name__)
+
+SIZES = (100, 300, 1000, 3000, 10000)  # then "all"
+
+
+# ---------------------------------------------------------------------------------------
+# Bayes rule and the scores
+# ---------------------------------------------------------------------------------------
+def bayes_posterior(log_lik: Tensor, log_prior: Tensor) -> Tensor:
+    """log p(y|x) = log p(x|y) + log p(y) - log sum_y' p(x|y') p(y'): (N, K), (K,) -> (N, K)."""
+    return torch.log_softmax(log_lik.double() + log_prior.double(), dim=1)
+
+
+def class_prior(y: Tensor, classes: int) -> Tensor:
+    """log p(y): class frequencies of the labelled examples, add-one smoothed (K,)."""
+    counts = torch.bincount(y.cpu(), minlength=classes).double() + 1.0
+    return (counts / counts.sum()).log()
+
+
+@torch.no_grad()
+def class_log_likelihoods(model: VAE, x: Tensor, k: int = 16, batch_size: int = 100,
+                          seed: int = 0) -> Tensor:
+    """Importance-sampled log p(x|y) of a conditional VAE for every image and every class,
+    (N, K): each batch of B images is evaluated for all K labels at once (K*B rows)."""
+    kk = model.classes
+    out = []
+    for xb in x.split(batch_size):
+        b = xb.shape[0]
+        xs = xb.expand(kk, *xb.shape).reshape(kk * b, *xb.shape[1:])  # (K*B, C, H, W)
+        ys = torch.arange(kk, device=xb.device).repeat_interleave(b)  # (K*B,)
+        ll = log_likelihood(model, xs, k, batch_size=kk * b, seed=seed, labels=ys)
+        out.append(ll.reshape(kk, b).T)
+    return torch.cat(out)
+
+
+def scores(log_post: Tensor, y: Tensor, bins: int = 15, probabilistic: bool = True) -> dict:
+    """Accuracy, log-loss (mean -log p(y|x), nats) and expected calibration error (top-label
+    confidence in ``bins`` equal-width bins; Guo et al. 2017)."""
+    log_post, y = log_post.double().cpu(), y.cpu()
+    conf, pred = log_post.exp().max(1)
+    correct = (pred == y).double()
+    which = torch.clamp((conf * bins).long(), max=bins - 1)
+    ece = sum((which == b).sum().item() / len(y) *
+              abs(correct[which == b].mean().item() - conf[which == b].mean().item())
+              for b in range(bins) if (which == b).any())
+    nll = -log_post.gather(1, y[:, None]).mean().item() if probabilistic else None
+    return {"accuracy": correct.mean().item(), "log_loss": nll, "ece": ece}
+
+
+def nested_subsets(labels: Tensor, sizes: list[int], seed: int = 0) -> dict[int, Tensor]:
+    """Seeded, nested, class-balanced subsets: every subset is a prefix of one order that
+    takes the classes in turn (the i-th example of each class, in random class order, before
+    any (i+1)-th), so small subsets hold every class."""
+    y = labels.cpu()
+    g = torch.Generator().manual_seed(seed)
+    rank = torch.empty(len(y), dtype=torch.float64)
+    for c in y.unique():
+        members = torch.nonzero(y == c)[:, 0]
+        rank[members[torch.randperm(len(members), generator=g)]] = \
+            torch.arange(len(members), dtype=torch.float64)
+    order = torch.argsort(rank + torch.rand(len(y), generator=g, dtype=torch.float64))
+    return {n: order[:n] for n in sizes}
+
+
+# ---------------------------------------------------------------------------------------
+# The classifiers: each fits on the subset ``idx`` and returns log p(y|x) on the test set
+# ---------------------------------------------------------------------------------------
+@dataclass
+class Task:
+    """One labelled data set as every classifier sees it, and what they share."""
+
+    data: Data  # binarized once if the protocol binarizes
+    cfg: Config  # data and model settings; train settings for the models trained here
+    out_dir: Path
+    epochs: int = 20
+    min_steps: int = 1000
+    k: int = 16
+    seed: int = 0
+    # name -> (training codes, test codes, seconds it took to learn them)
+    features: dict[str, tuple[Tensor, Tensor, float]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def classes(self) -> int:
+        return len(self.data.classes)
+
+    def pixels(self, split: str) -> np.ndarray:
+        """A split's images as (N, D) float32 rows, for scikit-learn."""
+        return self.data.split(split).batch(slice(None)).flatten(1).cpu().numpy()
+
+    def epochs_for(self, n: int) -> int:
+        return budget_epochs(n, self.cfg.train.batch_size, self.epochs, self.min_steps)
+
+
+def budget_epochs(n: int, batch_size: int, epochs: int, min_steps: int) -> int:
+    """Epochs on n examples: ``epochs`` passes, but at least ``min_steps`` optimizer steps
+    (a model fitted on 100 images gets as many updates as one fitted on 1000)."""
+    per_epoch = math.ceil(n / batch_size)
+    return max(1, math.ceil(max(min_steps, epochs * per_epoch) / per_epoch))
+
+
+@dataclass
+class Classifier:
+    kind: str  # generative, discriminative or probe
+    fit: Callable[[Task, Tensor], Tensor]  # (task, idx) -> log p(y|x) on the test set (N, K)
+    probabilistic: bool = True  # False: its "probabilities" are votes, no log-loss
+    features: str | None = None  # a probe: the codes it reads
+
+
+CLASSIFIERS: Registry[Classifier] = Registry("classifier")
+
+
+def _sklearn(task: Task, idx: Tensor, estimator, x_train: np.ndarray | None = None,
+             x_test: np.ndarray | None = None) -> Tensor:
+    """Fit a scikit-learn classifier on the subset (pixels unless given); log p(y|x)."""
+    if x_train is None:
+        x_train, x_test = task.pixels("train"), task.pixels("test")
+    i = idx.numpy()
+    estimator.fit(x_train[i], task.data.train.labels.cpu().numpy()[i])
+    proba = np.zeros((len(x_test), task.classes))
+    proba[:, estimator.classes_] = estimator.predict_proba(x_test)  # classes absent: p = 0
+    return torch.from_numpy(proba).clamp_min(1e-300).log()
+
+
+def _register(name: str, kind: str, probabilistic: bool = True, features: str | None = None):
+    def deco(fn):
+        CLASSIFIERS.register(name)(Classifier(kind, fn, probabilistic, features))
+        return fn
+    return deco
+
+
+def _fresh(run: Path) -> Path:
+    """A run directory this command owns: emptied before it trains there again."""
+    import shutil
+
+    if run.exists():
+        shutil.rmtree(run)
+    return run
+
+
+@_register("conditional VAE", "generative")
+def _cvae(task: Task, idx: Tensor) -> Tensor:
+    """A class-conditional VAE on the labelled subset; p(y|x) by Bayes rule."""
+    d = task.data
+    subset = Split(d.train.images[idx.to(d.train.images.device)],
+                   d.train.labels[idx.to(d.train.images.device)], d.train.max_value)
+    empty = Split(d.val.images[:0], d.val.labels[:0], d.val.max_value)  # no labels leak
+    data = dataclasses.replace(d, train=subset, val=empty)
+    cfg = task.cfg.override(conditional=True, epochs=task.epochs_for(len(idx)), kl_warmup=0)
+    model = train(cfg, _fresh(task.out_dir / f"conditional-vae-{len(idx)}"), data=data,
+                  progress=False).model
+    x_test = d.test.batch(slice(None))
+    log_lik = class_log_likelihoods(model, x_test, task.k, seed=task.seed)
+    return bayes_posterior(log_lik, class_prior(subset.labels, task.classes))
+
+
+@_register("gaussian naive Bayes", "generative")
+def _gnb(task: Task, idx: Tensor) -> Tensor:
+    from sklearn.naive_bayes import GaussianNB
+
+    return _sklearn(task, idx, GaussianNB(var_smoothing=1e-2))
+
+
+@_register("bernoulli naive Bayes", "generative")
+def _bnb(task: Task, idx: Tensor) -> Tensor:
+    from sklearn.naive_bayes import BernoulliNB
+
+    return _sklearn(task, idx, BernoulliNB(binarize=0.5))
+
+
+@_register("logistic regression", "discriminative")
+def _logreg(task: Task, idx: Tensor) -> Tensor:
+    from sklearn.linear_model import LogisticRegression
+
+    return _sklearn(task, idx, LogisticRegression(C=0.1, max_iter=300))
+
+
+@_register("MLP", "discriminative")
+def _mlp(task: Task, idx: Tensor) -> Tensor:
+    """An MLP with the VAE encoder's hidden widths, cross-entropy, Adam, weight decay."""
+    d, tc = task.data, task.cfg.train
+    dev = d.train.images.device
+    x = d.train.batch(idx.to(dev)).flatten(1)
+    y = d.train.labels[idx.to(dev)]
+    with seeded(task.seed, dev):
+        net = MLP(x.shape[1], task.cfg.model.hidden, task.classes,
+                  task.cfg.model.activation).to(dev)
+        opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=1e-2)
+        steps = task.epochs_for(len(idx)) * math.ceil(len(idx) / tc.batch_size)
+        for _ in range(steps):
+            b = torch.randint(len(x), (min(tc.batch_size, len(x)),), device=dev)
+            loss = torch.nn.functional.cross_entropy(net(x[b]), y[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        return torch.log_softmax(net(d.test.batch(slice(None)).flatten(1)).double(), 1).cpu()
+
+
+def _probe(name: str, knn: bool):
+    def fit(task: Task, idx: Tensor) -> Tensor:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.neighbors import KNeighborsClassifier
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        z_train, z_test, _ = task.features[name]
+        est = KNeighborsClassifier(10) if knn else \
+            make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+        return _sklearn(task, idx, est, z_train.numpy(), z_test.numpy())
+    return fit
+
+
+for _rep in ("VAE", "autoencoder"):
+    _register(f"logistic regression on {_rep} codes", "probe",
+              features=_rep)(_probe(_rep, knn=False))
+    _register(f"10-NN on {_rep} codes", "probe", False, _rep)(_probe(_rep, knn=True))
+
+
+# ---------------------------------------------------------------------------------------
+# The experiment
+# ---------------------------------------------------------------------------------------
+def fixed_view(data: Data, seed: int) -> Data:
+    """Dynamically binarized training images -> one seeded draw, so every model sees the
+    same pixels (held-out splits are fixed already)."""
+    if not data.train.dynamic:
+        return data
+    s = data.train
+    img = binarize_once(s.images.cpu().numpy(), s.max_value, seed)
+    return dataclasses.replace(data, train=Split(torch.from_numpy(img).to(s.images.device),
+                                                 s.labels, 1), binarize="static")
+
+
+def _codes(task: Task, model: VAE, name: str, seconds: float) -> None:
+    """Posterior means of the (fixed-view) training and test images."""
+    task.features[name] = (latent_means(model, task.data.train).cpu(),
+                           latent_means(model, task.data.test).cpu(), seconds)
+
+
+def learn_features(task: Task, vae: VAE, vae_seconds: float, data: Data) -> dict[str, VAE]:
+    """Codes of the run's VAE, and of an autoencoder of the same size trained here on the
+    same (unlabelled) training images."""
+    _codes(task, vae, "VAE", vae_seconds)
+    cfg = task.cfg.override(autoencoder=True, kl_warmup=0,
+                            epochs=task.epochs_for(len(data.train)))
+    t0 = time.perf_counter()
+    ae = train(cfg, _fresh(task.out_dir / "autoencoder"), data=data, progress=False).model
+    _codes(task, ae, "autoencoder", time.perf_counter() - t0)
+    return {"VAE": vae, "autoencoder": ae}
+
+
+def run_classifiers(task: Task, names: list[str] | None = None, sizes: list[int] | None = None,
+                    progress: bool = False) -> list[dict]:
+    """Fit every classifier on every nested subset; one row per (classifier, size)."""
+    from tqdm.auto import tqdm
+
+    n_train = len(task.data.train)
+    sizes = sorted({min(n, n_train) for n in (sizes or [*SIZES, n_train])})
+    subsets = nested_subsets(task.data.train.labels, sizes, task.seed)
+    kinds = ["generative", "discriminative", "probe"]
+    names = sorted(names or CLASSIFIERS.names(), key=lambda n: kinds.index(CLASSIFIERS.get(n).kind))
+    y_test = task.data.test.labels
+    rows = []
+    jobs = [(n, name) for n in sizes for name in names]
+    for n, name in tqdm(jobs, desc="classifiers", unit="fit", disable=None if progress else True):
+        clf = CLASSIFIERS.get(name)
+        t0 = time.perf_counter()
+        with seeded(task.seed, task.data.train.images.device):
+            log_post = clf.fit(task, subsets[n])
+        seconds = time.perf_counter() - t0
+        if clf.features:  # the features' own (unsupervised) training counts too
+            seconds += task.features[clf.features][2]
+        rows.append({"model": name, "kind": clf.kind, "n": n, "seconds": seconds,
+                     **scores(log_post, y_test, probabilistic=clf.probabilistic)})
+        log.debug("%s, n=%d: accuracy %.4f, %.1fs", name, n, rows[-1]["accuracy"], seconds)
+    return rows
+
+
+def check_labels(data: Data) -> None:
+    if data.classes is None or data.train.labels is None or data.test.labels is None:
+        raise ConfigError(f"`vaelab classify` needs labels; the {data.name} data have none "
+                          "(for a folder data set: one sub-directory per class)")
+
+
+def first_layer_filters(model: VAE, n: int = 64) -> Tensor | None:
+    """The ``n`` largest-norm rows of an MLP encoder's first weight matrix, as images
+    (n, C, H, W), each scaled to [0, 1]; None for other encoders."""
+    lin = next((m for m in model.encoder.modules() if isinstance(m, torch.nn.Linear)), None)
+    d = math.prod(model.image_shape)
+    if lin is None or lin.in_features < d:
+        return None
+    w = lin.weight.detach()[:, :d].cpu()  # (H, D)
+    w = w[w.norm(dim=1).argsort(descending=True)[:n]]
+    lo, hi = w.min(1, keepdim=True).values, w.max(1, keepdim=True).values
+    return ((w - lo) / (hi - lo).clamp_min(1e-12)).reshape(-1, *model.image_shape)
+
+
+def classify_run(run_dir: str | Path, *, epochs: int | None = None, min_steps: int = 1000,
+                 k: int = 16, sizes: list[int] | None = None, names: list[str] | None = None,
+                 seed: int = 0, device: str = "auto", progress: bool = False) -> dict:
+    """The whole experiment on a VAE run: features, every classifier on every subset, the
+    figures (RUN/classify/efficiency.png, features.png) and the results (RUN/classify.json,
+    RUN/classify/efficiency.json). ``epochs`` (default: the run's) is the training budget of
+    every model trained here, at least ``min_steps`` steps each."""
+    import json
+
+    from .data import load_data
+    from .plots import efficiency_figure, features_figure
+    from .train import load_run, read_metrics, resolve_device, write_result
+
+    run_dir = Path(run_dir)
+    dev = resolve_device(device)
+    vae, cfg = load_run(run_dir, device=dev)
+    if vae.classes:
+        raise ConfigError(f"{run_dir} holds a conditional VAE; `vaelab classify` probes the "
+                          "codes of an unconditional one (it trains the conditional VAEs)")
+    data = load_data(cfg.data, dev)
+    check_labels(data)
+    for n in names or []:
+        CLASSIFIERS.get(n)  # an unknown name fails before any training
+    epochs = epochs or cfg.train.epochs  # the autoencoder trains as long as the VAE did
+    cfg = cfg.override(seed=seed, device=str(dev))
+    out = run_dir / "classify"
+    task = Task(fixed_view(data, cfg.data.binarize_seed + 10), cfg, out, epochs, min_steps, k,
+                seed)
+    models = learn_features(task, vae, sum(m["seconds"] for m in read_metrics(run_dir)), data)
+    rows = run_classifiers(task, names, sizes, progress)
+    result = {"dataset": data.name, "n_train": len(data.train), "n_test": len(data.test),
+              "classes": list(data.classes), "k": k, "epochs": epochs, "min_steps": min_steps,
+              "seed": seed, "rows": rows}
+    (out / "efficiency.json").write_text(json.dumps(result, indent=1) + "\n")
+    result["figures"] = {
+        "efficiency": str(efficiency_figure(rows, out / "efficiency.png", data.name)),
+        "features": str(features_figure(
+            {name: (task.features[name][1], first_layer_filters(m)) for name, m in models.items()},
+            data.test.labels, data.classes, out / "features.png", seed)),
+    }
+    write_result(run_dir, "classify", "test", result)
+    return result
