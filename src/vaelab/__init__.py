@@ -5,13 +5,16 @@
     >>> result = vaelab.train(vaelab.Config(), "runs/digits")
     >>> model, cfg = vaelab.load_run("runs/digits")
     >>> g = vaelab.imagine(model, 100)            # z ~ p(z); E[x|z] and x ~ p(x|z)
+    >>> vaelab.write_report("runs/digits")        # runs/digits/report/index.html
 """
+from .classify import bayes_posterior, class_log_likelihoods, classify_run
 from .config import Config, ConfigError, DataConfig, ModelConfig, TrainConfig
 from .data import DATASETS, Data, Split, load_data, read_idx
 from .evaluate import evaluate
 from .fetch import DataError
 from .model import VAE
 from .objectives import elbo, iwae_bound, kl_divergence
+from .report import write_comparison, write_report
 from .sample import imagine, reconstruct
 from .train import RunError, load_run, train
 
@@ -20,4 +23,5 @@ __version__ = "0.1.0"
 __all__ = ["Config", "ConfigError", "DataConfig", "ModelConfig", "TrainConfig", "DATASETS",
            "Data", "Split", "load_data", "read_idx", "evaluate", "DataError", "VAE", "elbo",
            "iwae_bound", "kl_divergence", "imagine", "reconstruct", "RunError", "load_run",
-           "train", "__version__"]
+           "train", "bayes_posterior", "class_log_likelihoods", "classify_run", "write_report",
+           "write_comparison", "__version__"]

@@ -377,10 +377,12 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, data: Data 
             if board:
                 board.log(m, model)
             bpd = m["val_bits_per_dim"]
-            log.info("epoch %d/%d  train ELBO %.3f  val ELBO %.3f nats%s  KL %.2f  %.1fs  "
-                     "%.0f img/s", epoch, tc.epochs, elbo_m, val["elbo"],
-                     "" if bpd is None else f" ({bpd:.4f} bits/dim)", val["kl"], seconds,
-                     m["images_per_s"])
+            shown = (f"val ELBO {val['elbo']:.3f} nats"
+                     + ("" if bpd is None else f" ({bpd:.4f} bits/dim)")
+                     + f"  KL {val['kl']:.2f}") if val["n"] else \
+                f"KL {kl_m:.2f} (no validation set)"
+            log.info("epoch %d/%d  train ELBO %.3f  %s  %.1fs  %.0f img/s", epoch, tc.epochs,
+                     elbo_m, shown, seconds, m["images_per_s"])
     bar.close()
     if board:
         board.close()
