@@ -66,6 +66,7 @@ class Registry(Generic[T]):
 BINARIZE_MODES = ("auto", "none", "dynamic", "static")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16")
+OBJECTIVES = ("elbo", "iwae")
 
 
 def _help(text: str, **kw: Any) -> dict:
@@ -108,10 +109,19 @@ class ModelConfig:
     latent_dim: int = field(default=16, metadata=_help("dimension of z"))
     hidden: tuple[int, ...] = field(default=(512, 256), metadata=_help(
         "hidden widths of the encoder MLP, comma separated; the decoder mirrors them"))
+    conv_widths: tuple[int, ...] = field(default=(32, 64), metadata=_help(
+        "conv net: channels of each stage (each halves the image), comma separated"))
+    res_blocks: int = field(default=1, metadata=_help("conv net: residual blocks per stage"))
     activation: str = field(default="relu", metadata=_help("hidden activation"))
     likelihood: str = field(default="auto", metadata=_help(
         "decoder distribution p(x|z); auto: bernoulli for binary data, dgaussian for grey"))
-    prior: str = field(default="normal", metadata=_help("prior p(z)"))
+    prior: str = field(default="normal", metadata=_help(
+        "prior p(z): normal N(0, I); mog, a learned mixture of Gaussians; vamp, the VampPrior "
+        "(a mixture of q(z|u_k) over learned pseudo-inputs u_k)"))
+    prior_components: int = field(default=100, metadata=_help(
+        "components of the mog prior, pseudo-inputs of the vamp prior"))
+    logistic_mixtures: int = field(default=5, metadata=_help(
+        "components per pixel of the dlogistic likelihood"))
     min_scale: float = field(default=1e-3, metadata=_help(
         "lower bound on standard deviations of Gaussian heads"))
     levels: int | None = field(default=None, metadata=_help(
@@ -124,8 +134,16 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.latent_dim < 1:
             raise ConfigError(f"latent_dim must be >= 1, got {self.latent_dim}")
-        if any(h < 1 for h in self.hidden):
-            raise ConfigError(f"hidden widths must be >= 1, got {self.hidden}")
+        if any(h < 1 for h in self.hidden + self.conv_widths):
+            raise ConfigError(f"hidden and conv widths must be >= 1, got {self.hidden}, "
+                              f"{self.conv_widths}")
+        for name in ("res_blocks", "prior_components", "logistic_mixtures"):
+            if getattr(self, name) < (0 if name == "res_blocks" else 1):
+                raise ConfigError(f"{name} must be >= {0 if name == 'res_blocks' else 1}, "
+                                  f"got {getattr(self, name)}")
+        if self.conditional and self.prior == "vamp":
+            raise ConfigError("the vamp prior encodes unlabelled pseudo-inputs; it does not go "
+                              "with a conditional model (use --prior normal or mog)")
 
 
 @dataclass(frozen=True)
@@ -138,7 +156,15 @@ class TrainConfig:
     kl_warmup: int = field(default=0, metadata=_help(
         "epochs over which the KL weight rises linearly from 0 to beta (Sonderby et al. "
         "2016); 0: none"))
-    samples: int = field(default=1, metadata=_help("Monte-Carlo samples of z per example"))
+    samples: int = field(default=1, metadata=_help(
+        "samples of z per example: Monte-Carlo samples of the ELBO, or the k of the IWAE "
+        "bound"))
+    objective: str = field(default="elbo", metadata=_help(
+        "elbo, or iwae: the importance-weighted bound with k = samples (Burda et al. 2016)",
+        choices=OBJECTIVES))
+    free_bits: float = field(default=0.0, metadata=_help(
+        "free bits (Kingma et al. 2016): nats per latent dimension below which its batch-mean "
+        "KL is not penalised in training; 0: none"))
     autoencoder: bool = field(default=False, metadata=_help(
         "train a deterministic autoencoder with the same nets instead: z = E_q[z|x], loss "
         "-log p(x|z), no KL (the baseline for what codes learn; its ELBO is not a bound "
@@ -163,6 +189,13 @@ class TrainConfig:
             raise ConfigError(f"beta must be >= 0, got {self.beta}")
         if self.kl_warmup < 0:
             raise ConfigError(f"kl_warmup must be >= 0, got {self.kl_warmup}")
+        _check_choice("objective", self.objective, OBJECTIVES)
+        if self.free_bits < 0:
+            raise ConfigError(f"free_bits must be >= 0, got {self.free_bits}")
+        if self.objective == "iwae" and (self.beta != 1 or self.kl_warmup or self.free_bits
+                                         or self.autoencoder):
+            raise ConfigError("the iwae objective is a bound on log p(x) as it stands: it "
+                              "takes no beta, kl_warmup, free_bits or autoencoder")
 
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}

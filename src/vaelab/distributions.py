@@ -23,9 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import (
     Bernoulli,
+    Categorical,
     ContinuousBernoulli,
     Distribution,
     Independent,
+    MixtureSameFamily,
     Normal,
     constraints,
 )
@@ -102,6 +104,66 @@ class DiscretizedNormal(Distribution):
     def sample(self, sample_shape=torch.Size()) -> Tensor:
         y = torch.normal(self.loc.expand(self._extended_shape(sample_shape)),
                          self.scale.expand(self._extended_shape(sample_shape)))
+        return to_levels(y.clamp(0, 1), self.levels) / (self.levels - 1)
+
+
+def discretized_logistic_log_prob(x: Tensor, loc: Tensor, log_scale: Tensor,
+                                  levels: int) -> Tensor:
+    """log P(x) of the level x = k/(K-1) under a logistic(loc, exp(log_scale)) cut into K
+    bins at the midpoints, the outer bins open (Salimans et al. 2017, PixelCNN++);
+    elementwise, sums to 1 over the levels, stable in the tails."""
+    k = to_levels(x, levels)
+    half = 0.5 / (levels - 1)
+    inv_s = torch.exp(-log_scale)
+    plus, minus = inv_s * (x + half - loc), inv_s * (x - half - loc)
+    log_cdf_plus = plus - F.softplus(plus)  # log sigmoid(plus): the lowest, open bin
+    log_sf_minus = -F.softplus(minus)  # log (1 - sigmoid(minus)): the highest, open bin
+    diff = torch.sigmoid(plus) - torch.sigmoid(minus)
+    mid = inv_s * (x - loc)
+    narrow = mid - log_scale - 2 * F.softplus(mid) + math.log(2 * half)  # pdf * width
+    inner = torch.where(diff > 1e-5, torch.log(diff.clamp_min(1e-12)), narrow)
+    return torch.where(k == 0, log_cdf_plus, torch.where(k == levels - 1, log_sf_minus, inner))
+
+
+class DiscretizedLogisticMixture(Distribution):
+    """Per pixel, a mixture of M discretized logistics over K levels k/(K-1): parameters
+    (M, ...) each; mixture weights from ``logits``. Elementwise over the pixels."""
+
+    arg_constraints: dict = {}
+    support = constraints.unit_interval
+    has_rsample = False
+
+    def __init__(self, logits: Tensor, loc: Tensor, log_scale: Tensor, levels: int):
+        self.logits, self.loc = logits, loc
+        self.log_scale, self.levels = log_scale.clamp_min(-7.0), levels
+        super().__init__(loc.shape[1:], validate_args=False)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        lp = discretized_logistic_log_prob(value.unsqueeze(0), self.loc, self.log_scale,
+                                           self.levels)  # (M, ...)
+        return torch.logsumexp(torch.log_softmax(self.logits, 0) + lp, 0)
+
+    @property
+    def mean(self) -> Tensor:
+        """E[x] = sum_k (k/(K-1)) P(k), accumulated level by level."""
+        out = torch.zeros_like(self.loc[0])
+        for k in range(1, self.levels):
+            v = torch.full_like(out, k / (self.levels - 1))
+            out += v * self.log_prob(v).exp()
+        return out
+
+    @torch.no_grad()
+    def sample(self, sample_shape=torch.Size()) -> Tensor:
+        shape = self._extended_shape(sample_shape)
+        m = Categorical(logits=self.logits.movedim(0, -1)).sample(sample_shape)  # (..)
+        pick = m.unsqueeze(0)
+
+        def take(t: Tensor) -> Tensor:  # (M, *batch) -> the picked component, (*shape)
+            t = t.reshape(t.shape[0], *[1] * len(sample_shape), *t.shape[1:])
+            return t.expand(t.shape[0], *shape).gather(0, pick).squeeze(0)
+
+        u = torch.rand(shape, device=self.loc.device).clamp(1e-5, 1 - 1e-5)
+        y = take(self.loc) + take(self.log_scale).exp() * (torch.log(u) - torch.log1p(-u))
         return to_levels(y.clamp(0, 1), self.levels) / (self.levels - 1)
 
 
@@ -183,14 +245,35 @@ class DiscretizedGaussianLikelihood(GaussianLikelihood):
                            validate_args=False)
 
 
-PRIORS: Registry[Callable[[ModelConfig], nn.Module]] = Registry("prior")
+@LIKELIHOODS.register("dlogistic")
+class DiscretizedLogisticLikelihood(Likelihood):
+    """Per pixel and channel a mixture of ``logistic_mixtures`` discretized logistics over
+    the data's grey levels (PixelCNN++'s output distribution, without its dependence
+    between channels): a probability of the 8-bit grey or RGB data."""
+
+    name, discrete = "dlogistic", True
+
+    def __init__(self, cfg: ModelConfig | None = None):
+        self.mixtures = cfg.logistic_mixtures if cfg is not None else 5
+        self.levels = cfg.levels if cfg is not None and cfg.levels else 256
+        self.params_per_channel = 3 * self.mixtures
+
+    def __call__(self, params: Tensor) -> Distribution:
+        # (..., 3*M*C, H, W) -> three (M, ..., C, H, W)
+        *lead, _, h, w = params.shape
+        p = params.reshape(*lead, 3, self.mixtures, -1, h, w).movedim(-5, 0).movedim(-4, 1)
+        return Independent(DiscretizedLogisticMixture(p[0], p[1], p[2], self.levels), 3,
+                           validate_args=False)
+
+
+PRIORS: Registry[Callable[[ModelConfig, tuple[int, int, int]], nn.Module]] = Registry("prior")
 
 
 @PRIORS.register("normal")
 class StandardNormalPrior(nn.Module):
     """p(z) = N(0, I). Buffers, so it follows the model to its device."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, image_shape: tuple[int, int, int] | None = None):
         super().__init__()
         self.register_buffer("loc", torch.zeros(cfg.latent_dim), persistent=False)
         self.register_buffer("scale", torch.ones(cfg.latent_dim), persistent=False)
@@ -198,3 +281,49 @@ class StandardNormalPrior(nn.Module):
     def forward(self, temperature: float = 1.0) -> Distribution:
         return Independent(Normal(self.loc, self.scale * temperature, validate_args=False), 1,
                            validate_args=False)
+
+
+def _scale_param(shape: tuple[int, ...], scale: float = 1.0) -> nn.Parameter:
+    """Raw parameters whose softplus is ``scale``."""
+    return nn.Parameter(torch.full(shape, math.log(math.expm1(scale))))
+
+
+@PRIORS.register("mog")
+class MixturePrior(nn.Module):
+    """p(z) = sum_k pi_k N(z; mu_k, diag sigma_k^2) with learned weights, means and scales
+    (K = ``prior_components``). KL(q || p) has no closed form: Monte Carlo."""
+
+    def __init__(self, cfg: ModelConfig, image_shape: tuple[int, int, int] | None = None):
+        super().__init__()
+        k, d = cfg.prior_components, cfg.latent_dim
+        self.logits = nn.Parameter(torch.zeros(k))
+        self.loc = nn.Parameter(torch.randn(k, d))
+        self.raw_scale = _scale_param((k, d), 0.5)
+
+    def forward(self, temperature: float = 1.0) -> Distribution:
+        comp = Independent(Normal(self.loc, F.softplus(self.raw_scale) * temperature,
+                                  validate_args=False), 1, validate_args=False)
+        return MixtureSameFamily(Categorical(logits=self.logits, validate_args=False), comp,
+                                 validate_args=False)
+
+
+@PRIORS.register("vamp")
+class VampPrior(nn.Module):
+    """p(z) = (1/K) sum_k q(z | u_k), the encoder at K learned pseudo-inputs u_k in [0, 1]
+    (Tomczak & Welling 2018; K = ``prior_components``). The VAE binds its encoder."""
+
+    def __init__(self, cfg: ModelConfig, image_shape: tuple[int, int, int]):
+        super().__init__()
+        self.raw = nn.Parameter(0.1 * torch.randn(cfg.prior_components, *image_shape))
+        self.__dict__["_vae"] = None  # not a submodule: the VAE owns this prior
+
+    def bind(self, vae: nn.Module) -> None:
+        self.__dict__["_vae"] = vae
+
+    def forward(self, temperature: float = 1.0) -> Distribution:
+        q = self._vae.encode(torch.sigmoid(self.raw))  # batch (K,), event (L,)
+        comp = Independent(Normal(q.mean, q.stddev * temperature, validate_args=False), 1,
+                           validate_args=False)
+        logits = torch.zeros(self.raw.shape[0], device=self.raw.device)
+        return MixtureSameFamily(Categorical(logits=logits, validate_args=False), comp,
+                                 validate_args=False)

@@ -38,6 +38,8 @@ class VAE(nn.Module):
         self.image_shape = tuple(image_shape)
         self.min_scale = min_scale
         self.classes = classes
+        if hasattr(prior, "bind"):  # a prior built from the encoder (the VampPrior)
+            prior.bind(self)
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, image_shape: tuple[int, int, int]) -> "VAE":
@@ -52,8 +54,8 @@ class VAE(nn.Module):
         encoder, decoder = NETS.get(cfg.net)(cfg, tuple(image_shape), 2 * cfg.latent_dim,
                                              likelihood.params_per_channel * image_shape[0],
                                              classes)
-        return cls(encoder, decoder, likelihood, PRIORS.get(cfg.prior)(cfg), cfg.latent_dim,
-                   image_shape, cfg.min_scale, classes)
+        return cls(encoder, decoder, likelihood, PRIORS.get(cfg.prior)(cfg, tuple(image_shape)),
+                   cfg.latent_dim, image_shape, cfg.min_scale, classes)
 
     def _net(self, net: nn.Module, h: Tensor, y: Tensor | None) -> Tensor:
         if self.classes and y is None:

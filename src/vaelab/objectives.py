@@ -44,18 +44,42 @@ def kl_divergence(q: Distribution, p: Distribution, z: Tensor | None = None) -> 
         return (q.log_prob(z) - p.log_prob(z)).mean(0)
 
 
-def elbo(model, x: Tensor, k: int = 1, beta: float = 1.0, y: Tensor | None = None,
-         sample: bool = True) -> tuple[Tensor, Terms]:
-    """Training loss ``-mean_B(recon - beta * KL)`` and the per-example terms (beta = 1).
-    With labels y (B,) of a conditional model: the ELBO of log p(x|y). ``sample=False``
-    decodes the posterior mean instead of samples: with beta = 0, a deterministic
-    autoencoder's loss -log p(x | z = E_q[z|x]) (its terms are then not an ELBO)."""
+def elbo(model, x: Tensor, k: int = 1, beta: float = 1.0, y: Tensor | None = None, *,
+         sample: bool = True, free_bits: float = 0.0, iwae: bool = False
+         ) -> tuple[Tensor, Terms]:
+    """A training loss and the per-example ELBO terms (always with beta = 1), from k
+    reparameterized samples z ~ q(z|x):
+
+    * ``-mean_B(recon - beta * KL)``, the (beta-weighted) negative ELBO;
+    * ``free_bits`` = lambda > 0: the KL term is sum_d max(lambda, mean_B KL_d) over latent
+      dimensions d (the total KL against lambda * L where it does not factorize);
+    * ``iwae``: the negative importance-weighted bound -mean_B log (1/k) sum_k w_k;
+    * ``sample=False``: z = E_q[z|x]; with beta = 0 a deterministic autoencoder's loss
+      -log p(x | z = E_q[z|x]) (its terms are then not an ELBO).
+
+    With labels y (B,) of a conditional model: the bounds on log p(x|y)."""
     q = model.encode(x, y)  # batch (B,), event (L,)
     z = q.rsample((k,)) if sample else q.mean.expand(k, *q.mean.shape)  # (k, B, L)
-    recon = model.decode(z, y).log_prob(x).mean(0)  # (k, B) -> (B,)
-    kl = kl_divergence(q, model.prior(), z)  # (B,)
-    loss = -(recon - beta * kl).mean()
+    prior = model.prior()
+    log_px_z = model.decode(z, y).log_prob(x)  # (k, B)
+    recon = log_px_z.mean(0)  # (B,)
+    kl = kl_divergence(q, prior, z)  # (B,)
+    if iwae:
+        lw = log_px_z + prior.log_prob(z) - q.log_prob(z)  # (k, B)
+        loss = -(torch.logsumexp(lw, 0) - math.log(k)).mean()
+    else:
+        loss = -(recon.mean() - beta * _kl_term(q, prior, kl, free_bits))
     return loss, Terms(recon - kl, recon, kl)
+
+
+def _kl_term(q: Distribution, prior: Distribution, kl: Tensor, free_bits: float) -> Tensor:
+    """mean_B KL, or with free bits sum_d max(lambda, mean_B KL_d)."""
+    if free_bits <= 0:
+        return kl.mean()
+    try:  # per dimension, where q and p factorize alike
+        return _analytic_kl(q.base_dist, prior.base_dist).mean(0).clamp_min(free_bits).sum()
+    except (NotImplementedError, AttributeError):
+        return kl.mean().clamp_min(free_bits * q.event_shape[0])
 
 
 def log_weights(model, x: Tensor, k: int, y: Tensor | None = None) -> Tensor:
@@ -78,20 +102,22 @@ def unpack(batch: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor | None
 
 @torch.no_grad()
 def elbo_over(model, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: int = 1,
-              sample: bool = True) -> dict[str, float]:
-    """Mean ELBO, reconstruction and KL (nats per example) over an iterable of batches."""
+              sample: bool = True, iwae_k: int = 0) -> dict[str, float]:
+    """Mean ELBO, reconstruction and KL (nats per example) over an iterable of batches;
+    with ``iwae_k`` > 0 also the mean importance-weighted bound with that many samples."""
     sums = None
     n = 0
     for batch in batches:
         x, y = unpack(batch)
         _, t = elbo(model, x, k, y=y, sample=sample)
-        s = torch.stack([t.elbo.sum(), t.recon.sum(), t.kl.sum()])
+        s = torch.stack([t.elbo.sum(), t.recon.sum(), t.kl.sum(),
+                         iwae_bound(model, x, iwae_k, y).sum() if iwae_k else t.kl.new_zeros(())])
         sums = s if sums is None else sums + s
         n += x.shape[0]
     if sums is None:
-        return {"elbo": math.nan, "recon": math.nan, "kl": math.nan, "n": 0}
-    e, r, kl = (sums / n).tolist()
-    return {"elbo": e, "recon": r, "kl": kl, "n": n}
+        return {"elbo": math.nan, "recon": math.nan, "kl": math.nan, "iwae": math.nan, "n": 0}
+    e, r, kl, iw = (sums / n).tolist()
+    return {"elbo": e, "recon": r, "kl": kl, "n": n, **({"iwae": iw} if iwae_k else {})}
 
 
 def bits_per_dim(nats_per_example: float, dims: int, discrete: bool = True) -> float | None:

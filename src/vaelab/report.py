@@ -185,12 +185,16 @@ def run_rows(s: RunSummary) -> list[tuple[str, str]]:
     secs = sum(h.get("seconds", 0.0) for h in s.history)
     bpd = best and best.get("val_bits_per_dim")
     rows = [("data set", f"{d.dataset} (binarize: {d.binarize})"),
-            ("model", f"{m.net} {','.join(map(str, m.hidden))}, latent {m.latent_dim}, "
-                      f"{m.likelihood} likelihood, {m.prior} prior"),
+            ("model", ("conditional " if m.conditional else "")
+             + f"{m.net} {','.join(map(str, m.conv_widths if m.net == 'conv' else m.hidden))}, "
+               f"latent {m.latent_dim}, {m.likelihood} likelihood, {m.prior} prior"
+             + (" (autoencoder)" if t.autoencoder else "")),
             ("parameters", f"{s.params:,}"),
             ("epochs", f"{len(s.history)} of {t.epochs}" +
              (f", KL warm-up {t.kl_warmup}" if t.kl_warmup else "") +
-             (f", beta {t.beta:g}" if t.beta != 1 else "")),
+             (f", beta {t.beta:g}" if t.beta != 1 else "") +
+             (f", IWAE k = {t.samples}" if t.objective == "iwae" else "") +
+             (f", free bits {t.free_bits:g}" if t.free_bits else "")),
             ("training time", f"{secs / 60:.1f} min" if secs else "–"),
             ("best validation ELBO", f"{best['val_elbo']:.2f} nats" +
              (f" ({bpd:.4f} bits/dim)" if bpd else "") + f" at epoch {best['epoch']}"

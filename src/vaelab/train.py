@@ -345,7 +345,8 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, data: Data 
                 x, y = unpack(batch)
                 with torch.autocast(device.type, torch.bfloat16, enabled=tc.precision == "bf16"):
                     loss, t = elbo(model, x, tc.samples, weight(epoch, step), y,
-                                   sample=not tc.autoencoder)
+                                   sample=not tc.autoencoder, free_bits=tc.free_bits,
+                                   iwae=tc.objective == "iwae")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -357,18 +358,22 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, data: Data 
             seconds = time.perf_counter() - t0
             loss_m, elbo_m, recon_m, kl_m = (sums / len(data.train)).tolist()
             model.eval()
+            iwae_k = tc.samples if tc.objective == "iwae" else 0
             val = elbo_over(model, data.val.batches(tc.eval_batch_size, labels=labelled),
-                            sample=not tc.autoencoder)
+                            sample=not tc.autoencoder, iwae_k=iwae_k)
             m = {"epoch": epoch, "train_loss": loss_m, "train_elbo": elbo_m, "train_recon": recon_m,
                  "train_kl": kl_m, "val_elbo": val["elbo"], "val_recon": val["recon"],
                  "val_kl": val["kl"],
                  "val_bits_per_dim": bits_per_dim(-val["elbo"], dims, model.likelihood.discrete),
-                 "seconds": seconds, "images_per_s": len(data.train) / seconds}
+                 "seconds": seconds, "images_per_s": len(data.train) / seconds,
+                 **({f"val_iwae{iwae_k}": val["iwae"]} if iwae_k else {})}
             history.append(m)
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(m) + "\n")
-            score = (val["elbo"] if val["n"] else elbo_m) if not tc.autoencoder else \
-                (val["recon"] if val["n"] else recon_m)  # an autoencoder: reconstruction
+            # the checkpoint is chosen on the objective it was trained for (beta = 1)
+            key, fallback = ("recon", recon_m) if tc.autoencoder else \
+                ("iwae", -loss_m) if iwae_k else ("elbo", elbo_m)
+            score = val[key] if val["n"] else fallback
             state.epoch = epoch
             if score > state.best_val_elbo or state.best_epoch == 0:
                 state.best_val_elbo, state.best_epoch = score, epoch

@@ -1,0 +1,221 @@
+"""The model family: nets x likelihoods x priors x conditioning, the discretized logistic
+mixture, learned priors' KL against closed forms, the IWAE and free-bits objectives, and
+training + checkpoints of every model on real data."""
+import itertools
+import math
+
+import pytest
+import torch
+from torch.distributions import Independent, Normal
+
+from vaelab.config import Config, ConfigError, ModelConfig, TrainConfig
+from vaelab.distributions import (DiscretizedLogisticMixture, discretized_logistic_log_prob,
+                                  to_levels)
+from vaelab.model import VAE, seeded
+from vaelab.objectives import _analytic_kl, elbo, kl_divergence, log_weights
+from vaelab.train import load_run, train
+
+SHAPES = [(1, 8, 8), (1, 28, 28), (3, 7, 9)]  # digits, MNIST-likes, odd-sized RGB
+COMBOS = [(net, lik, prior, cond)
+          for net, lik, prior, cond in itertools.product(
+              ["mlp", "conv"], ["bernoulli", "cbernoulli", "gaussian", "dgaussian", "dlogistic"],
+              ["normal", "mog", "vamp"], [False, True])
+          if not (cond and prior == "vamp")]
+
+
+def make(net="mlp", likelihood="bernoulli", prior="normal", conditional=False, shape=(1, 8, 8),
+         **kw) -> VAE:
+    levels = 2 if likelihood == "bernoulli" else 256
+    kw = {"prior_components": 5, **kw}
+    cfg = ModelConfig(net=net, likelihood=likelihood, prior=prior, conditional=conditional,
+                      classes=3 if conditional else None, latent_dim=4, hidden=(32,),
+                      conv_widths=(8, 16), levels=levels, logistic_mixtures=2, **kw)
+    return VAE.from_config(cfg, shape)
+
+
+def images(likelihood: str, shape, n=5, seed=0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, *shape, generator=g)
+    return x.bernoulli(generator=g) if likelihood == "bernoulli" else torch.round(x * 255) / 255
+
+
+@pytest.mark.parametrize("net, likelihood, prior, conditional", COMBOS)
+def test_every_combination_has_the_right_shapes_and_gradients(net, likelihood, prior,
+                                                              conditional):
+    for shape in SHAPES:
+        model = make(net, likelihood, prior, conditional, shape)
+        x = images(likelihood, shape)
+        y = torch.tensor([0, 1, 2, 0, 1]) if conditional else None
+        q = model.encode(x, y)
+        assert q.batch_shape == (5,) and q.event_shape == (4,)
+        loss, t = elbo(model, x, k=2, y=y)
+        assert t.elbo.shape == (5,) and torch.isfinite(loss)
+        loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        assert log_weights(model, x, 3, y).shape == (3, 5)
+        px = model.decode(torch.randn(2, 5, 4), y)  # (k, B, L) codes
+        assert px.batch_shape == (2, 5) and px.event_shape == shape
+        with torch.no_grad():
+            s = model.decode(torch.randn(5, 4), y)
+            assert s.mean.shape == s.sample().shape == (5, *shape)
+        if likelihood in ("bernoulli", "dgaussian", "dlogistic"):
+            assert (px.log_prob(x) <= 1e-5).all()  # probabilities of discrete data
+
+
+# ---- the discretized logistic mixture ----------------------------------------------------
+@pytest.mark.parametrize("levels", [2, 17, 256])
+def test_discretized_logistic_mixture_is_a_distribution_over_the_levels(levels):
+    g = torch.Generator().manual_seed(0)
+    m, n = 3, 40
+    logits = torch.randn(m, n, generator=g)
+    loc = torch.cat([torch.rand(m, n - 4, generator=g) * 1.4 - 0.2,
+                     torch.tensor([[-30.0, 30.0, 0.5, 0.5]] * m)], 1)  # far tails and centre
+    log_scale = torch.cat([torch.randn(m, n - 4, generator=g) * 2 - 3,
+                           torch.tensor([[-2.0, -2.0, -12.0, 3.0]] * m)], 1)
+    d = DiscretizedLogisticMixture(logits, loc, log_scale, levels)
+    lv = torch.arange(levels, dtype=torch.float32) / (levels - 1)
+    lp = torch.stack([d.log_prob(v.expand(n)) for v in lv])  # (K, n)
+    torch.testing.assert_close(lp.exp().sum(0), torch.ones(n), atol=2e-4, rtol=0)
+    torch.testing.assert_close(d.mean, (lp.exp() * lv[:, None]).sum(0))
+    s = d.sample((7,))
+    assert s.shape == (7, n) and torch.equal(to_levels(s, levels) / (levels - 1), s)
+
+
+def test_discretized_logistic_matches_the_cdf_and_has_finite_gradients():
+    levels = 256
+    x = torch.tensor([0.0, 3 / 255, 128 / 255, 1.0], dtype=torch.float64)
+    loc = torch.tensor([0.1, 0.0, 0.5, 0.9], dtype=torch.float64, requires_grad=True)
+    log_scale = torch.tensor([-3.0, -4.0, -2.0, -3.0], dtype=torch.float64, requires_grad=True)
+    lp = discretized_logistic_log_prob(x, loc, log_scale, levels)
+    s, h = log_scale.exp(), 0.5 / 255
+    cdf = torch.sigmoid
+    expect = torch.stack([cdf((x[0] + h - loc[0]) / s[0]).log(),
+                          (cdf((x[1] + h - loc[1]) / s[1]) - cdf((x[1] - h - loc[1]) / s[1])).log(),
+                          (cdf((x[2] + h - loc[2]) / s[2]) - cdf((x[2] - h - loc[2]) / s[2])).log(),
+                          (1 - cdf((x[3] - h - loc[3]) / s[3])).log()])
+    torch.testing.assert_close(lp, expect)
+    far_loc = torch.tensor([40.0, -40.0, 30.0], requires_grad=True)  # data in the far tails
+    far_scale = torch.tensor([-5.0, -5.0, -7.0], requires_grad=True)
+    far = discretized_logistic_log_prob(torch.tensor([0.0, 1.0, 0.5]), far_loc, far_scale,
+                                        levels)
+    far.sum().backward()
+    assert torch.isfinite(far).all() and (far < -10).all()
+    assert torch.isfinite(far_loc.grad).all() and torch.isfinite(far_scale.grad).all()
+    lp.sum().backward()
+    assert torch.isfinite(loc.grad).all() and torch.isfinite(log_scale.grad).all()
+
+
+# ---- learned priors: Monte-Carlo KL against closed forms ----------------------------------
+def _q(seed=0, n=3, d=4):
+    g = torch.Generator().manual_seed(seed)
+    return Independent(Normal(torch.randn(n, d, generator=g),
+                              torch.rand(n, d, generator=g) + 0.3), 1)
+
+
+@pytest.mark.parametrize("prior", ["mog", "vamp"])
+def test_monte_carlo_kl_of_a_one_component_prior_matches_the_closed_form(prior):
+    model = make(prior=prior, prior_components=1)
+    p = model.prior()  # a mixture of one Gaussian, N(m, diag s^2)
+    comp = Independent(Normal(p.component_distribution.mean[0],
+                              p.component_distribution.stddev[0]), 1)
+    q = _q()
+    with seeded(0):
+        z = q.sample((200_000,))
+    with torch.no_grad():
+        mc = kl_divergence(q, p, z)  # no closed form registered: Monte Carlo
+    exact = _analytic_kl(q, comp)
+    torch.testing.assert_close(mc, exact, atol=0.03, rtol=0.01)
+
+
+def test_a_mixture_prior_has_its_mixture_density():
+    model = make(prior="mog")
+    p = model.prior()
+    z = torch.randn(10, 4)
+    pri = model.prior
+    w = torch.log_softmax(pri.logits, 0)
+    comps = Independent(Normal(pri.loc, torch.nn.functional.softplus(pri.raw_scale)), 1)
+    expect = torch.logsumexp(w + comps.log_prob(z[:, None, :]), 1)
+    torch.testing.assert_close(p.log_prob(z), expect)
+
+
+def test_the_vamp_prior_is_the_encoder_at_its_pseudo_inputs():
+    model = make(prior="vamp")
+    u = torch.sigmoid(model.prior.raw)  # (K, 1, 8, 8)
+    qu = model.encode(u)
+    z = torch.randn(6, 4)
+    expect = torch.logsumexp(qu.log_prob(z[:, None, :]), 1) - math.log(len(u))
+    torch.testing.assert_close(model.prior().log_prob(z), expect)
+    assert "prior.raw" in model.state_dict() and not any(
+        k.startswith("prior._vae") for k in model.state_dict())
+
+
+# ---- objectives as arguments -------------------------------------------------------------
+def test_iwae_with_one_sample_is_the_monte_carlo_elbo():
+    model = make(prior="mog")  # KL by Monte Carlo, from the same z
+    x = images("bernoulli", (1, 8, 8))
+    with seeded(3):
+        plain, _ = elbo(model, x, k=1)
+    with seeded(3):
+        iwae, _ = elbo(model, x, k=1, iwae=True)
+    torch.testing.assert_close(plain, iwae)
+
+
+def test_iwae_bound_is_above_the_elbo():
+    model = make()
+    x = images("bernoulli", (1, 8, 8), n=400)
+    with seeded(0):
+        elbo_loss = torch.stack([elbo(model, x, k=1)[0] for _ in range(20)]).mean()
+        iwae_loss = elbo(model, x, k=50, iwae=True)[0]
+    assert iwae_loss < elbo_loss - 0.01
+
+
+def test_free_bits_floor_each_dimension():
+    model = make()
+    x = images("bernoulli", (1, 8, 8), n=8)
+    with seeded(1):
+        _, t = elbo(model, x, k=1)
+    with seeded(1):
+        loss, _ = elbo(model, x, k=1, free_bits=100.0)  # above every dimension's KL
+    torch.testing.assert_close(loss, -t.recon.mean() + 100.0 * 4)
+    with seeded(1):
+        loss0, _ = elbo(model, x, k=1, free_bits=0.0)
+    with seeded(1):
+        tiny, _ = elbo(model, x, k=1, free_bits=1e-9)  # below every one: the plain ELBO
+    torch.testing.assert_close(loss0, tiny)
+
+
+@pytest.mark.parametrize("bad", [dict(objective="iwae", beta=0.5), dict(objective="iwae",
+                                 free_bits=0.5), dict(objective="vae"), dict(free_bits=-1)])
+def test_objective_settings_are_checked(bad):
+    with pytest.raises(ConfigError):
+        TrainConfig(**bad)
+
+
+def test_vamp_prior_refuses_a_conditional_model():
+    with pytest.raises(ConfigError, match="vamp"):
+        ModelConfig(prior="vamp", conditional=True)
+
+
+# ---- training on real data, checkpoints ------------------------------------------------
+TRAINED = [("conv", "dlogistic", "vamp", "elbo"), ("conv", "bernoulli", "mog", "iwae"),
+           ("mlp", "dgaussian", "mog", "elbo"), ("mlp", "cbernoulli", "vamp", "elbo")]
+
+
+@pytest.mark.parametrize("net, likelihood, prior, objective", TRAINED)
+def test_each_model_trains_on_digits_and_round_trips(tmp_path, net, likelihood, prior,
+                                                     objective):
+    binarize = "static" if likelihood == "bernoulli" else "none"
+    cfg = Config().override(dataset="digits", binarize=binarize, net=net, likelihood=likelihood,
+                            prior=prior, latent_dim=8, hidden="64", conv_widths="16,32",
+                            prior_components=20, epochs=4, objective=objective,
+                            samples=4 if objective == "iwae" else 1, free_bits=0.0)
+    r = train(cfg, tmp_path / "run", progress=False)
+    first, last = r.history[0]["train_loss"], r.history[-1]["train_loss"]
+    assert last < first  # it learns
+    if objective == "iwae":
+        assert "val_iwae4" in r.history[-1]
+    model, _ = load_run(tmp_path / "run")
+    z = torch.randn(6, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(model.decode(z).mean, r.model.decode(z).mean)
+        torch.testing.assert_close(model.prior().log_prob(z), r.model.prior().log_prob(z))
