@@ -219,3 +219,68 @@ def test_each_model_trains_on_digits_and_round_trips(tmp_path, net, likelihood, 
     with torch.no_grad():
         torch.testing.assert_close(model.decode(z).mean, r.model.decode(z).mean)
         torch.testing.assert_close(model.prior().log_prob(z), r.model.prior().log_prob(z))
+
+
+# ---- the hierarchical VAE ----------------------------------------------------------------
+def _hvae(layers=2, latent=2):
+    torch.manual_seed(0)
+    return VAE.from_config(ModelConfig(layers=layers, latent_dim=latent, hidden=(32, 16),
+                                       likelihood="bernoulli"), (1, 8, 8))
+
+
+def test_hierarchical_walks_are_normalized_densities_of_their_samplers():
+    """E_q[p(z)/q(z)] = 1 and E_p[q(z)/p(z)] = 1: each walk's log_prob is the density of
+    what its rsample draws, and both integrate to one."""
+    model = _hvae()
+    x = images("bernoulli", (1, 8, 8), n=1)
+    with torch.no_grad(), seeded(1):
+        q, p = model.encode(x), model.prior()
+        z = q.sample((200_000,))  # (S, 1, 4)
+        w = (p.log_prob(z) - q.log_prob(z)).exp()
+        zp = p.sample((200_000,)).unsqueeze(1)
+        w2 = (q.log_prob(zp) - p.log_prob(zp)).exp()
+    for v in (w, w2):
+        assert abs(v.mean().item() - 1) < 4 * v.std().item() / math.sqrt(len(v)) + 1e-3
+
+
+def test_hierarchical_bounds_are_ordered_and_layers_add_up():
+    model = _hvae(layers=3, latent=3)
+    x = images("bernoulli", (1, 8, 8), n=64)
+    with torch.no_grad(), seeded(0):
+        elbos = torch.stack([elbo(model, x, k=1)[1].elbo for _ in range(200)]).mean(0)
+        from vaelab.objectives import iwae_bound
+
+        k10 = torch.stack([iwae_bound(model, x, 10) for _ in range(20)]).mean(0)
+        k1000 = iwae_bound(model, x, 1000)
+        kl = torch.stack([model.layer_kl(x) for _ in range(400)]).mean(0)  # (B, T)
+        total = torch.stack([elbo(model, x, k=1)[1].kl for _ in range(400)]).mean(0)
+    assert (elbos.mean() < k10.mean()) and (k10.mean() < k1000.mean() + 0.05)
+    assert kl.shape == (64, 3)
+    torch.testing.assert_close(kl.sum(-1).mean(), total.mean(), atol=0.05, rtol=0.02)
+
+
+def test_hierarchical_vae_trains_evaluates_and_round_trips(tmp_path):
+    from vaelab.cli import main
+
+    out = tmp_path / "hvae"
+    assert main(["-q", "train", "--layers", "2", "--latent-dim", "4", "--hidden", "64,32",
+                 "--epochs", "4", "--out", str(out), "--no-progress"]) == 0
+    import json
+
+    history = [json.loads(line) for line in (out / "metrics.jsonl").open()]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    model, _ = load_run(out)
+    assert model.latent_dim == 8 and model.layers == 2
+    z = torch.randn(3, 8)
+    with torch.no_grad():
+        a, b = model.decode(z).mean, load_run(out)[0].decode(z).mean
+    torch.testing.assert_close(a, b)
+    assert main(["-q", "evaluate", str(out), "--k", "20", "--json"]) == 0
+    r = json.loads((out / "evaluate.json").read_text())["test, k=20, best"]
+    assert len(r["kl_per_layer"]) == 2 and r["nll"] < -r["elbo"] + 1e-6
+    assert main(["-q", "report", str(out)]) == 0
+
+
+def test_hierarchical_settings_are_checked():
+    with pytest.raises(ConfigError, match="hierarchical"):
+        VAE.from_config(ModelConfig(layers=2, net="conv", likelihood="bernoulli"), (1, 8, 8))

@@ -268,6 +268,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"  -log {px:9s} {r['nll']:10.3f} ± {r['nll_stderr']:.3f} {unit} "
               f"{bits(r['nll_bits_per_dim'])}, importance-sampled, k = {r['k']}")
         print(f"  log {px} - ELBO{r['gap']:{10 if px == 'p(x)' else 8}.3f} nats")
+    if "kl_per_layer" in r:
+        print("  KL per layer    " + "  ".join(f"{v:.2f}" for v in r["kl_per_layer"])
+              + " nats (top first)")
     print(f"  active units    {r['active_units']:6d} of {r['latent_dim']} "
           f"(Cov_x E_q[z_d] > 0.01)")
     for w in r["warnings"]:

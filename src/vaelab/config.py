@@ -106,7 +106,10 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     net: str = field(default="mlp", metadata=_help("encoder/decoder network family"))
-    latent_dim: int = field(default=16, metadata=_help("dimension of z"))
+    latent_dim: int = field(default=16, metadata=_help(
+        "dimension of z (of each stochastic layer of a hierarchical model)"))
+    layers: int = field(default=1, metadata=_help(
+        "stochastic layers; > 1: a hierarchical VAE with top-down inference (MLP cells)"))
     hidden: tuple[int, ...] = field(default=(512, 256), metadata=_help(
         "hidden widths of the encoder MLP, comma separated; the decoder mirrors them"))
     conv_widths: tuple[int, ...] = field(default=(32, 64), metadata=_help(
@@ -137,7 +140,7 @@ class ModelConfig:
         if any(h < 1 for h in self.hidden + self.conv_widths):
             raise ConfigError(f"hidden and conv widths must be >= 1, got {self.hidden}, "
                               f"{self.conv_widths}")
-        for name in ("res_blocks", "prior_components", "logistic_mixtures"):
+        for name in ("res_blocks", "prior_components", "logistic_mixtures", "layers"):
             if getattr(self, name) < (0 if name == "res_blocks" else 1):
                 raise ConfigError(f"{name} must be >= {0 if name == 'res_blocks' else 1}, "
                                   f"got {getattr(self, name)}")

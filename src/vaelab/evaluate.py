@@ -129,6 +129,10 @@ def evaluate(model: VAE, data: Data, split: str = "test", batch_size: int = 1000
            "dims": dims, "likelihood": model.likelihood.name, "discrete": discrete,
            "conditional": model.classes > 0}
     out.update(latent_diagnostics(model, s, batch_size))
+    if hasattr(model, "layer_kl"):  # a hierarchy: KL of each stochastic layer, top first
+        with seeded(seed, model.device):
+            out["kl_per_layer"] = torch.cat([model.layer_kl(x) for x in s.batches(batch_size)]
+                                            ).mean(0).tolist()
     if not discrete:
         out["warnings"].insert(0, (
             f"the {model.likelihood.name} likelihood is a density on [0, 1]^{dims}: its "

@@ -46,6 +46,10 @@ class VAE(nn.Module):
         if cfg.likelihood == "auto":
             raise ConfigError("likelihood 'auto' is chosen from the data; resolve it first "
                               "(vaelab.train.resolve) or name the likelihood")
+        if cfg.layers > 1:  # a hierarchy of stochastic layers
+            from .hierarchical import build
+
+            return build(cfg, tuple(image_shape))
         if cfg.conditional and not cfg.classes:
             raise ConfigError("a conditional model needs its number of classes; resolve it "
                               "from the data first (vaelab.train.resolve)")

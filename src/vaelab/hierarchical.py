@@ -1,0 +1,187 @@
+"""A hierarchical VAE with top-down inference (Sonderby et al. 2016, ladder VAE; Vahdat &
+Kautz 2020, NVAE): T stochastic layers z_0 (top) ... z_{T-1} (bottom), each ``latent_dim``.
+
+    generative   p(z) = N(z_0; 0, I) prod_t p(z_t | z_<t),   p(x | z)
+    inference    q(z|x) = q(z_0 | x) prod_t q(z_t | x, z_<t)
+
+A bottom-up MLP gives features h_t of x for every layer; one top-down path of residual MLP
+cells carries a deterministic state d_t = D_t(z_{t-1}, d_{t-1}) shared by the prior
+p(z_t | z_<t) = N(P_t(d_t)), the posterior q(z_t | x, z_<t) = N(Q_t(h_t, d_t)) and the
+decoder, which reads d_T. Codes of all layers travel concatenated, top first, (..., T*L), so
+q(z|x) and p(z) are ordinary distributions to the rest of vaelab: ``rsample`` walks the
+path, ``log_prob`` walks it with the given codes, and the one ELBO (with its Monte-Carlo KL)
+and the importance-sampled log-likelihood need nothing new."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.distributions import Distribution, Independent, Normal, constraints
+
+from .config import ConfigError, ModelConfig
+from .distributions import LIKELIHOODS, diagonal_normal
+from .model import VAE
+from .nets import ACTIVATIONS, MLP
+
+Tensor = torch.Tensor
+
+
+class Cell(nn.Module):
+    """A residual MLP cell: in -> width, plus a skip when the widths agree."""
+
+    def __init__(self, inp: int, width: int, activation: str):
+        super().__init__()
+        self.net = MLP(inp, (width,), width, activation)
+        self.act = ACTIVATIONS.get(activation)()
+        self.skip = inp == width
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.act(self.net(h) + (h if self.skip else 0))
+
+
+class Walk(Distribution):
+    """A distribution over the concatenated codes (..., T*L), defined by a top-down walk:
+    ``walk(z, shape, mode)`` returns (codes, per-layer Normals), sampling (mode "sample"),
+    taking means ("mean") or scoring given codes z."""
+
+    arg_constraints: dict = {}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, walk: Callable, batch_shape: torch.Size, dim: int):
+        self.walk = walk
+        super().__init__(batch_shape, torch.Size([dim]), validate_args=False)
+
+    def rsample(self, sample_shape=torch.Size()) -> Tensor:
+        return self.walk(None, torch.Size(sample_shape), "sample")[0]
+
+    def sample(self, sample_shape=torch.Size()) -> Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+    @property
+    def mean(self) -> Tensor:
+        """The codes of the walk that takes every layer's mean (not E[z] of the mixture)."""
+        return self.walk(None, torch.Size(), "mean")[0]
+
+    def layer_log_probs(self, z: Tensor) -> list[Tensor]:
+        _, dists = self.walk(z, torch.Size(), "score")
+        return [d.log_prob(zt) for d, zt in zip(dists, z.split(dists[0].event_shape[0], -1))]
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        return torch.stack(self.layer_log_probs(z)).sum(0)
+
+
+class HierarchicalVAE(VAE):
+    """``encode(x)`` -> q(z|x) and ``prior()`` -> p(z) as top-down walks over T layers;
+    ``decode(z)`` -> p(x|z) from the bottom state of the walk."""
+
+    def __init__(self, cfg: ModelConfig, image_shape: tuple[int, int, int]):
+        likelihood = LIKELIHOODS.get(cfg.likelihood)(cfg)
+        c, h, w = image_shape
+        T, L, W, act = cfg.layers, cfg.latent_dim, cfg.hidden[-1], cfg.activation
+        up = nn.ModuleList([nn.Sequential(nn.Flatten(-3), MLP(c * h * w, cfg.hidden[:-1] or (W,),
+                                                              W, cfg.activation),
+                                          ACTIVATIONS.get(act)())]
+                           + [Cell(W, W, act) for _ in range(T - 1)])  # bottom first
+        out = MLP(W, tuple(reversed(cfg.hidden)), likelihood.params_per_channel * c * h * w, act)
+        decoder = nn.Sequential(out, nn.Unflatten(-1, (likelihood.params_per_channel * c, h, w)))
+        super().__init__(up, decoder, likelihood, _Prior(), T * L, image_shape, cfg.min_scale)
+        self.layers, self.layer_dim = T, L
+        self.state = nn.ModuleList([Cell(L, W, act)] + [Cell(L + W, W, act)
+                                                        for _ in range(T - 1)])  # D_1..D_T
+        self.p_heads = nn.ModuleList([nn.Linear(W, 2 * L) for _ in range(T - 1)])  # P_1..
+        self.q_heads = nn.ModuleList([nn.Linear(W, 2 * L)] +  # Q_0 from h_0
+                                     [MLP(2 * W, (W,), 2 * L, act) for _ in range(T - 1)])
+        self._cache: tuple[Tensor, list[Tensor]] | None = None
+
+    # ---- the top-down walk ------------------------------------------------------------
+    def _states(self, z: Tensor) -> list[Tensor]:
+        """d_1 .. d_T from given codes (cached for the codes last sampled or scored)."""
+        if self._cache is not None and self._cache[0] is z:
+            return self._cache[1]
+        ds, d = [], None
+        for t, zt in enumerate(z.split(self.layer_dim, -1)):
+            d = self.state[t](zt if d is None else torch.cat([zt, d], -1))
+            ds.append(d)
+        self._cache = (z, ds)
+        return ds
+
+    def _walk(self, hs: list[Tensor] | None, batch: torch.Size, device, temperature: float,
+              z: Tensor | None, shape: torch.Size, mode: str):
+        """Codes and per-layer distributions, top first: the posterior's with bottom-up
+        features ``hs`` (top first), the prior's without."""
+        zs, dists, ds, d = [], [], [], None
+        given = z.split(self.layer_dim, -1) if z is not None else None
+        known = self._cache[1] if z is not None and self._cache and self._cache[0] is z \
+            else None  # the states of these codes, from the walk that drew them
+        for t in range(self.layers):
+            if t == 0:
+                if hs is None:
+                    loc = torch.zeros(*batch, self.layer_dim, device=device)
+                    dist = Independent(Normal(loc, torch.ones_like(loc) * temperature,
+                                              validate_args=False), 1, validate_args=False)
+                else:
+                    dist = diagonal_normal(self.q_heads[0](hs[0]), self.min_scale)
+            else:
+                ctx = self.p_heads[t - 1](d) if hs is None else \
+                    self.q_heads[t](torch.cat([hs[t].expand_as(d), d], -1))
+                dist = diagonal_normal(ctx, self.min_scale)
+                if hs is None and temperature != 1:
+                    dist = Independent(Normal(dist.mean, dist.stddev * temperature,
+                                              validate_args=False), 1, validate_args=False)
+            if given is not None:
+                zt = given[t]
+            elif mode == "mean":
+                zt = dist.mean.expand(*shape, *dist.mean.shape) if t == 0 else dist.mean
+            else:
+                zt = dist.rsample(shape if t == 0 else torch.Size())
+            zs.append(zt)
+            dists.append(dist)
+            d = known[t] if known else self.state[t](zt if d is None else torch.cat([zt, d], -1))
+            ds.append(d)
+        codes = z if z is not None else torch.cat(zs, -1)
+        self._cache = (codes, ds)
+        return codes, dists
+
+    # ---- the VAE interface -------------------------------------------------------------
+    def encode(self, x: Tensor, y: Tensor | None = None) -> Distribution:
+        h = self.encoder[0](x)  # bottom-up: features of the bottom layer first
+        hs = [h]
+        for cell in self.encoder[1:]:
+            hs.append(cell(hs[-1]))
+        hs = hs[::-1]  # top first, as the walk goes
+        return Walk(lambda z, shape, mode: self._walk(hs, x.shape[:1], x.device, 1.0, z, shape,
+                                                      mode), x.shape[:1], self.latent_dim)
+
+    def decode(self, z: Tensor, y: Tensor | None = None) -> Distribution:
+        return self.likelihood(self.decoder(self._states(z)[-1]))
+
+    def layer_kl(self, x: Tensor) -> Tensor:
+        """KL of each layer, E_q[log q(z_t|x, z_<t) - log p(z_t|z_<t)] from one sample of
+        q: (B, T); the layers' sum is the model's KL(q(z|x) || p(z))."""
+        q, p = self.encode(x), self.prior()
+        z = q.rsample()
+        return torch.stack([a - b for a, b in zip(q.layer_log_probs(z), p.layer_log_probs(z))],
+                           -1)
+
+
+class _Prior(nn.Module):
+    """p(z) of a hierarchical VAE: the walk without x. Bound to its model."""
+
+    def bind(self, vae: HierarchicalVAE) -> None:
+        self.__dict__["_vae"] = vae
+
+    def forward(self, temperature: float = 1.0) -> Distribution:
+        m = self._vae
+        dev = m.device
+        return Walk(lambda z, shape, mode: m._walk(None, torch.Size(), dev, temperature, z,
+                                                   shape, mode), torch.Size(), m.latent_dim)
+
+
+def build(cfg: ModelConfig, image_shape: tuple[int, int, int]) -> HierarchicalVAE:
+    if cfg.net != "mlp" or cfg.conditional or cfg.prior != "normal":
+        raise ConfigError("a hierarchical VAE (layers > 1) has MLP cells, no labels and the "
+                          "top-down prior: use --net mlp --prior normal without --conditional")
+    return HierarchicalVAE(cfg, image_shape)
