@@ -60,6 +60,23 @@ def test_resume_continues_exactly(tmp_path):
         assert [m[k] for m in ma] == [m[k] for m in mb]
 
 
+def test_init_starts_from_another_runs_weights(tmp_path):
+    """Fine-tuning: epoch 0 of the new run is the old run's best model, and a model with
+    other settings is refused with the reason."""
+    first = train(small(epochs=2), tmp_path / "pre", progress=False)
+    cfg = small(epochs=1).override(init=str(tmp_path / "pre"), objective="iwae", samples=3,
+                                   lr=1e-9)
+    tuned = train(cfg, tmp_path / "tuned", progress=False)
+    for (n, p), (_, q) in zip(first.model.state_dict().items(),
+                              tuned.model.state_dict().items()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=0, msg=n)  # lr ~ 0: unchanged
+    assert "val_iwae3" in read_metrics(tmp_path / "tuned")[0]
+    assert 'init = "' in (tmp_path / "tuned" / "config.toml").read_text()
+    with pytest.raises(RunError, match="do not fit this model"):
+        train(small(epochs=1, latent_dim=3).override(init=str(tmp_path / "pre")),
+              tmp_path / "bad", progress=False)
+
+
 def test_run_directory_errors(tmp_path):
     train(small(epochs=1), tmp_path / "run", progress=False)
     with pytest.raises(RunError, match="already exists and is not empty"):

@@ -172,6 +172,9 @@ class TrainConfig:
         "train a deterministic autoencoder with the same nets instead: z = E_q[z|x], loss "
         "-log p(x|z), no KL (the baseline for what codes learn; its ELBO is not a bound "
         "it was trained on)"))
+    init: str | None = field(default=None, metadata=_help(
+        "start from the best weights of this run directory (fine-tuning, e.g. with another "
+        "objective); its model settings must match"))
     seed: int = field(default=0, metadata=_help("seed of initialisation, batches and noise"))
     device: str = field(default="auto", metadata=_help(
         "auto picks cuda, then mps, then cpu", choices=DEVICES))

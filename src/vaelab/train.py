@@ -309,6 +309,14 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, data: Data 
     cfg = resolve(cfg, data)
     model = VAE.from_config(cfg.model, data.image_shape).to(device)
     check_likelihood(model, data)
+    if tc.init and not resume:
+        weights, _ = _read_safetensors(Path(tc.init) / "model.safetensors")
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as e:
+            raise RunError(f"--init {tc.init}: its weights do not fit this model's settings "
+                           f"(give the same [model] settings as that run): {e}") from None
+        log.info("starting from the weights of %s", tc.init)
     opt = make_optimizer(model, tc.lr)
     gen = torch.Generator(device).manual_seed(tc.seed)
     dims = math.prod(data.image_shape)
