@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     from .plots import sample_figures, training_curves
-    from .train import train
+    from .train import best_epoch, selection, train
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -201,12 +201,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if result.history:
         figs["curves"] = training_curves(result.history, run_dir / "figures" / "curves.png",
                                          f"{result.data.name}: {run_dir}")
-    best = max(result.history, key=lambda m: m["val_elbo"]) if result.history else None
+    key, words = selection(cfg.train)
+    best = best_epoch(result.history, cfg.train)
     if best:
         bpd = best["val_bits_per_dim"]
-        print(f"best validation ELBO {best['val_elbo']:.3f} nats"
-              + (f" ({bpd:.4f} bits/dim)" if bpd is not None else " (a density)")
-              + f" at epoch {best['epoch']}")
+        extra = [] if key == "val_elbo" else [f"validation ELBO {best['val_elbo']:.3f}"]
+        extra.append(f"{bpd:.4f} bits/dim" if bpd is not None else "a density")
+        print(f"best {words} {best[key]:.3f} nats at epoch {best['epoch']} "
+              f"({', '.join(extra)})")
     print(f"run directory: {run_dir}")
     print(f"figure: {figs['samples']}")
     print(f"reconstructions: {figs['reconstructions']}")

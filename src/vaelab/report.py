@@ -23,7 +23,7 @@ from .evaluate import ACTIVE_THRESHOLD, latent_diagnostics
 from .plots import (data_examples, interpolation_figure, latent_figure, manifold_figure,
                     sample_figures, training_curves, traversal_figure)
 from .sample import interpolate, latent_means, manifold, prior_interpolate, traverse
-from .train import load_run, read_metrics, read_results, resolve_device
+from .train import best_epoch, load_run, read_metrics, read_results, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,8 @@ class RunSummary:
 
     @property
     def best(self) -> dict | None:
-        return max(self.history, key=lambda m: m["val_elbo"]) if self.history else None
+        """The epoch of the weights shown (chosen on the run's own objective)."""
+        return best_epoch(self.history, self.cfg.train)
 
     def best_nll(self) -> dict | None:
         """The test evaluation with the most importance samples, if any."""
@@ -196,9 +197,9 @@ def run_rows(s: RunSummary) -> list[tuple[str, str]]:
              (f", IWAE k = {t.samples}" if t.objective == "iwae" else "") +
              (f", free bits {t.free_bits:g}" if t.free_bits else "")),
             ("training time", f"{secs / 60:.1f} min" if secs else "–"),
-            ("best validation ELBO", f"{best['val_elbo']:.2f} nats" +
-             (f" ({bpd:.4f} bits/dim)" if bpd else "") + f" at epoch {best['epoch']}"
-             if best else "–"),
+            ("validation ELBO", f"{best['val_elbo']:.2f} nats" +
+             (f" ({bpd:.4f} bits/dim)" if bpd else "") + f" at epoch {best['epoch']}, the "
+             f"weights shown" if best else "–"),
             ("test −log p(x)", f"{ev['nll']:.2f} ± {ev['nll_stderr']:.2f} nats (k = {ev['k']})"
              if ev else "–"),
             ("active units", f"{s.diagnostics['active_units']} of "

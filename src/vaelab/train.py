@@ -217,6 +217,23 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
         if p.is_file() else []
 
 
+def selection(tc) -> tuple[str, str]:
+    """(metrics key, words) of the validation number the best checkpoint is chosen on: the
+    objective the run trains, with beta = 1."""
+    if tc.autoencoder:
+        return "val_recon", "validation reconstruction log p(x|z=E_q[z|x])"
+    if tc.objective == "iwae":
+        return f"val_iwae{tc.samples}", f"validation IWAE bound (k = {tc.samples})"
+    return "val_elbo", "validation ELBO"
+
+
+def best_epoch(history: list[dict], tc) -> dict | None:
+    """The metrics of the epoch whose weights are model.safetensors."""
+    key = selection(tc)[0]
+    rows = [m for m in history if m.get(key) is not None and not math.isnan(m[key])]
+    return max(rows, key=lambda m: m[key]) if rows else None
+
+
 RESULTS = ("evaluate", "baselines", "classify")  # RUN/<name>.json, written by those commands
 
 
@@ -379,9 +396,8 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, data: Data 
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(m) + "\n")
             # the checkpoint is chosen on the objective it was trained for (beta = 1)
-            key, fallback = ("recon", recon_m) if tc.autoencoder else \
-                ("iwae", -loss_m) if iwae_k else ("elbo", elbo_m)
-            score = val[key] if val["n"] else fallback
+            fallback = recon_m if tc.autoencoder else -loss_m if iwae_k else elbo_m
+            score = m[selection(tc)[0]] if val["n"] else fallback
             state.epoch = epoch
             if score > state.best_val_elbo or state.best_epoch == 0:
                 state.best_val_elbo, state.best_epoch = score, epoch
