@@ -261,8 +261,9 @@ def _classify_section(s: RunSummary) -> str:
             [[_esc(m), *(_num(acc.get((m, s)), ".4f") for s in sizes)]
              for m in dict.fromkeys(r["model"] for r in res["rows"])])
         for key, path in res.get("figures", {}).items():
-            if Path(path).is_file():
-                out += f"<figure>{_img(Path(path), key)}</figure>"
+            path = s.run_dir / "classify" / Path(path).name  # wherever the run now lies
+            if path.is_file():
+                out += f"<figure>{_img(path, key)}</figure>"
     return out
 
 
