@@ -299,6 +299,7 @@ class MixturePrior(nn.Module):
         self.logits = nn.Parameter(torch.zeros(k))
         self.loc = nn.Parameter(torch.randn(k, d))
         self.raw_scale = _scale_param((k, d), 0.5)
+        self.floats_per_code = k * d  # log p(z) of one code passes through (K, L) floats
 
     def forward(self, temperature: float = 1.0) -> Distribution:
         comp = Independent(Normal(self.loc, F.softplus(self.raw_scale) * temperature,
@@ -315,6 +316,7 @@ class VampPrior(nn.Module):
     def __init__(self, cfg: ModelConfig, image_shape: tuple[int, int, int]):
         super().__init__()
         self.raw = nn.Parameter(0.1 * torch.randn(cfg.prior_components, *image_shape))
+        self.floats_per_code = cfg.prior_components * cfg.latent_dim
         self.__dict__["_vae"] = None  # not a submodule: the VAE owns this prior
 
     def bind(self, vae: nn.Module) -> None:
