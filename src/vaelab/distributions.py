@@ -283,6 +283,27 @@ class StandardNormalPrior(nn.Module):
                            validate_args=False)
 
 
+class GaussianMixture(MixtureSameFamily):
+    """A mixture of diagonal Gaussians, ``logits`` (K,), ``loc`` and ``scale`` (K, L), whose
+    log_prob is one matrix product: sum_d (z_d - m_kd)^2 / s_kd^2 expands into
+    z^2 . (1/s^2) - 2 z . (m/s^2) + const_k, so (N codes) x (K components) costs an
+    (N, 2L) x (2L, K) product instead of an (N, K, L) tensor."""
+
+    def __init__(self, logits: Tensor, loc: Tensor, scale: Tensor):
+        comp = Independent(Normal(loc, scale, validate_args=False), 1, validate_args=False)
+        super().__init__(Categorical(logits=logits, validate_args=False), comp,
+                         validate_args=False)
+        prec = scale.pow(-2)  # (K, L)
+        self._w = torch.cat([prec, -2 * loc * prec], 1).T  # (2L, K)
+        self._c = (torch.log_softmax(logits, 0) - scale.log().sum(1)
+                   - 0.5 * (loc.pow(2) * prec).sum(1)
+                   - 0.5 * loc.shape[1] * math.log(2 * math.pi))  # (K,)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        quad = torch.cat([z * z, z], -1) @ self._w  # (..., K)
+        return torch.logsumexp(self._c - 0.5 * quad, -1)
+
+
 def _scale_param(shape: tuple[int, ...], scale: float = 1.0) -> nn.Parameter:
     """Raw parameters whose softplus is ``scale``."""
     return nn.Parameter(torch.full(shape, math.log(math.expm1(scale))))
@@ -299,13 +320,10 @@ class MixturePrior(nn.Module):
         self.logits = nn.Parameter(torch.zeros(k))
         self.loc = nn.Parameter(torch.randn(k, d))
         self.raw_scale = _scale_param((k, d), 0.5)
-        self.floats_per_code = k * d  # log p(z) of one code passes through (K, L) floats
+        self.floats_per_code = k  # log p(z) of one code: a row of K log-densities
 
     def forward(self, temperature: float = 1.0) -> Distribution:
-        comp = Independent(Normal(self.loc, F.softplus(self.raw_scale) * temperature,
-                                  validate_args=False), 1, validate_args=False)
-        return MixtureSameFamily(Categorical(logits=self.logits, validate_args=False), comp,
-                                 validate_args=False)
+        return GaussianMixture(self.logits, self.loc, F.softplus(self.raw_scale) * temperature)
 
 
 @PRIORS.register("vamp")
@@ -316,7 +334,7 @@ class VampPrior(nn.Module):
     def __init__(self, cfg: ModelConfig, image_shape: tuple[int, int, int]):
         super().__init__()
         self.raw = nn.Parameter(0.1 * torch.randn(cfg.prior_components, *image_shape))
-        self.floats_per_code = cfg.prior_components * cfg.latent_dim
+        self.floats_per_code = cfg.prior_components
         self.__dict__["_vae"] = None  # not a submodule: the VAE owns this prior
 
     def bind(self, vae: nn.Module) -> None:
@@ -324,8 +342,5 @@ class VampPrior(nn.Module):
 
     def forward(self, temperature: float = 1.0) -> Distribution:
         q = self._vae.encode(torch.sigmoid(self.raw))  # batch (K,), event (L,)
-        comp = Independent(Normal(q.mean, q.stddev * temperature, validate_args=False), 1,
-                           validate_args=False)
         logits = torch.zeros(self.raw.shape[0], device=self.raw.device)
-        return MixtureSameFamily(Categorical(logits=logits, validate_args=False), comp,
-                                 validate_args=False)
+        return GaussianMixture(logits, q.mean, q.stddev * temperature)
