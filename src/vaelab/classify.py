@@ -119,14 +119,17 @@ class Task:
     seed: int = 0
     # name -> (training codes, test codes, seconds it took to learn them)
     features: dict[str, tuple[Tensor, Tensor, float]] = dataclasses.field(default_factory=dict)
+    _pixels: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def classes(self) -> int:
         return len(self.data.classes)
 
     def pixels(self, split: str) -> np.ndarray:
-        """A split's images as (N, D) float32 rows, for scikit-learn."""
-        return self.data.split(split).batch(slice(None)).flatten(1).cpu().numpy()
+        """A split's images as (N, D) float32 rows, for scikit-learn (made once)."""
+        if split not in self._pixels:
+            self._pixels[split] = self.data.split(split).batch(slice(None)).flatten(1).cpu().numpy()
+        return self._pixels[split]
 
     def epochs_for(self, n: int) -> int:
         return budget_epochs(n, self.cfg.train.batch_size, self.epochs, self.min_steps)

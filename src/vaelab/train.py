@@ -243,7 +243,7 @@ def write_result(run_dir: str | Path, name: str, key: str, value) -> Path:
     if name not in RESULTS:
         raise ValueError(f"unknown result {name!r}; one of {RESULTS}")
     path = Path(run_dir) / f"{name}.json"
-    entries = read_results(run_dir).get(name, {})
+    entries = _read_result(path) if path.is_file() else {}
     entries[key] = value
     atomic_write(path, (json.dumps(entries, indent=1) + "\n").encode())
     return path
@@ -252,16 +252,16 @@ def write_result(run_dir: str | Path, name: str, key: str, value) -> Path:
 def read_results(run_dir: str | Path) -> dict[str, dict]:
     """The results recorded in a run directory: ``{name: {key: value}}`` for each file that
     exists. A file that is not valid JSON raises a RunError naming it."""
-    out = {}
-    for name in RESULTS:
-        path = Path(run_dir) / f"{name}.json"
-        if path.is_file():
-            try:
-                out[name] = json.loads(path.read_text())
-            except json.JSONDecodeError as e:
-                raise RunError(f"{path} is not valid JSON ({e}); delete it and run "
-                               f"`vaelab {name}` again") from e
-    return out
+    paths = {name: Path(run_dir) / f"{name}.json" for name in RESULTS}
+    return {name: _read_result(p) for name, p in paths.items() if p.is_file()}
+
+
+def _read_result(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise RunError(f"{path} is not valid JSON ({e}); delete it and run "
+                       f"`vaelab {path.stem}` again") from e
 
 
 class TensorBoard:
