@@ -32,16 +32,18 @@ class Terms:
     kl: Tensor  # KL(q(z|x) || p(z))
 
 
-def kl_divergence(q: Distribution, p: Distribution, z: Tensor | None = None) -> Tensor:
+def kl_divergence(q: Distribution, p: Distribution, z: Tensor | None = None,
+                  log_qp: Tensor | None = None) -> Tensor:
     """KL(q || p) per example, shape q.batch_shape. Analytic if registered in
     ``torch.distributions``; otherwise the Monte-Carlo mean over samples ``z`` (k, B, L)
-    of log q(z) - log p(z)."""
+    of log q(z) - log p(z) (``log_qp``, where the caller has computed it already)."""
     try:
         return _analytic_kl(q, p)
     except NotImplementedError:
-        if z is None:
-            z = q.rsample((1,))
-        return (q.log_prob(z) - p.log_prob(z)).mean(0)
+        if log_qp is None:
+            z = q.rsample((1,)) if z is None else z
+            log_qp = q.log_prob(z) - p.log_prob(z)
+        return log_qp.mean(0)
 
 
 def elbo(model, x: Tensor, k: int = 1, beta: float = 1.0, y: Tensor | None = None, *,
@@ -63,11 +65,12 @@ def elbo(model, x: Tensor, k: int = 1, beta: float = 1.0, y: Tensor | None = Non
     prior = model.prior()
     log_px_z = model.decode(z, y).log_prob(x)  # (k, B)
     recon = log_px_z.mean(0)  # (B,)
-    kl = kl_divergence(q, prior, z)  # (B,)
     if iwae:
-        lw = log_px_z + prior.log_prob(z) - q.log_prob(z)  # (k, B)
-        loss = -(torch.logsumexp(lw, 0) - math.log(k)).mean()
+        log_pq = prior.log_prob(z) - q.log_prob(z)  # (k, B), once for the bound and the KL
+        kl = kl_divergence(q, prior, z, log_qp=-log_pq)
+        loss = -(torch.logsumexp(log_px_z + log_pq, 0) - math.log(k)).mean()
     else:
+        kl = kl_divergence(q, prior, z)  # (B,)
         loss = -(recon.mean() - beta * _kl_term(q, prior, kl, free_bits))
     return loss, Terms(recon - kl, recon, kl)
 
