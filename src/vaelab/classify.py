@@ -199,10 +199,9 @@ def _cvae(task: Task, idx: Tensor) -> Tensor:
     """A class-conditional VAE on the labelled subset (the epoch with the best ELBO on its
     held-out fifth); p(y|x) by Bayes rule."""
     d = task.data
-    dev = d.train.images.device
 
     def part(i: Tensor) -> Split:
-        return Split(d.train.images[i.to(dev)], d.train.labels[i.to(dev)], d.train.max_value)
+        return dataclasses.replace(d.train.subset(i), dynamic=False)
 
     fit, val = held_out(idx)
     data = dataclasses.replace(d, train=part(fit), val=part(val))
@@ -210,7 +209,7 @@ def _cvae(task: Task, idx: Tensor) -> Tensor:
     model = train(cfg, _fresh(task.out_dir / f"conditional-vae-{len(idx)}"), data=data,
                   progress=False).model
     log_lik = class_log_likelihoods(model, d.test.batch(slice(None)), task.k, seed=task.seed)
-    return bayes_posterior(log_lik, class_prior(d.train.labels[idx.to(dev)], task.classes))
+    return bayes_posterior(log_lik, class_prior(d.train.labels[idx.to(d.train.labels.device)], task.classes))
 
 
 @_register("gaussian naive Bayes", "generative")
@@ -294,8 +293,9 @@ def fixed_view(data: Data, seed: int) -> Data:
         return data
     s = data.train
     img = binarize_once(s.images.cpu().numpy(), s.max_value, seed)
-    return dataclasses.replace(data, train=Split(torch.from_numpy(img).to(s.images.device),
-                                                 s.labels, 1), binarize="static")
+    return dataclasses.replace(data, train=dataclasses.replace(
+        s, images=torch.from_numpy(img).to(s.images.device), max_value=1, dynamic=False),
+        binarize="static")
 
 
 def _codes(task: Task, model: VAE, name: str, seconds: float) -> None:

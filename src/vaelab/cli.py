@@ -11,6 +11,7 @@ import typing
 from pathlib import Path
 
 from .config import Config, ConfigError, field_specs
+from .distributed import current_world, join, leave
 
 log = logging.getLogger("vaelab")
 
@@ -197,6 +198,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.out = str(run_dir)  # named in the message if the run is interrupted
     result = train(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress,
                    tensorboard=args.tensorboard)
+    if not current_world().main:  # one of several torchrun processes: rank 0 reports
+        return 0
     figs = sample_figures(result.model, result.data, run_dir / "figures")
     if result.history:
         figs["curves"] = training_curves(result.history, run_dir / "figures" / "curves.png",
@@ -221,7 +224,7 @@ def _load(args: argparse.Namespace):
     from .data import load_data
     from .train import load_run, resolve_device
 
-    device = resolve_device(args.device)
+    _, device = join(resolve_device(args.device))  # under torchrun: this rank's device
     model, cfg = load_run(args.run, args.which, device)
     return model, cfg, load_data(cfg.data, device)
 
@@ -246,8 +249,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model, cfg, data = _load(args)
     if args.k < 0:
         raise ConfigError(f"--k must be >= 0, got {args.k}")
+    world = current_world()
     r = evaluate(model, data, args.split, args.batch_size, args.seed, args.k,
-                 progress=not args.json)
+                 progress=not args.json, world=world)
+    if not world.main:  # one of several torchrun processes: rank 0 reports
+        return 0
     r["run"] = str(args.run)
     r["which"] = args.which
     write_result(args.run, "evaluate", f"{args.split}, k={args.k}, {args.which}", r)
@@ -461,8 +467,10 @@ COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate,
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(message)s")
+    world = current_world()  # under torchrun, only rank 0 logs progress
+    logging.basicConfig(level=logging.WARNING if args.quiet or not world.main else logging.INFO,
+                        format="%(message)s" if not world.distributed else
+                        f"[rank {world.rank}] %(message)s")
     logging.captureWarnings(True)
     from .fetch import DataError
     from .train import RunError
@@ -478,6 +486,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\ninterrupted: the last completed epoch is saved; continue with "
                   f"`vaelab train --resume {run}`", file=sys.stderr)
         return 130
+    finally:
+        leave()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -64,6 +64,7 @@ class Registry(Generic[T]):
 
 
 BINARIZE_MODES = ("auto", "none", "dynamic", "static")
+SWITCHES = ("auto", "no", "yes")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16")
 OBJECTIVES = ("elbo", "iwae")
@@ -95,10 +96,15 @@ class DataConfig:
         "folder data: 1 = grayscale, 3 = RGB", choices=(1, 3)))
     download: bool = field(default=True, metadata=_help(
         "download missing MNIST/Fashion-MNIST files"))
+    stream: str = field(default="auto", metadata=_help(
+        "no: hold the data on the training device; yes: keep it in host memory and stream "
+        "chunks of batches to the device; auto: stream on a GPU when the data take more "
+        "than a quarter of its free memory", choices=SWITCHES))
 
     def __post_init__(self) -> None:
         _check_choice("binarize", self.binarize, BINARIZE_MODES)
         _check_choice("channels", self.channels, (1, 3))
+        _check_choice("stream", self.stream, SWITCHES)
         if self.val_size is not None and self.val_size < 0:
             raise ConfigError(f"val_size must be >= 0, got {self.val_size}")
 
@@ -182,10 +188,18 @@ class TrainConfig:
     precision: str = field(default="fp32", metadata=_help(
         "fp32, or bf16: training forward/backward under bfloat16 autocast (matrix products in "
         "bf16, losses and weights in fp32); evaluation is always fp32", choices=PRECISIONS))
+    compile: str = field(default="auto", metadata=_help(
+        "compile the training step (forward and backward) with torch.compile; on CUDA in "
+        "mode reduce-overhead, which replays it as a CUDA graph. auto: yes on CUDA for "
+        "single-layer models, no elsewhere", choices=SWITCHES))
+    channels_last: str = field(default="auto", metadata=_help(
+        "conv nets: channels-last memory format; auto: yes on CUDA", choices=SWITCHES))
 
     def __post_init__(self) -> None:
         _check_choice("device", self.device, DEVICES)
         _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("compile", self.compile, SWITCHES)
+        _check_choice("channels_last", self.channels_last, SWITCHES)
         for name in ("epochs", "batch_size", "samples", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -18,6 +18,8 @@ import gzip
 import logging
 import os
 import zlib
+import dataclasses
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 
 from .config import DataConfig, Registry
+from .distributed import SINGLE, World, noise_shard, uniform
 from .fetch import DataError, RemoteFile, fetch_file, mirrors_from_env
 
 log = logging.getLogger(__name__)
@@ -280,16 +283,27 @@ def folder(cfg: DataConfig) -> RawData:
 # ---------------------------------------------------------------------------------------
 @dataclass
 class Split:
-    """One split on the device: ``images`` uint8 ``(N, C, H, W)`` in ``[0, max_value]``.
+    """One split: ``images`` uint8 ``(N, C, H, W)`` in ``[0, max_value]``.
 
     If ``dynamic``, each batch is a fresh Bernoulli draw with probabilities
     ``images / max_value``; otherwise the batch is ``images / max_value`` itself (for a
-    once-binarized split ``max_value`` is 1)."""
+    once-binarized split ``max_value`` is 1).
+
+    Batches are made on ``device`` (default: where the images are). With ``stream``, the
+    images stay in host memory and ``batches`` gathers ``chunk`` batches at a time there and
+    moves them to the device in one copy (from pinned memory to a GPU)."""
 
     images: torch.Tensor
     labels: torch.Tensor | None
     max_value: int
     dynamic: bool = False
+    device: torch.device | None = None
+    stream: bool = False
+    chunk: int = 64  # batches per host-to-device copy when streaming
+
+    def __post_init__(self) -> None:
+        self.device = torch.device(self.device) if self.device is not None \
+            else self.images.device
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -298,28 +312,69 @@ class Split:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.images.shape[1:])  # type: ignore[return-value]
 
-    def batch(self, idx: torch.Tensor | slice, generator: torch.Generator | None = None
-              ) -> torch.Tensor:
-        x = self.images[idx].float().div_(self.max_value)  # (B, C, H, W)
-        if self.dynamic:
-            x = torch.bernoulli(x, generator=generator)
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        if t.device == self.device:
+            return t
+        if self.device.type == "cuda":
+            t = t.pin_memory()
+        return t.to(self.device, non_blocking=True)
+
+    def _floats(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        x = images.float().div_(self.max_value)  # (B, C, H, W)
+        if self.dynamic:  # x ~ Bernoulli(grey); the uniforms sharded like the batch
+            x = (uniform(x.shape, 0, x.device, generator) < x).float()
         return x
 
+    def subset(self, idx: torch.Tensor | slice) -> "Split":
+        """The images (and labels) at ``idx``, as a split of the same kind."""
+        if isinstance(idx, torch.Tensor):
+            idx = idx.to(self.images.device)
+        return dataclasses.replace(self, images=self.images[idx],
+                                   labels=None if self.labels is None else self.labels[idx])
+
+    def batch(self, idx: torch.Tensor | slice, generator: torch.Generator | None = None
+              ) -> torch.Tensor:
+        """The images at ``idx`` as floats on the device (binarized if ``dynamic``)."""
+        if isinstance(idx, torch.Tensor):
+            idx = idx.to(self.images.device)
+        return self._floats(self._to_device(self.images[idx]), generator)
+
     def batches(self, batch_size: int, shuffle: bool = False,
-                generator: torch.Generator | None = None, labels: bool = False
+                generator: torch.Generator | None = None, labels: bool = False,
+                world: World = SINGLE
                 ) -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
-        """Images (B, C, H, W), or ``(images, labels)`` with ``labels=True``."""
+        """Images (B, C, H, W), or ``(images, labels)`` with ``labels=True``. Shuffled by
+        ``generator`` (on the device of the images), or in order.
+
+        Over several processes (``world``), every rank walks the same global batches and
+        gets its contiguous shard of each; while a shard is in use (until the next is
+        asked for), random draws are those of the global batch
+        (:func:`vaelab.distributed.noise_shard`)."""
         if labels and self.labels is None:
             raise DataError("these data have no labels")
-        n = len(self)
-        if shuffle:
-            order = torch.randperm(n, device=self.images.device, generator=generator)
-            idxs = order.split(batch_size)
-        else:
-            idxs = (slice(i, i + batch_size) for i in range(0, n, batch_size))
-        for idx in idxs:
-            x = self.batch(idx, generator)
-            yield (x, self.labels[idx]) if labels else x
+        n, dev = len(self), self.images.device
+        order = torch.randperm(n, device=dev, generator=generator) if shuffle \
+            else torch.arange(n, device=dev)
+        step = batch_size * (self.chunk if self.stream else 1)
+        for first in range(0, n, step):  # `step` images: one copy when streamed
+            cuts = []  # (this rank's rows of `order`, its shard (a, b), global batch size)
+            for i in range(first, min(first + step, n), batch_size):
+                size = min(batch_size, n - i)
+                a, b = world.part(size)
+                cuts.append((order[i + a:i + b], a, b, size))
+            if self.stream:  # gather this rank's rows on the host, move them at once
+                rows = torch.cat([c[0] for c in cuts])
+                images = self._to_device(self.images[rows])
+                labs = self._to_device(self.labels[rows]) if labels else None
+                ends = torch.tensor([0] + [b - a for _, a, b, _ in cuts]).cumsum(0).tolist()
+                cuts = [(slice(e0, e1), a, b, size)
+                        for (_, a, b, size), e0, e1 in zip(cuts, ends, ends[1:])]
+            else:
+                images, labs = self.images, self.labels
+            for mine, a, b, size in cuts:
+                with noise_shard(a, b, size) if world.distributed else nullcontext():
+                    x = self._floats(images[mine], generator)
+                    yield (x, labs[mine]) if labels else x
 
 
 @dataclass
@@ -353,6 +408,13 @@ def binarize_once(images: np.ndarray, max_value: int, seed: int) -> np.ndarray:
     return torch.bernoulli(p, generator=g).to(torch.uint8).numpy()
 
 
+def should_stream(mode: str, device: torch.device, nbytes: int) -> bool:
+    """Whether data of ``nbytes`` stay in host memory (see ``DataConfig.stream``)."""
+    if mode != "auto":
+        return mode == "yes"
+    return device.type == "cuda" and nbytes > torch.cuda.mem_get_info(device)[0] // 4
+
+
 def load_data(cfg: DataConfig, device: str | torch.device = "cpu") -> Data:
     """Load, split (seeded) and binarize a data set, and move it to ``device``."""
     raw = DATASETS.get(cfg.dataset)(cfg)
@@ -365,19 +427,23 @@ def load_data(cfg: DataConfig, device: str | torch.device = "cpu") -> Data:
     perm = np.random.default_rng(cfg.split_seed).permutation(n)
     parts = {"train": perm[val_size:], "val": perm[:val_size]}
 
+    device = torch.device(device)
+    stream = should_stream(cfg.stream, device, raw.train_images.nbytes + raw.test_images.nbytes)
+
     def make(images: np.ndarray, labels: np.ndarray | None, seed_offset: int, train: bool):
         mv = raw.max_value
         if mode == "static" or (mode == "dynamic" and not train):
             images, mv = binarize_once(images, mv, cfg.binarize_seed + seed_offset), 1
-        lab = None if labels is None else torch.from_numpy(labels).to(device)
-        return Split(torch.from_numpy(np.ascontiguousarray(images)).to(device), lab, mv,
-                     dynamic=train and mode == "dynamic")
+        home = "cpu" if stream else device
+        lab = None if labels is None else torch.from_numpy(labels).to(home)
+        return Split(torch.from_numpy(np.ascontiguousarray(images)).to(home), lab, mv,
+                     dynamic=train and mode == "dynamic", device=device, stream=stream)
 
     y = raw.train_labels
     splits = {k: make(raw.train_images[i], None if y is None else y[i], off, k == "train")
               for off, (k, i) in enumerate(parts.items())}
     splits["test"] = make(raw.test_images, raw.test_labels, 2, False)
-    log.info("%s: %d train / %d val / %d test images of shape %s, binarize=%s", raw.name,
+    log.info("%s: %d train / %d val / %d test images of shape %s, binarize=%s%s", raw.name,
              len(splits["train"]), len(splits["val"]), len(splits["test"]),
-             splits["train"].image_shape, mode)
+             splits["train"].image_shape, mode, ", streamed from host memory" if stream else "")
     return Data(raw.name, splits["train"], splits["val"], splits["test"], raw.classes, mode)

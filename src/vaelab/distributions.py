@@ -33,16 +33,36 @@ from torch.distributions import (
 )
 
 from .config import ModelConfig, Registry
+from .distributed import standard_normal
 
 Tensor = torch.Tensor
+
+
+class ShardableNormal(Normal):
+    """``torch.distributions.Normal`` whose noise comes from :mod:`vaelab.distributed`, so
+    that a batch sharded over processes draws the same numbers as in one process (the
+    examples run along dimension -2: (..., B, L))."""
+
+    def rsample(self, sample_shape=torch.Size()) -> Tensor:
+        shape = self._extended_shape(sample_shape)
+        return self.loc + standard_normal(shape, -2, self.loc.dtype, self.loc.device) * self.scale
+
+    def sample(self, sample_shape=torch.Size()) -> Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+
+def independent_normal(loc: Tensor, scale: Tensor, event_dims: int = 1) -> Independent:
+    """N(loc, diag(scale^2)) whose last ``event_dims`` dimensions are the event."""
+    return Independent(ShardableNormal(loc, scale, validate_args=False), event_dims,
+                       validate_args=False)
 
 
 def diagonal_normal(params: Tensor, min_scale: float = 0.0) -> Independent:
     """``params`` (..., 2L) -> N(loc, diag(scale^2)) with batch (...) and event (L,).
     ``scale = softplus(raw) + min_scale`` keeps it positive without exp's overflow."""
     loc, raw = params.chunk(2, dim=-1)
-    scale = F.softplus(raw) + min_scale
-    return Independent(Normal(loc, scale, validate_args=False), 1, validate_args=False)
+    return independent_normal(loc, F.softplus(raw) + min_scale)
 
 
 def to_levels(x: Tensor, levels: int) -> Tensor:
@@ -224,8 +244,7 @@ class GaussianLikelihood(Likelihood):
         return loc, F.softplus(raw) + self.min_scale
 
     def __call__(self, params: Tensor) -> Distribution:
-        return Independent(Normal(*self._loc_scale(params), validate_args=False), 3,
-                           validate_args=False)
+        return independent_normal(*self._loc_scale(params), 3)
 
 
 @LIKELIHOODS.register("dgaussian")
@@ -279,8 +298,7 @@ class StandardNormalPrior(nn.Module):
         self.register_buffer("scale", torch.ones(cfg.latent_dim), persistent=False)
 
     def forward(self, temperature: float = 1.0) -> Distribution:
-        return Independent(Normal(self.loc, self.scale * temperature, validate_args=False), 1,
-                           validate_args=False)
+        return independent_normal(self.loc, self.scale * temperature)
 
 
 class GaussianMixture(MixtureSameFamily):
@@ -290,7 +308,7 @@ class GaussianMixture(MixtureSameFamily):
     (N, 2L) x (2L, K) product instead of an (N, K, L) tensor."""
 
     def __init__(self, logits: Tensor, loc: Tensor, scale: Tensor):
-        comp = Independent(Normal(loc, scale, validate_args=False), 1, validate_args=False)
+        comp = independent_normal(loc, scale)
         super().__init__(Categorical(logits=logits, validate_args=False), comp,
                          validate_args=False)
         prec = scale.pow(-2)  # (K, L)

@@ -16,6 +16,8 @@ import math
 import torch
 
 from .data import Data, Split
+from .distributed import SINGLE, World
+from .distributions import independent_normal
 from .model import VAE, seeded
 from .objectives import bits_per_dim, elbo_over, log_weights, mean_stderr
 
@@ -110,18 +112,22 @@ def latent_diagnostics(model: VAE, data: Split | Tensor, batch_size: int = 1000)
 
 @torch.no_grad()
 def evaluate(model: VAE, data: Data, split: str = "test", batch_size: int = 1000,
-             seed: int = 0, k: int = 0, progress: bool = False) -> dict:
+             seed: int = 0, k: int = 0, progress: bool = False, world: World = SINGLE) -> dict:
     """ELBO terms of ``model`` on a split and, with ``k`` > 0, the importance-sampled
     negative log-likelihood ``nll`` with its standard error over examples. Seeded; the
     caller's RNG is left untouched.
 
     ``elbo`` is a lower bound on log p(x) (nats per example, <= 0 for discrete data);
     ``bits_per_dim`` is ``-elbo / (D ln 2)``. For a continuous likelihood (``discrete`` is
-    False) these are densities on [0, 1]^D, not probabilities of the 8-bit data."""
+    False) these are densities on [0, 1]^D, not probabilities of the 8-bit data.
+
+    Over several processes (``world``), the ELBO's batches and the importance-sampled
+    images are shared out among the ranks (each with its own seed, ``seed + rank``)."""
     s = data.split(split)
     model.eval()
     with seeded(seed, model.device):
-        res = elbo_over(model, s.batches(batch_size, labels=model.classes > 0))
+        res = elbo_over(model, s.batches(batch_size, labels=model.classes > 0, world=world),
+                        world=world)
     dims = math.prod(data.image_shape)
     discrete = model.likelihood.discrete
     out = {"dataset": data.name, "split": split, "n": res["n"], "elbo": res["elbo"],
@@ -141,7 +147,10 @@ def evaluate(model: VAE, data: Data, split: str = "test", batch_size: int = 1000
             "compare with published bits/dim (not reported). Train with --likelihood "
             "dgaussian for a discrete likelihood of grey images."))
     if k > 0:
-        nll, se = mean_stderr(-log_likelihood(model, s, k, seed=seed, progress=progress))
+        mine = s.subset(slice(*world.part(len(s))))
+        log_px = world.gather(log_likelihood(model, mine, k, seed=seed + world.rank,
+                                             progress=progress and world.main))
+        nll, se = mean_stderr(-log_px)
         out.update(k=k, nll=nll, nll_stderr=se,
                    nll_bits_per_dim=bits_per_dim(nll, dims, discrete), gap=-nll - res["elbo"])
     return out
@@ -188,8 +197,7 @@ def posterior_grid(model: VAE, x: Tensor, n: int = 201, extent: float = 5.0,
         a, b, z, area = grid(keep.min(0).values - 2 * step, keep.max(0).values + 2 * step)
         lj = log_joint(z, xi)
         log_px = torch.logsumexp(lj, 0) + torch.log(area)
-        q = torch.distributions.Independent(
-            torch.distributions.Normal(q_all.mean[i], q_all.stddev[i]), 1)
+        q = independent_normal(q_all.mean[i], q_all.stddev[i])
         out.append({"log_px": log_px.item(), "zs": (a.cpu(), b.cpu()),
                     "log_post": (lj - log_px).reshape(n, n).cpu(),
                     "log_q": q.log_prob(z).reshape(n, n).cpu()})

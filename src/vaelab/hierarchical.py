@@ -17,10 +17,10 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.distributions import Distribution, Independent, Normal, constraints
+from torch.distributions import Distribution, constraints
 
 from .config import ConfigError, ModelConfig
-from .distributions import LIKELIHOODS, diagonal_normal
+from .distributions import LIKELIHOODS, diagonal_normal, independent_normal
 from .model import VAE
 from .nets import ACTIVATIONS, MLP
 
@@ -120,8 +120,7 @@ class HierarchicalVAE(VAE):
             if t == 0:
                 if hs is None:
                     loc = torch.zeros(*batch, self.layer_dim, device=device)
-                    dist = Independent(Normal(loc, torch.ones_like(loc) * temperature,
-                                              validate_args=False), 1, validate_args=False)
+                    dist = independent_normal(loc, torch.ones_like(loc) * temperature)
                 else:
                     dist = diagonal_normal(self.q_heads[0](hs[0]), self.min_scale)
             else:
@@ -129,8 +128,7 @@ class HierarchicalVAE(VAE):
                     self.q_heads[t](torch.cat([hs[t].expand_as(d), d], -1))
                 dist = diagonal_normal(ctx, self.min_scale)
                 if hs is None and temperature != 1:
-                    dist = Independent(Normal(dist.mean, dist.stddev * temperature,
-                                              validate_args=False), 1, validate_args=False)
+                    dist = independent_normal(dist.mean, dist.stddev * temperature)
             if given is not None:
                 zt = given[t]
             elif mode == "mean":

@@ -20,6 +20,8 @@ import torch
 from torch.distributions import Distribution
 from torch.distributions import kl_divergence as _analytic_kl
 
+from .distributed import SINGLE, World
+
 Tensor = torch.Tensor
 
 
@@ -105,21 +107,24 @@ def unpack(batch: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor | None
 
 @torch.no_grad()
 def elbo_over(model, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: int = 1,
-              sample: bool = True, iwae_k: int = 0) -> dict[str, float]:
+              sample: bool = True, iwae_k: int = 0, world: World = SINGLE) -> dict[str, float]:
     """Mean ELBO, reconstruction and KL (nats per example) over an iterable of batches;
-    with ``iwae_k`` > 0 also the mean importance-weighted bound with that many samples."""
-    sums = None
-    n = 0
+    with ``iwae_k`` > 0 also the mean importance-weighted bound with that many samples.
+    Over several processes: the means over every rank's batches."""
+    dev = model.device
+    sums = torch.zeros(5, dtype=torch.float32 if dev.type == "mps" else torch.float64,
+                       device=dev)  # elbo, recon, kl, iwae, number of examples
     for batch in batches:
         x, y = unpack(batch)
         _, t = elbo(model, x, k, y=y, sample=sample)
-        s = torch.stack([t.elbo.sum(), t.recon.sum(), t.kl.sum(),
-                         iwae_bound(model, x, iwae_k, y).sum() if iwae_k else t.kl.new_zeros(())])
-        sums = s if sums is None else sums + s
-        n += x.shape[0]
-    if sums is None:
+        sums += torch.stack([t.elbo.sum(), t.recon.sum(), t.kl.sum(),
+                             iwae_bound(model, x, iwae_k, y).sum() if iwae_k
+                             else t.kl.new_zeros(()), t.kl.new_tensor(x.shape[0])]).to(sums.dtype)
+    *sums, n = world.sum(sums).tolist()
+    if n == 0:
         return {"elbo": math.nan, "recon": math.nan, "kl": math.nan, "iwae": math.nan, "n": 0}
-    e, r, kl, iw = (sums / n).tolist()
+    e, r, kl, iw = (v / n for v in sums)
+    n = int(n)
     return {"elbo": e, "recon": r, "kl": kl, "n": n, **({"iwae": iw} if iwae_k else {})}
 
 

@@ -26,14 +26,17 @@ from pathlib import Path
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
+from torch import nn
 
-from .config import Config, ConfigError
+from .config import Config, ConfigError, TrainConfig
 from .data import Data, load_data
+from .distributed import World, join
 from .fetch import atomic_write
 from .model import VAE, seeded
 from .objectives import bits_per_dim, elbo, elbo_over, unpack
 
 log = logging.getLogger(__name__)
+Tensor = torch.Tensor
 
 FORMAT = "vaelab-run-1"
 
@@ -98,6 +101,80 @@ def make_optimizer(model: VAE, lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
     except (RuntimeError, TypeError):
         return torch.optim.Adam(model.parameters(), lr=lr)
+
+
+# ---------------------------------------------------------------------------------------
+# One optimisation step
+# ---------------------------------------------------------------------------------------
+class Loss(nn.Module):
+    """The training loss as a module, the unit that DistributedDataParallel wraps and
+    torch.compile compiles: ``(x, y, beta) -> (loss, sums)``, sums being this batch's
+    [loss * B, sum ELBO, sum recon, sum KL]."""
+
+    def __init__(self, model: VAE, tc: TrainConfig, device: torch.device):
+        super().__init__()
+        self.model, self.tc = model, tc
+        self.autocast = dict(device_type=device.type, dtype=torch.bfloat16,
+                             enabled=tc.precision == "bf16")
+
+    def forward(self, x: Tensor, y: Tensor | None, beta: Tensor) -> tuple[Tensor, Tensor]:
+        tc = self.tc
+        with torch.autocast(**self.autocast):
+            loss, t = elbo(self.model, x, tc.samples, beta, y, sample=not tc.autoencoder,
+                           free_bits=tc.free_bits, iwae=tc.objective == "iwae")
+        return loss, torch.stack([loss.detach() * x.shape[0], t.elbo.detach().sum(),
+                                  t.recon.detach().sum(), t.kl.detach().sum()])
+
+
+def fast_paths(tc: TrainConfig, model: VAE, device: torch.device) -> dict[str, bool]:
+    """Which of compile and channels-last a run uses ("auto" resolved for this device)."""
+    def pick(value: str, auto: bool) -> bool:
+        return value == "yes" or (value == "auto" and auto)
+
+    cuda = device.type == "cuda"
+    conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    return {"compile": pick(tc.compile, cuda and not hasattr(model, "layer_kl")),
+            "channels_last": pick(tc.channels_last, cuda) and conv}
+
+
+class Stepper:
+    """Forward, backward and Adam on a batch (this rank's shard of it): the loss under the
+    chosen precision, gradients averaged over ranks by DistributedDataParallel, the
+    forward/backward compiled where asked (a CUDA graph on CUDA)."""
+
+    def __init__(self, model: VAE, opt: torch.optim.Optimizer, tc: TrainConfig,
+                 device: torch.device, world: World):
+        self.opt, self.world, self.device = opt, world, device
+        paths = fast_paths(tc, model, device)
+        self.channels_last = paths["channels_last"]
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        net: nn.Module = Loss(model, tc, device)
+        if world.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            net = DistributedDataParallel(
+                net, device_ids=[device.index] if device.type == "cuda" else None)
+        if paths["compile"]:
+            net = torch.compile(net, mode="reduce-overhead" if device.type == "cuda" else None,
+                                dynamic=False)
+        self.net = net
+        log.info("training step: %s%s%s%s", "compiled" if paths["compile"] else "eager",
+                 ", bf16 autocast" if tc.precision == "bf16" else "",
+                 ", channels-last" if self.channels_last else "",
+                 f", {world.size} processes" if world.distributed else "")
+
+    def __call__(self, x: Tensor, y: Tensor | None, beta: float, n_global: int) -> Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        loss, sums = self.net(x, y, torch.tensor(beta, device=self.device))
+        self.opt.zero_grad(set_to_none=True)
+        # DDP averages gradients over ranks; weighting by the shard's share keeps the
+        # gradient that of the global batch's mean when shards differ in size
+        share = x.shape[0] * self.world.size / n_global
+        (loss * share if share != 1 else loss).backward()
+        self.opt.step()
+        return sums
 
 
 # ---------------------------------------------------------------------------------------
@@ -311,16 +388,20 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, data: Data 
           progress: bool = True, tensorboard: bool = False) -> TrainResult:
     """Maximise the ELBO with Adam. Writes the run directory; ``resume=True`` continues a
     run from its checkpoint (up to ``cfg.train.epochs``); ``tensorboard=True`` also logs
-    to RUN/tensorboard."""
+    to RUN/tensorboard.
+
+    Started by ``torchrun`` as one of several processes, each trains on its shard of every
+    batch (see :mod:`vaelab.distributed`); rank 0 writes the run directory."""
     run_dir = Path(run_dir)
+    tc = cfg.train
+    world, device = join(resolve_device(tc.device))
     if resume:
         if not (run_dir / "checkpoint.safetensors").is_file():
             raise RunError(f"cannot resume: {run_dir} has no checkpoint.safetensors")
     elif run_dir.exists() and any(run_dir.iterdir()):
         raise RunError(f"{run_dir} already exists and is not empty; pass --resume to continue "
                        "that run, or choose another --out")
-    tc = cfg.train
-    device = resolve_device(tc.device)
+    world.barrier()  # every rank has checked the directory before rank 0 fills it
     torch.manual_seed(tc.seed)
     data = data if data is not None else load_data(cfg.data, device)
     cfg = resolve(cfg, data)
@@ -338,6 +419,8 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, data: Data 
     gen = torch.Generator(device).manual_seed(tc.seed)
     dims = math.prod(data.image_shape)
     labelled = model.classes > 0  # a conditional model trains on (x, y)
+    n_train = len(data.train)
+    n_batches = math.ceil(n_train / tc.batch_size)
 
     def weight(epoch: int, step: int) -> float:  # of the KL term; none for an autoencoder
         return 0.0 if tc.autoencoder else kl_weight(tc, epoch, step, n_batches)
@@ -347,18 +430,19 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, data: Data 
         history = [m for m in read_metrics(run_dir) if m["epoch"] <= state.epoch]
         log.info("resuming %s after epoch %d", run_dir, state.epoch)
     else:
-        run_dir.mkdir(parents=True, exist_ok=True)
         state, history = TrainState(), []
-    cfg.save(run_dir / "config.toml")
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in history))
+    if world.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "config.toml")
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in history))
+    stepper = Stepper(model, opt, tc, device, world)
 
     from tqdm.auto import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    board = TensorBoard(run_dir, model) if tensorboard else None
-    n_batches = math.ceil(len(data.train) / tc.batch_size)
+    board = TensorBoard(run_dir, model) if tensorboard and world.main else None
     bar = tqdm(total=n_batches * max(0, tc.epochs - state.epoch), leave=False, unit="batch",
-               disable=None if progress else True)  # one bar, so the ETA is the whole run's
+               disable=None if progress and world.main else True)  # the whole run's ETA
     with logging_redirect_tqdm():  # epoch lines above the bar, not through it
         for epoch in range(state.epoch + 1, tc.epochs + 1):
             model.train()
@@ -366,45 +450,45 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, data: Data 
             sums = torch.zeros(4, device=device)
             bar.set_description(f"epoch {epoch}/{tc.epochs}")
             for step, batch in enumerate(data.train.batches(
-                    tc.batch_size, shuffle=True, generator=gen, labels=labelled)):
+                    tc.batch_size, shuffle=True, generator=gen, labels=labelled, world=world)):
                 x, y = unpack(batch)
-                with torch.autocast(device.type, torch.bfloat16, enabled=tc.precision == "bf16"):
-                    loss, t = elbo(model, x, tc.samples, weight(epoch, step), y,
-                                   sample=not tc.autoencoder, free_bits=tc.free_bits,
-                                   iwae=tc.objective == "iwae")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sums += torch.stack([loss.detach() * x.shape[0], t.elbo.detach().sum(),
-                                     t.recon.detach().sum(), t.kl.detach().sum()])
+                n_global = min(tc.batch_size, n_train - step * tc.batch_size)
+                batch_sums = stepper(x, y, weight(epoch, step), n_global)
+                sums += batch_sums
                 bar.update()
-                if progress and step % 20 == 0:
-                    bar.set_postfix(elbo=f"{-loss.item():.2f}", refresh=False)
+                if not bar.disable and step % 20 == 0:
+                    bar.set_postfix(elbo=f"{batch_sums[1].item() / max(1, x.shape[0]):.2f}",
+                                    refresh=False)
+            loss_m, elbo_m, recon_m, kl_m = (world.sum(sums) / n_train).tolist()
             seconds = time.perf_counter() - t0
-            loss_m, elbo_m, recon_m, kl_m = (sums / len(data.train)).tolist()
             model.eval()
             iwae_k = tc.samples if tc.objective == "iwae" else 0
-            val = elbo_over(model, data.val.batches(tc.eval_batch_size, labels=labelled),
-                            sample=not tc.autoencoder, iwae_k=iwae_k)
+            val = elbo_over(model, data.val.batches(tc.eval_batch_size, labels=labelled,
+                                                    world=world),
+                            sample=not tc.autoencoder, iwae_k=iwae_k, world=world)
             m = {"epoch": epoch, "train_loss": loss_m, "train_elbo": elbo_m, "train_recon": recon_m,
                  "train_kl": kl_m, "val_elbo": val["elbo"], "val_recon": val["recon"],
                  "val_kl": val["kl"],
                  "val_bits_per_dim": bits_per_dim(-val["elbo"], dims, model.likelihood.discrete),
-                 "seconds": seconds, "images_per_s": len(data.train) / seconds,
+                 "seconds": seconds, "images_per_s": n_train / seconds,
                  **({f"val_iwae{iwae_k}": val["iwae"]} if iwae_k else {})}
             history.append(m)
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(m) + "\n")
             # the checkpoint is chosen on the objective it was trained for (beta = 1)
             fallback = recon_m if tc.autoencoder else -loss_m if iwae_k else elbo_m
             score = m[selection(tc)[0]] if val["n"] else fallback
             state.epoch = epoch
-            if score > state.best_val_elbo or state.best_epoch == 0:
+            better = score > state.best_val_elbo or state.best_epoch == 0
+            if better:
                 state.best_val_elbo, state.best_epoch = score, epoch
-                save_weights(run_dir / "model.safetensors", model, epoch=epoch)
-            save_checkpoint(run_dir, model, opt, gen, state)
-            if board:
-                board.log(m, model)
+            if world.main:
+                with open(run_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(m) + "\n")
+                if better:
+                    save_weights(run_dir / "model.safetensors", model, epoch=epoch)
+                save_checkpoint(run_dir, model, opt, gen, state)
+                if board:
+                    board.log(m, model)
+            world.barrier()  # the epoch's files are written before any rank goes on
             bpd = m["val_bits_per_dim"]
             shown = (f"val ELBO {val['elbo']:.3f} nats"
                      + ("" if bpd is None else f" ({bpd:.4f} bits/dim)")
