@@ -209,7 +209,8 @@ def _cvae(task: Task, idx: Tensor) -> Tensor:
     model = train(cfg, _fresh(task.out_dir / f"conditional-vae-{len(idx)}"), data=data,
                   progress=False).model
     log_lik = class_log_likelihoods(model, d.test.batch(slice(None)), task.k, seed=task.seed)
-    return bayes_posterior(log_lik, class_prior(d.train.labels[idx.to(d.train.labels.device)], task.classes))
+    labels = d.train.subset(idx).labels
+    return bayes_posterior(log_lik, class_prior(labels, task.classes))
 
 
 @_register("gaussian naive Bayes", "generative")
