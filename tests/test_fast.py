@@ -1,0 +1,85 @@
+"""The fast paths of the training step give the numbers of the plain path."""
+import pytest
+import torch
+
+import vaelab
+from vaelab.data import load_data
+from vaelab.model import VAE
+from vaelab.train import Loss, Stepper, fast_paths, make_optimizer, resolve
+
+SETTINGS = {"mlp": dict(hidden="64", latent_dim=8),
+            "conv": dict(net="conv", conv_widths="8,16", latent_dim=8),
+            "hvae": dict(layers=2, hidden="64", latent_dim=4)}
+
+
+def _setup(net: str, **train):
+    cfg = vaelab.Config().override(dataset="digits", binarize="static", device="cpu",
+                                   **SETTINGS[net], **train)
+    data = load_data(cfg.data)
+    cfg = resolve(cfg, data)
+    torch.manual_seed(0)
+    model = VAE.from_config(cfg.model, data.image_shape)
+    return cfg, model, data.train.batch(slice(0, 64))
+
+
+def _loss_and_grads(loss_module, model, x, seed=1):
+    torch.manual_seed(seed)
+    model.zero_grad()
+    loss, sums = loss_module(x, None, torch.tensor(1.0))
+    loss.backward()
+    return loss.detach(), sums, [p.grad.clone() for p in model.parameters()]
+
+
+def test_compiled_step_matches_eager(monkeypatch):
+    import torch._inductor.config as inductor
+
+    monkeypatch.setattr(inductor, "fallback_random", True)  # eager's random numbers
+    cfg, model, x = _setup("mlp")
+    loss = Loss(model, cfg.train, torch.device("cpu"))
+    eager = _loss_and_grads(loss, model, x)
+    compiled = _loss_and_grads(torch.compile(loss, dynamic=False), model, x)
+    torch.testing.assert_close(compiled[0], eager[0], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(compiled[1], eager[1], rtol=1e-5, atol=1e-3)
+    for a, b in zip(compiled[2], eager[2]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("net", ["mlp", "conv", "hvae"])
+def test_bf16_autocast_keeps_the_elbo(net):
+    cfg, model, x = _setup(net)
+    fp32 = _loss_and_grads(Loss(model, cfg.train, torch.device("cpu")), model, x)
+    bf16 = _loss_and_grads(Loss(model, cfg.override(precision="bf16").train,
+                                torch.device("cpu")), model, x)
+    assert bf16[0].dtype == torch.float32  # the loss itself stays fp32
+    assert abs(bf16[0] - fp32[0]) < 0.01 * abs(fp32[0])  # within 1% (the same noise)
+    cos = torch.nn.functional.cosine_similarity(torch.cat([g.flatten() for g in bf16[2]]),
+                                                torch.cat([g.flatten() for g in fp32[2]]), 0)
+    assert cos > 0.99
+
+
+def test_channels_last_gives_the_same_elbo():
+    cfg, model, x = _setup("conv", channels_last="yes")
+    plain = _loss_and_grads(Loss(model, cfg.train, torch.device("cpu")), model, x)
+    opt = make_optimizer(model, 1e-3)
+    step = Stepper(model, opt, cfg.train, torch.device("cpu"), vaelab.distributed.SINGLE)
+    assert step.channels_last
+    convs = [p for p in model.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    fast = _loss_and_grads(Loss(model, cfg.train, torch.device("cpu")), model,
+                           x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(fast[0], plain[0], rtol=1e-5, atol=1e-4)
+    for a, b in zip(fast[2], plain[2]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_auto_switches_pick_the_fast_paths_per_device():
+    cfg, conv, _ = _setup("conv")
+    _, hvae, _ = _setup("hvae")
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert fast_paths(cfg.train, conv, cpu) == {"compile": False, "channels_last": False}
+    assert fast_paths(cfg.train, conv, cuda) == {"compile": True, "channels_last": True}
+    assert fast_paths(cfg.train, hvae, cuda) == {"compile": False, "channels_last": False}
+    forced = cfg.override(compile="yes", channels_last="no").train
+    assert fast_paths(forced, conv, cpu) == {"compile": True, "channels_last": False}
+    with pytest.raises(vaelab.ConfigError, match="choose one of: auto, no, yes"):
+        cfg.override(compile="always")
