@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
+import os
+import sys
 import time
 
 import torch
@@ -24,6 +25,9 @@ from vaelab.evaluate import log_likelihood
 from vaelab.model import VAE
 from vaelab.objectives import log_weights
 
+sys.path.insert(0, os.path.dirname(__file__))
+from common import flops, hardware, matmul_rate, sync  # noqa: E402
+
 
 def per_image(model: VAE, x: torch.Tensor, k: int) -> torch.Tensor:
     out = []
@@ -32,11 +36,6 @@ def per_image(model: VAE, x: torch.Tensor, k: int) -> torch.Tensor:
             lw = log_weights(model, x[i:i + 1], k)  # (k, 1)
             out.append(torch.logsumexp(lw, 0) - math.log(k))
     return torch.cat(out)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def main():
@@ -68,16 +67,20 @@ def main():
         ll1 = per_image(model, x, args.k)
         sync(device)
         rows.append(("one image at a time", time.perf_counter() - t, ll1))
-    hw = (torch.cuda.get_device_name(device) if device.type == "cuda"
-          else f"{platform.machine()}, {torch.get_num_threads()} threads")
+    with torch.no_grad():  # arithmetic of one image's k weights
+        image_flops = flops(log_weights, model, x[:1], args.k)
+    peak = matmul_rate(device)
     print(f"importance-sampled log p(x), k = {args.k}, {args.n} Fashion-MNIST test images, "
-          f"MLP 784-512-256-50; {device.type} ({hw}); torch {torch.__version__}")
+          f"MLP 784-512-256-50; {device.type} ({hardware(device)}); torch {torch.__version__}")
+    print(f"{image_flops / 1e9:.2f} GFLOP per image; 2048x2048 fp32 matrix product "
+          f"{peak / 1e9:,.0f} GFLOP/s")
     print()
-    print("| estimator | seconds | images/s | speed-up | mean log p(x) |")
-    print("|---|---:|---:|---:|---:|")
+    print("| estimator | seconds | images/s | speed-up | GFLOP/s (% of matmul) | mean log p(x) |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name, s, ll in rows:
+        rate = image_flops * args.n / s
         print(f"| {name} | {s:.2f} | {args.n / s:,.1f} | {rows[-1][1] / s:.2f}x | "
-              f"{ll.mean().item():.2f} |")
+              f"{rate / 1e9:,.0f} ({100 * rate / peak:.0f}%) | {ll.mean().item():.2f} |")
 
 
 if __name__ == "__main__":

@@ -1,25 +1,33 @@
 """Training speed: vaelab's loop against the standard per-item Dataset + DataLoader loop.
 
-The lecture's reference MLP VAE (784-400-20, ReLU, batch 128, Adam 1e-3) on grey
-Fashion-MNIST (the 50k training split). Both loops train the same architecture with the
-same loss (Bernoulli cross-entropy summed over pixels, the pytorch/examples objective),
-in one process run, alternating, so the machine's noise hits both alike.
+Two models on grey Fashion-MNIST (the 50k training split), batch 128, Adam 1e-3:
 
-* baseline: the pytorch/examples `vae/main.py` pipeline: a map-style Dataset that turns
-  each uint8 image into a PIL image and then into a float tensor (what torchvision's
-  MNIST + ToTensor do), a shuffling DataLoader, the examples' model and loss.
-* vaelab: `vaelab.train` (device-resident uint8 data, index batches, fused Adam), timed by
-  its own per-epoch clock (the training loop only, as the baseline), on its second epoch
-  so that both loops are timed warm.
+* mlp: the lecture's reference MLP VAE (784-400-20, ReLU). Baseline: the pytorch/examples
+  `vae/main.py` pipeline: a map-style Dataset that turns each uint8 image into a PIL image
+  and then into a float tensor (what torchvision's MNIST + ToTensor do), a shuffling
+  DataLoader, the examples' model and loss (Bernoulli cross-entropy summed over pixels).
+* conv: vaelab's conv VAE (2 stride-2 stages of 32 and 64 channels, a residual block
+  each, latent 20). Baseline: the same per-item DataLoader feeding the same model and
+  loss through a plain eager step (so only the data path and the step differ).
 
-    python benchmarks/train_speed.py [--epochs 3] [--threads N] [--device cpu]
+vaelab runs `vaelab.train` (device-resident uint8 data, index batches, fused Adam, and on
+CUDA the compiled step), timed by its own per-epoch clock (the training loop only, as the
+baseline), on its second epoch so that every loop is timed warm. All loops run in one
+process, alternating epoch by epoch, so the machine's noise hits them alike. Printed per
+loop: seconds per epoch, images/s, speed-up over the model's DataLoader loop, peak memory,
+and the arithmetic rate (FLOPs of a training step, counted, times images/s) against the
+measured rate of a large matrix product on the same device.
+
+    python benchmarks/train_speed.py [--epochs 3] [--models mlp,conv] [--device cpu]
+    python benchmarks/train_speed.py --device cuda --epochs 5          # on a GPU
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
-import platform
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -32,7 +40,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import vaelab
-from vaelab.data import load_data
+from vaelab.data import Data, load_data
+from vaelab.model import VAE
+from vaelab.objectives import elbo
+from vaelab.train import Loss, resolve
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import PeakMemory, flops, hardware, matmul_rate, sync  # noqa: E402
 
 
 def to_tensor(pic: Image.Image) -> torch.Tensor:
@@ -80,10 +94,32 @@ class ExamplesVAE(nn.Module):
         return torch.sigmoid(self.fc4(F.relu(self.fc3(z)))), mu, logvar
 
 
-def baseline_epoch(dataset: Dataset, device: torch.device, model=None, opt=None):
-    """pytorch/examples vae/main.py train(), less its print every 10 batches."""
-    model = model or ExamplesVAE().to(device)
-    opt = opt or torch.optim.Adam(model.parameters(), lr=1e-3)
+MODELS = {"mlp": dict(hidden="400", latent_dim=20),
+          "conv": dict(net="conv", conv_widths="32,64", latent_dim=20)}
+
+
+def config(model: str, **train) -> vaelab.Config:
+    return vaelab.Config().override(dataset="fashion-mnist", binarize="none",
+                                    likelihood="bernoulli", batch_size=128, eval_batch_size=250,
+                                    **MODELS[model], **train)
+
+
+class VaelabModel(nn.Module):
+    """A vaelab VAE with the examples' interface, for the DataLoader loop."""
+
+    def __init__(self, cfg: vaelab.Config, data: Data):
+        super().__init__()
+        self.vae = VAE.from_config(resolve(cfg, data).model, data.image_shape)
+
+
+def baseline_epoch(dataset: Dataset, device: torch.device, state=None, model_cfg=None,
+                   data=None):
+    """pytorch/examples vae/main.py train(), less its print every 10 batches; with
+    ``model_cfg``, a vaelab model and its ELBO in the same plain loop."""
+    if state is None:
+        model = (ExamplesVAE() if model_cfg is None else VaelabModel(model_cfg, data)).to(device)
+        state = model, torch.optim.Adam(model.parameters(), lr=1e-3)
+    model, opt = state
     loader = DataLoader(dataset, batch_size=128, shuffle=True,
                         **({"num_workers": 1, "pin_memory": True} if device.type == "cuda" else {}))
     model.train()
@@ -91,74 +127,113 @@ def baseline_epoch(dataset: Dataset, device: torch.device, model=None, opt=None)
     t0 = time.perf_counter()
     for x, _ in loader:
         x = x.to(device)
-        recon, mu, logvar = model(x)
-        bce = F.binary_cross_entropy(recon, x.view(-1, 784), reduction="sum")
-        kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
-        loss = bce + kld
+        if model_cfg is None:
+            recon, mu, logvar = model(x)
+            bce = F.binary_cross_entropy(recon, x.view(-1, 784), reduction="sum")
+            kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+            loss = bce + kld
+        else:
+            loss = elbo(model.vae, x)[0]
         opt.zero_grad()
         loss.backward()
         train_loss += loss.item()
         opt.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0, model, opt
+    sync(device)
+    return time.perf_counter() - t0, state
 
 
-def vaelab_epochs(data, device: torch.device, epochs: int, likelihood: str,
-                  precision: str = "fp32") -> tuple[list[float], float]:
-    cfg = vaelab.Config().override(dataset="fashion-mnist", binarize="none", latent_dim=20,
-                                   hidden="400", likelihood=likelihood, batch_size=128,
-                                   epochs=epochs, device=device.type, val_size=10000,
-                                   precision=precision)
+def vaelab_epoch(data: Data, device: torch.device, cfg: vaelab.Config) -> tuple[float, float]:
+    """Seconds of the second of two epochs from a fresh model, and the validation ELBO."""
+    cfg = cfg.override(epochs=2, device=device.type)
     with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Bernoulli on grey values: the baseline's loss
         r = vaelab.train(cfg, os.path.join(d, "run"), data=data, progress=False)
-    return [m["seconds"] for m in r.history], r.history[-1]["val_elbo"]
+    return r.history[-1]["seconds"], r.history[-1]["val_elbo"]
+
+
+def step_flops(cfg: vaelab.Config, data: Data, device: torch.device) -> float:
+    """FLOPs per image of one training step (forward and backward) at batch 128."""
+    model = VAE.from_config(resolve(cfg, data).model, data.image_shape).to(device)
+    loss = Loss(model, cfg.train, device)
+    x = data.train.batch(slice(0, 128))
+    return flops(lambda: loss(x, None, torch.tensor(1.0, device=device))[0].backward()) / 128
+
+
+def contenders(model: str, device: torch.device) -> dict[str, dict | None]:
+    """Loop name -> vaelab train settings (None: the DataLoader loop)."""
+    base = ("DataLoader + per-item PIL (pytorch/examples)" if model == "mlp"
+            else "DataLoader + per-item PIL, same model, eager step")
+    if device.type == "cuda":
+        return {base: None, "vaelab, eager (--compile no)": {"compile": "no"},
+                "vaelab (compiled step)": {},
+                "vaelab, compiled, --precision bf16": {"precision": "bf16"}}
+    loops = {base: None, "vaelab": {}, "vaelab, --precision bf16": {"precision": "bf16"}}
+    if model == "mlp":  # a conv net is not compiled under bf16 on a CPU (see train.py)
+        loops["vaelab, --precision bf16 --compile yes"] = {"precision": "bf16", "compile": "yes"}
+    return loops
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=3, help="timed epochs of each loop")
+    ap.add_argument("--models", default="mlp,conv")
+    ap.add_argument("--images", type=int, default=50_000, help="training images per epoch")
+    ap.add_argument("--conv-images", type=int, default=None,
+                    help="per epoch for the conv model (default: 50000 on a GPU, 5000 on "
+                         "a CPU)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    data = load_data(vaelab.DataConfig(dataset="fashion-mnist", binarize="none"), device)
-    dataset = PerItemImages(data.train.images.cpu()[:, 0], data.train.labels.cpu())  # same 50k
-    n = len(dataset)
-
-    runs = {"DataLoader + per-item PIL (pytorch/examples)": None,
-            "vaelab, Bernoulli (same loss)": ("bernoulli", "fp32"),
-            "vaelab, Bernoulli, --precision bf16": ("bernoulli", "bf16"),
-            "vaelab, continuous Bernoulli": ("cbernoulli", "fp32")}
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    val: dict[str, float] = {}
-    model = opt = None
-    for _ in range(args.epochs):  # alternate so that drifts in machine load hit all alike
-        for name, spec in runs.items():
-            if spec is None:
-                t, model, opt = baseline_epoch(dataset, device, model, opt)
-            else:  # two epochs from the same seed; the second is timed (warm, as the
-                ts, val[name] = vaelab_epochs(data, device, 2, *spec)  # baseline's model)
-                t = ts[-1]
-            times[name].append(t)
-
-    hw = (torch.cuda.get_device_name(device) if device.type == "cuda"
-          else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
-    print(f"reference MLP VAE 784-400-20, batch 128, Adam; grey Fashion-MNIST, {n} images/epoch")
-    print(f"device: {device.type} ({hw}); torch {torch.__version__}; {args.epochs} epochs each, "
-          "median")
+    full = load_data(vaelab.DataConfig(dataset="fashion-mnist", binarize="none"), device)
+    peaks = {torch.float32: matmul_rate(device, torch.float32),
+             torch.bfloat16: matmul_rate(device, torch.bfloat16)}
+    print(f"device: {device.type} ({hardware(device)}); torch {torch.__version__}; grey "
+          f"Fashion-MNIST, batch 128, Adam; median of {args.epochs} epochs per loop")
+    print(f"2048x2048 matrix product: {peaks[torch.float32] / 1e9:,.0f} GFLOP/s fp32, "
+          f"{peaks[torch.bfloat16] / 1e9:,.0f} GFLOP/s bf16")
     print()
-    print("| loop | s/epoch (median) | s/epoch (min) | images/s | speed-up "
-          "| val ELBO after 2 epochs |")
-    print("|---|---:|---:|---:|---:|---:|")
-    base = statistics.median(next(iter(times.values())))
-    for name, ts in times.items():
-        m = statistics.median(ts)
-        v = f"{val[name]:.2f}" if name in val else "-"
-        print(f"| {name} | {m:.2f} | {min(ts):.2f} | {n / m:,.0f} | {base / m:.2f}x | {v} |")
+    print("| model | loop | images/epoch | s/epoch | images/s | speed-up | peak memory "
+          "| GFLOP/s (% of matmul) | val ELBO |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name in args.models.split(","):
+        n = args.images if name == "mlp" else (
+            args.conv_images or (50_000 if device.type == "cuda" else 5_000))
+        data = dataclasses.replace(full, train=full.train.subset(slice(0, n)),
+                                   val=full.val.subset(slice(0, 1000)))
+        dataset = PerItemImages(data.train.images.cpu()[:, 0], data.train.labels.cpu())
+        runs = contenders(name, device)
+        times: dict[str, list[float]] = {k: [] for k in runs}
+        mem: dict[str, int] = {}
+        val: dict[str, float] = {}
+        state = None
+        for _ in range(args.epochs):  # alternate, so drifts in machine load hit all alike
+            for loop, spec in runs.items():
+                with PeakMemory(device) as peak:
+                    if spec is None:
+                        t, state = baseline_epoch(dataset, device, state,
+                                                  None if name == "mlp" else config(name), data)
+                    else:
+                        t, val[loop] = vaelab_epoch(data, device, config(name, **spec))
+                times[loop].append(t)
+                mem[loop] = max(mem.get(loop, 0), peak.bytes or 0)
+        per_image = step_flops(config(name), data, device)
+        base = statistics.median(next(iter(times.values())))
+        for loop, ts in times.items():
+            m = statistics.median(ts)
+            spec = runs[loop] or {}
+            peak_rate = peaks[torch.bfloat16 if spec.get("precision") == "bf16"
+                              else torch.float32]
+            rate = per_image * n / m
+            v = f"{val[loop]:.2f}" if loop in val else "-"
+            print(f"| {name} | {loop} | {n:,} | {m:.2f} | {n / m:,.0f} | {base / m:.2f}x | "
+                  f"{mem[loop] / 2**20:,.0f} MiB | {rate / 1e9:,.0f} "
+                  f"({100 * rate / peak_rate:.0f}%) | {v} |", flush=True)
+    print()
+    print(f"FLOPs per image of a training step: counted by torch.utils.flop_counter; peak "
+          f"memory: {'allocated CUDA memory' if device.type == 'cuda' else 'the process peak RSS'}")
 
 
 if __name__ == "__main__":

@@ -72,6 +72,20 @@ def test_channels_last_gives_the_same_elbo():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
+def test_bf16_compiled_conv_step_keeps_the_decoders_gradients():
+    """torch.compile under bf16 autocast on a CPU zeroes the gradients of a two-stage conv
+    decoder (PyTorch 2.13); vaelab then trains eagerly. Either way the step must move the
+    decoder like the eager step does."""
+    cfg, model, x = _setup("conv", precision="bf16", compile="yes")
+    eager = _loss_and_grads(Loss(model, cfg.train, torch.device("cpu")), model, x)
+    step = Stepper(model, make_optimizer(model, 1e-3), cfg.train, torch.device("cpu"),
+                   vaelab.distributed.SINGLE)
+    fast = _loss_and_grads(step.net, model, x)
+    for name, a, b in zip([n for n, _ in model.named_parameters()], fast[2], eager[2]):
+        if name.startswith("decoder"):
+            assert a.norm() > 0.5 * b.norm(), name
+
+
 def test_auto_switches_pick_the_fast_paths_per_device():
     cfg, conv, _ = _setup("conv")
     _, hvae, _ = _setup("hvae")
