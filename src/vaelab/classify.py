@@ -344,12 +344,6 @@ def run_classifiers(task: Task, names: list[str] | None = None, sizes: list[int]
     return rows
 
 
-def check_labels(data: Data) -> None:
-    if data.classes is None or data.train.labels is None or data.test.labels is None:
-        raise ConfigError(f"`vaelab classify` needs labels; the {data.name} data have none "
-                          "(for a folder data set: one sub-directory per class)")
-
-
 def first_layer_filters(model: VAE, n: int = 64) -> Tensor | None:
     """The ``n`` largest-norm rows of an MLP encoder's first weight matrix, as images
     (n, C, H, W), each scaled to [0, 1]; None for other encoders."""
@@ -383,7 +377,7 @@ def classify_run(run_dir: str | Path, *, epochs: int | None = None, min_steps: i
         raise ConfigError(f"{run_dir} holds a conditional VAE; `vaelab classify` probes the "
                           "codes of an unconditional one (it trains the conditional VAEs)")
     data = load_data(cfg.data, dev)
-    check_labels(data)
+    data.require_labels("`vaelab classify`")
     for n in names or []:
         CLASSIFIERS.get(n)  # an unknown name fails before any training
     epochs = epochs or cfg.train.epochs  # the autoencoder trains as long as the VAE did

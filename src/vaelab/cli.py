@@ -327,9 +327,7 @@ def cmd_baselines(args: argparse.Namespace) -> int:
         if not Path(args.config).is_file():
             raise ConfigError(f"{args.run} is not a run directory (no config.toml)")
     cfg = _config_from_args(args)
-    names = [m.strip() for m in args.models.split(",")] if args.models else None
-    for n in names or []:
-        BASELINES.get(n)  # an unknown name fails here, with the choices
+    names = _names(args.models, BASELINES)
     if min(args.components, args.em_iterations, args.ppca_dim) < 1:
         raise ConfigError("--components, --em-iterations and --ppca-dim must be >= 1")
     data = load_data(cfg.data)
@@ -353,6 +351,15 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     return 0
 
 
+def _names(text: str | None, registry) -> list[str] | None:
+    """``--models A,B``: the names, each checked against ``registry`` (an unknown one fails
+    with the choices); None when not given."""
+    names = [m.strip() for m in text.split(",")] if text else None
+    for n in names or []:
+        registry.get(n)
+    return names
+
+
 def _sizes(text: str) -> list[int] | None:
     """'100,300,all' -> [100, 300] plus the whole split (None stands for 'all' alone)."""
     sizes, everything = [], False
@@ -368,14 +375,12 @@ def _sizes(text: str) -> list[int] | None:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from .classify import CLASSIFIERS, budget_epochs, check_labels, classify_run
+    from .classify import CLASSIFIERS, budget_epochs, classify_run
     from .data import load_data
     from .train import resolve_device, train
 
     sizes = _sizes(args.sizes)
-    names = [m.strip() for m in args.models.split(",")] if args.models else None
-    for n in names or []:
-        CLASSIFIERS.get(n)
+    names = _names(args.models, CLASSIFIERS)
     if args.k < 1 or args.min_steps < 1:
         raise ConfigError("--k and --min-steps must be >= 1")
     given = {n for _, n, _, _ in field_specs() if getattr(args, n) is not None}
@@ -389,7 +394,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     else:
         epochs = epochs or (cfg.train.epochs if args.config else 20)
         data = load_data(cfg.data, resolve_device(cfg.train.device))
-        check_labels(data)  # before any training
+        data.require_labels("`vaelab classify`")  # before any training
         cfg = cfg.override(epochs=budget_epochs(len(data.train), cfg.train.batch_size, epochs,
                                                 args.min_steps))
         run = Path(args.out or f"runs/classify-{cfg.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")

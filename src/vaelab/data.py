@@ -27,7 +27,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from .config import DataConfig, Registry
+from .config import ConfigError, DataConfig, Registry
 from .distributed import SINGLE, World, noise_shard, uniform
 from .fetch import DataError, RemoteFile, fetch_file, mirrors_from_env
 
@@ -394,6 +394,12 @@ class Data:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return self.train.image_shape
+
+    def require_labels(self, purpose: str) -> None:
+        """Raise a ConfigError naming ``purpose`` unless every split has class labels."""
+        if self.classes is None or any(s.labels is None for s in (self.train, self.test)):
+            raise ConfigError(f"{purpose} needs labels; the {self.name} data have none (for "
+                              "a folder data set: one sub-directory per class)")
 
     def split(self, name: str) -> Split:
         if name not in ("train", "val", "test"):

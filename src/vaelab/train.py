@@ -88,9 +88,7 @@ def resolve(cfg: Config, data: Data) -> Config:
         likelihood = "bernoulli" if data.binary else "dgaussian"
     classes = None
     if cfg.model.conditional:
-        if data.classes is None or data.train.labels is None:
-            raise ConfigError(f"a conditional model needs labels; the {data.name} data have "
-                              "none (for a folder: one sub-directory per class)")
+        data.require_labels("a conditional model")
         classes = len(data.classes)
     return cfg.override(binarize=data.binarize, likelihood=likelihood,
                         levels=2 if data.binary else data.train.max_value + 1, classes=classes)
