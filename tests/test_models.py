@@ -222,16 +222,21 @@ def test_each_model_trains_on_digits_and_round_trips(tmp_path, net, likelihood, 
 
 
 # ---- the hierarchical VAE ----------------------------------------------------------------
-def _hvae(layers=2, latent=2):
+def _hvae(layers=2, latent=2, net="mlp", prior="normal"):
     torch.manual_seed(0)
     return VAE.from_config(ModelConfig(layers=layers, latent_dim=latent, hidden=(32, 16),
-                                       likelihood="bernoulli"), (1, 8, 8))
+                                       net=net, conv_widths=(8, 16), prior=prior,
+                                       prior_components=5, likelihood="bernoulli"), (1, 8, 8))
 
 
-def test_hierarchical_walks_are_normalized_densities_of_their_samplers():
+HIERARCHIES = [("mlp", "normal"), ("conv", "normal"), ("mlp", "mog"), ("conv", "vamp")]
+
+
+@pytest.mark.parametrize("net, prior", HIERARCHIES)
+def test_hierarchical_walks_are_normalized_densities_of_their_samplers(net, prior):
     """E_q[p(z)/q(z)] = 1 and E_p[q(z)/p(z)] = 1: each walk's log_prob is the density of
-    what its rsample draws, and both integrate to one."""
-    model = _hvae()
+    what its rsample draws, and both integrate to one (with a mixture at the top too)."""
+    model = _hvae(net=net, prior=prior)
     x = images("bernoulli", (1, 8, 8), n=1)
     with torch.no_grad(), seeded(1):
         q, p = model.encode(x), model.prior()
@@ -243,8 +248,9 @@ def test_hierarchical_walks_are_normalized_densities_of_their_samplers():
         assert abs(v.mean().item() - 1) < 4 * v.std().item() / math.sqrt(len(v)) + 1e-3
 
 
-def test_hierarchical_bounds_are_ordered_and_layers_add_up():
-    model = _hvae(layers=3, latent=3)
+@pytest.mark.parametrize("net, prior", HIERARCHIES)
+def test_hierarchical_bounds_are_ordered_and_layers_add_up(net, prior):
+    model = _hvae(layers=3, latent=3, net=net, prior=prior)
     x = images("bernoulli", (1, 8, 8), n=64)
     with torch.no_grad(), seeded(0):
         elbos = torch.stack([elbo(model, x, k=1)[1].elbo for _ in range(200)]).mean(0)
@@ -259,12 +265,14 @@ def test_hierarchical_bounds_are_ordered_and_layers_add_up():
     torch.testing.assert_close(kl.sum(-1).mean(), total.mean(), atol=0.05, rtol=0.02)
 
 
-def test_hierarchical_vae_trains_evaluates_and_round_trips(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--net", "conv", "--conv-widths", "8,16", "--prior",
+                                         "vamp", "--prior-components", "10"]])
+def test_hierarchical_vae_trains_evaluates_and_round_trips(tmp_path, extra):
     from vaelab.cli import main
 
     out = tmp_path / "hvae"
     assert main(["-q", "train", "--layers", "2", "--latent-dim", "4", "--hidden", "64,32",
-                 "--epochs", "4", "--out", str(out), "--no-progress"]) == 0
+                 "--epochs", "4", "--out", str(out), "--no-progress", *extra]) == 0
     import json
 
     history = [json.loads(line) for line in (out / "metrics.jsonl").open()]
@@ -283,4 +291,17 @@ def test_hierarchical_vae_trains_evaluates_and_round_trips(tmp_path):
 
 def test_hierarchical_settings_are_checked():
     with pytest.raises(ConfigError, match="hierarchical"):
-        VAE.from_config(ModelConfig(layers=2, net="conv", likelihood="bernoulli"), (1, 8, 8))
+        VAE.from_config(ModelConfig(layers=2, conditional=True, classes=10,
+                                    likelihood="bernoulli"), (1, 8, 8))
+
+
+def test_hierarchical_vamp_prior_is_the_top_posterior_at_its_pseudo_inputs():
+    model = _hvae(net="conv", prior="vamp")
+    u = torch.sigmoid(model.prior.raw)
+    z0 = torch.randn(7, 2)
+    with torch.no_grad():
+        q = model.top_posterior(u)  # batch (5,)
+        want = torch.logsumexp(q.log_prob(z0[:, None]), -1) - math.log(5)
+        got = model.prior().layer_log_probs(torch.cat([z0, torch.zeros(7, 2)], -1))[0]
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert any(p is model.prior.raw for p in model.parameters())  # trained with the model

@@ -4,10 +4,14 @@ Kautz 2020, NVAE): T stochastic layers z_0 (top) ... z_{T-1} (bottom), each ``la
     generative   p(z) = N(z_0; 0, I) prod_t p(z_t | z_<t),   p(x | z)
     inference    q(z|x) = q(z_0 | x) prod_t q(z_t | x, z_<t)
 
-A bottom-up MLP gives features h_t of x for every layer; one top-down path of residual MLP
-cells carries a deterministic state d_t = D_t(z_{t-1}, d_{t-1}) shared by the prior
+A bottom-up network (an MLP, or the conv trunk of ``net = "conv"``) and residual MLP cells
+give features h_t of x for every layer; one top-down path of residual MLP cells carries a
+deterministic state d_t = D_t(z_{t-1}, d_{t-1}) shared by the prior
 p(z_t | z_<t) = N(P_t(d_t)), the posterior q(z_t | x, z_<t) = N(Q_t(h_t, d_t)) and the
-decoder, which reads d_T. Codes of all layers travel concatenated, top first, (..., T*L), so
+decoder (an MLP, or the conv decoder), which reads d_T. The top layer's prior p(z_0) is
+N(0, I), a learned mixture (``prior = "mog"``), or the VampPrior (``"vamp"``): the mixture
+of q(z_0 | u_k) over learned pseudo-inputs u_k, as in Tomczak & Welling's hierarchical
+VampPrior VAE. Codes of all layers travel concatenated, top first, (..., T*L), so
 q(z|x) and p(z) are ordinary distributions to the rest of vaelab: ``rsample`` walks the
 path, ``log_prob`` walks it with the given codes, and the one ELBO (with its Monte-Carlo KL)
 and the importance-sampled log-likelihood need nothing new."""
@@ -20,9 +24,10 @@ from torch import nn
 from torch.distributions import Distribution, constraints
 
 from .config import ConfigError, ModelConfig
-from .distributions import LIKELIHOODS, diagonal_normal, independent_normal
+from .distributions import (LIKELIHOODS, GaussianMixture, MixturePrior, diagonal_normal,
+                            independent_normal)
 from .model import VAE
-from .nets import ACTIVATIONS, MLP
+from .nets import ACTIVATIONS, MLP, ConvDecoder, ConvEncoder
 
 Tensor = torch.Tensor
 
@@ -81,13 +86,19 @@ class HierarchicalVAE(VAE):
         likelihood = LIKELIHOODS.get(cfg.likelihood)(cfg)
         c, h, w = image_shape
         T, L, W, act = cfg.layers, cfg.latent_dim, cfg.hidden[-1], cfg.activation
-        up = nn.ModuleList([nn.Sequential(nn.Flatten(-3), MLP(c * h * w, cfg.hidden[:-1] or (W,),
-                                                              W, cfg.activation),
-                                          ACTIVATIONS.get(act)())]
-                           + [Cell(W, W, act) for _ in range(T - 1)])  # bottom first
-        out = MLP(W, tuple(reversed(cfg.hidden)), likelihood.params_per_channel * c * h * w, act)
-        decoder = nn.Sequential(out, nn.Unflatten(-1, (likelihood.params_per_channel * c, h, w)))
-        super().__init__(up, decoder, likelihood, _Prior(), T * L, image_shape, cfg.min_scale)
+        P = likelihood.params_per_channel
+        if cfg.net == "conv":
+            trunk, head = ConvEncoder(cfg, image_shape), ConvDecoder(cfg, image_shape, P * c)
+            first = nn.Sequential(trunk, nn.Linear(trunk.features, W), ACTIVATIONS.get(act)())
+            decoder = nn.Sequential(nn.Linear(W, head.features), head)
+        else:
+            first = nn.Sequential(nn.Flatten(-3), MLP(c * h * w, cfg.hidden[:-1] or (W,), W, act),
+                                  ACTIVATIONS.get(act)())
+            decoder = nn.Sequential(MLP(W, tuple(reversed(cfg.hidden)), P * c * h * w, act),
+                                    nn.Unflatten(-1, (P * c, h, w)))
+        up = nn.ModuleList([first] + [Cell(W, W, act) for _ in range(T - 1)])  # bottom first
+        super().__init__(up, decoder, likelihood, _Prior(cfg, image_shape), T * L, image_shape,
+                         cfg.min_scale)
         self.layers, self.layer_dim = T, L
         self.state = nn.ModuleList([Cell(L, W, act)] + [Cell(L + W, W, act)
                                                         for _ in range(T - 1)])  # D_1..D_T
@@ -109,7 +120,7 @@ class HierarchicalVAE(VAE):
         return ds
 
     def _walk(self, hs: list[Tensor] | None, batch: torch.Size, device, temperature: float,
-              z: Tensor | None, shape: torch.Size, mode: str):
+              z: Tensor | None, shape: torch.Size, mode: str, top: Distribution | None = None):
         """Codes and per-layer distributions, top first: the posterior's with bottom-up
         features ``hs`` (top first), the prior's without."""
         zs, dists, ds, d = [], [], [], None
@@ -118,7 +129,9 @@ class HierarchicalVAE(VAE):
             else None  # the states of these codes, from the walk that drew them
         for t in range(self.layers):
             if t == 0:
-                if hs is None:
+                if hs is None and top is not None:  # a mixture over the top layer
+                    dist = top
+                elif hs is None:
                     loc = torch.zeros(*batch, self.layer_dim, device=device)
                     dist = independent_normal(loc, torch.ones_like(loc) * temperature)
                 else:
@@ -134,7 +147,8 @@ class HierarchicalVAE(VAE):
             elif mode == "mean":
                 zt = dist.mean.expand(*shape, *dist.mean.shape) if t == 0 else dist.mean
             else:
-                zt = dist.rsample(shape if t == 0 else torch.Size())
+                size = shape if t == 0 else torch.Size()
+                zt = dist.rsample(size) if dist.has_rsample else dist.sample(size)
             zs.append(zt)
             dists.append(dist)
             d = known[t] if known else self.state[t](zt if d is None else torch.cat([zt, d], -1))
@@ -144,12 +158,19 @@ class HierarchicalVAE(VAE):
         return codes, dists
 
     # ---- the VAE interface -------------------------------------------------------------
-    def encode(self, x: Tensor, y: Tensor | None = None) -> Distribution:
-        h = self.encoder[0](x)  # bottom-up: features of the bottom layer first
-        hs = [h]
+    def _bottom_up(self, x: Tensor) -> list[Tensor]:
+        """Features h_t of x for every layer, top first (as the walk goes)."""
+        hs = [self.encoder[0](x)]
         for cell in self.encoder[1:]:
             hs.append(cell(hs[-1]))
-        hs = hs[::-1]  # top first, as the walk goes
+        return hs[::-1]
+
+    def top_posterior(self, x: Tensor) -> Distribution:
+        """q(z_0 | x), the top layer's posterior (batch (B,), event (L,))."""
+        return diagonal_normal(self.q_heads[0](self._bottom_up(x)[0]), self.min_scale)
+
+    def encode(self, x: Tensor, y: Tensor | None = None) -> Distribution:
+        hs = self._bottom_up(x)
         return Walk(lambda z, shape, mode: self._walk(hs, x.shape[:1], x.device, 1.0, z, shape,
                                                       mode), x.shape[:1], self.latent_dim)
 
@@ -166,20 +187,41 @@ class HierarchicalVAE(VAE):
 
 
 class _Prior(nn.Module):
-    """p(z) of a hierarchical VAE: the walk without x. Bound to its model."""
+    """p(z) of a hierarchical VAE: the walk without x, from N(0, I), a learned mixture or
+    the VampPrior at the top. Bound to its model."""
+
+    def __init__(self, cfg: ModelConfig, image_shape: tuple[int, int, int]):
+        super().__init__()
+        self.kind = cfg.prior
+        if cfg.prior == "mog":
+            self.mixture = MixturePrior(cfg)
+        elif cfg.prior == "vamp":  # pseudo-inputs u_k = sigmoid(raw_k)
+            self.raw = nn.Parameter(0.1 * torch.randn(cfg.prior_components, *image_shape))
+        self.floats_per_code = 0 if cfg.prior == "normal" else cfg.prior_components
 
     def bind(self, vae: HierarchicalVAE) -> None:
         self.__dict__["_vae"] = vae
 
+    def top(self, temperature: float) -> Distribution | None:
+        """p(z_0), unless it is N(0, I) (None)."""
+        if self.kind == "mog":
+            return self.mixture(temperature)
+        if self.kind == "vamp":
+            q = self._vae.top_posterior(torch.sigmoid(self.raw))  # batch (K,)
+            logits = torch.zeros(self.raw.shape[0], device=self.raw.device)
+            return GaussianMixture(logits, q.mean, q.stddev * temperature)
+        return None
+
     def forward(self, temperature: float = 1.0) -> Distribution:
         m = self._vae
         dev = m.device
+        top = self.top(temperature)
         return Walk(lambda z, shape, mode: m._walk(None, torch.Size(), dev, temperature, z,
-                                                   shape, mode), torch.Size(), m.latent_dim)
+                                                   shape, mode, top), torch.Size(), m.latent_dim)
 
 
 def build(cfg: ModelConfig, image_shape: tuple[int, int, int]) -> HierarchicalVAE:
-    if cfg.net != "mlp" or cfg.conditional or cfg.prior != "normal":
-        raise ConfigError("a hierarchical VAE (layers > 1) has MLP cells, no labels and the "
-                          "top-down prior: use --net mlp --prior normal without --conditional")
+    if cfg.net not in ("mlp", "conv") or cfg.conditional:
+        raise ConfigError("a hierarchical VAE (layers > 1) takes --net mlp or conv and no "
+                          "labels (without --conditional)")
     return HierarchicalVAE(cfg, image_shape)
