@@ -1,4 +1,6 @@
 """The fast paths of the training step give the numbers of the plain path."""
+import logging
+
 import pytest
 import torch
 
@@ -84,6 +86,25 @@ def test_bf16_compiled_conv_step_keeps_the_decoders_gradients():
     for name, a, b in zip([n for n, _ in model.named_parameters()], fast[2], eager[2]):
         if name.startswith("decoder"):
             assert a.norm() > 0.5 * b.norm(), name
+
+
+def test_a_compiler_that_fails_falls_back_to_the_eager_step(caplog):
+    """A backend that cannot compile (as on a machine without a C++ compiler or with an
+    unsupported GPU): the step warns once and trains eagerly, with the eager result."""
+    def broken(graph, example_inputs):
+        raise RuntimeError("no compiler here")
+
+    cfg, model, x = _setup("mlp", compile="yes")
+    step = Stepper(model, make_optimizer(model, 1e-3), cfg.train, torch.device("cpu"),
+                   vaelab.distributed.SINGLE, backend=broken)
+    eager = _loss_and_grads(step.eager, model, x)
+    torch.manual_seed(1)
+    with caplog.at_level(logging.WARNING, logger="vaelab.train"):
+        sums = step(x, None, 1.0, len(x))
+    assert "no compiler here" in caplog.text and "training eagerly" in caplog.text
+    assert step.net is step.eager
+    torch.testing.assert_close(sums[0] / len(x), eager[0])
+    step(x, None, 1.0, len(x))  # and on
 
 
 def test_auto_switches_pick_the_fast_paths_per_device():

@@ -22,6 +22,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import load as st_load
@@ -147,7 +148,7 @@ class Stepper:
     forward/backward compiled where asked (a CUDA graph on CUDA)."""
 
     def __init__(self, model: VAE, opt: torch.optim.Optimizer, tc: TrainConfig,
-                 device: torch.device, world: World):
+                 device: torch.device, world: World, backend: str | Callable = "inductor"):
         self.opt, self.world, self.device = opt, world, device
         paths = fast_paths(tc, model, device)
         self.channels_last = paths["channels_last"]
@@ -159,9 +160,11 @@ class Stepper:
 
             net = DistributedDataParallel(
                 net, device_ids=[device.index] if device.type == "cuda" else None)
+        self.eager = net
         if paths["compile"]:
-            net = torch.compile(net, mode="reduce-overhead" if device.type == "cuda" else None,
-                                dynamic=False)
+            net = torch.compile(net, backend=backend, dynamic=False,
+                                mode="reduce-overhead" if device.type == "cuda" and
+                                backend == "inductor" else None)
         self.net = net
         log.info("training step: %s%s%s%s", "compiled" if paths["compile"] else "eager",
                  ", bf16 autocast" if tc.precision == "bf16" else "",
@@ -171,13 +174,26 @@ class Stepper:
     def __call__(self, x: Tensor, y: Tensor | None, beta: float, n_global: int) -> Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        loss, sums = self.net(x, y, torch.tensor(beta, device=self.device))
-        self.opt.zero_grad(set_to_none=True)
         # DDP averages gradients over ranks; weighting by the shard's share keeps the
         # gradient that of the global batch's mean when shards differ in size
         share = x.shape[0] * self.world.size / n_global
-        (loss * share if share != 1 else loss).backward()
+        try:
+            sums = self._gradients(self.net, x, y, beta, share)
+        except Exception as e:  # compilation can fail (no compiler, an unsupported GPU)
+            if self.net is self.eager:
+                raise
+            log.warning("the compiled training step failed (%s: %s); training eagerly from "
+                        "here on (--compile no skips the attempt)", type(e).__name__,
+                        str(e).splitlines()[0] if str(e) else "")
+            self.net = self.eager
+            sums = self._gradients(self.net, x, y, beta, share)
         self.opt.step()
+        return sums
+
+    def _gradients(self, net, x: Tensor, y: Tensor | None, beta: float, share: float) -> Tensor:
+        self.opt.zero_grad(set_to_none=True)
+        loss, sums = net(x, y, torch.tensor(beta, device=self.device))
+        (loss * share if share != 1 else loss).backward()
         return sums
 
 
