@@ -182,9 +182,9 @@ class Stepper:
         except Exception as e:  # compilation can fail (no compiler, an unsupported GPU)
             if self.net is self.eager:
                 raise
+            why = " ".join([line.strip() for line in str(e).splitlines() if line.strip()][:2])
             log.warning("the compiled training step failed (%s: %s); training eagerly from "
-                        "here on (--compile no skips the attempt)", type(e).__name__,
-                        str(e).splitlines()[0] if str(e) else "")
+                        "here on (--compile no skips the attempt)", type(e).__name__, why)
             self.net = self.eager
             sums = self._gradients(self.net, x, y, beta, share)
         self.opt.step()
