@@ -353,8 +353,11 @@ class Split:
         if labels and self.labels is None:
             raise DataError("these data have no labels")
         n, dev = len(self), self.images.device
-        order = torch.randperm(n, device=dev, generator=generator) if shuffle \
-            else torch.arange(n, device=dev)
+        if shuffle:  # drawn where the generator lives (the training device)
+            order = torch.randperm(n, device=generator.device if generator else dev,
+                                   generator=generator).to(dev)
+        else:
+            order = torch.arange(n, device=dev)
         step = batch_size * (self.chunk if self.stream else 1)
         for first in range(0, n, step):  # `step` images: one copy when streamed
             cuts = []  # (this rank's rows of `order`, its shard (a, b), global batch size)
