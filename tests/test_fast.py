@@ -111,10 +111,13 @@ def test_auto_switches_pick_the_fast_paths_per_device():
     cfg, conv, _ = _setup("conv")
     _, hvae, _ = _setup("hvae")
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert fast_paths(cfg.train, conv, cpu) == {"compile": False, "channels_last": False}
+    assert fast_paths(cfg.train, conv, cpu) == {"compile": False, "channels_last": True}
     assert fast_paths(cfg.train, conv, cuda) == {"compile": True, "channels_last": True}
     assert fast_paths(cfg.train, hvae, cuda) == {"compile": False, "channels_last": False}
     forced = cfg.override(compile="yes", channels_last="no").train
     assert fast_paths(forced, conv, cpu) == {"compile": True, "channels_last": False}
+    assert fast_paths(cfg.train, conv, torch.device("mps"))["channels_last"] is False
+    _, mlp, _ = _setup("mlp")
+    assert fast_paths(cfg.train, mlp, cpu) == {"compile": False, "channels_last": False}
     with pytest.raises(vaelab.ConfigError, match="choose one of: auto, no, yes"):
         cfg.override(compile="always")

@@ -193,7 +193,7 @@ class TrainConfig:
         "mode reduce-overhead, which replays it as a CUDA graph. auto: yes on CUDA for "
         "single-layer models, no elsewhere", choices=SWITCHES))
     channels_last: str = field(default="auto", metadata=_help(
-        "conv nets: channels-last memory format; auto: yes on CUDA", choices=SWITCHES))
+        "conv nets: channels-last memory format; auto: yes on CUDA and CPU", choices=SWITCHES))
 
     def __post_init__(self) -> None:
         _check_choice("device", self.device, DEVICES)
