@@ -105,15 +105,19 @@ def test_sharded_draws_are_the_global_draw():
         standard_normal((3, 4), -2, torch.float32, torch.device("cpu"))
 
 
-def test_streamed_batches_equal_resident_batches():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device"))])
+def test_streamed_batches_equal_resident_batches(device):
     cfg = vaelab.DataConfig(dataset="digits", binarize="dynamic")
-    resident = load_data(cfg, "cpu").train
+    resident = load_data(cfg, device).train
     streamed = load_data(vaelab.DataConfig(dataset="digits", binarize="dynamic", stream="yes"),
-                         "cpu").train
+                         device).train
     assert streamed.stream and not resident.stream
+    assert streamed.images.device.type == "cpu" and streamed.device.type == device
     streamed.chunk = 3  # several host-to-device chunks, the last one partial
     for world in (World(), World(1, 2)):
-        g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+        g1 = torch.Generator(device).manual_seed(5)
+        g2 = torch.Generator(device).manual_seed(5)
         a = list(resident.batches(100, shuffle=True, generator=g1, labels=True, world=world))
         b = list(streamed.batches(100, shuffle=True, generator=g2, labels=True, world=world))
         assert len(a) == len(b) == 13

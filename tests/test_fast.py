@@ -14,44 +14,52 @@ SETTINGS = {"mlp": dict(hidden="64", latent_dim=8),
             "hvae": dict(layers=2, hidden="64", latent_dim=4)}
 
 
-def _setup(net: str, **train):
-    cfg = vaelab.Config().override(dataset="digits", binarize="static", device="cpu",
+# every fast path is checked on the CPU, and on a GPU where there is one
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device"))]
+
+
+def _setup(net: str, device: str = "cpu", **train):
+    cfg = vaelab.Config().override(dataset="digits", binarize="static", device=device,
                                    **SETTINGS[net], **train)
-    data = load_data(cfg.data)
+    data = load_data(cfg.data, device)
     cfg = resolve(cfg, data)
     torch.manual_seed(0)
-    model = VAE.from_config(cfg.model, data.image_shape)
+    model = VAE.from_config(cfg.model, data.image_shape).to(device)
     return cfg, model, data.train.batch(slice(0, 64))
 
 
 def _loss_and_grads(loss_module, model, x, seed=1):
     torch.manual_seed(seed)
     model.zero_grad()
-    loss, sums = loss_module(x, None, torch.tensor(1.0))
+    loss, sums = loss_module(x, None, torch.tensor(1.0, device=x.device))
     loss.backward()
-    return loss.detach(), sums, [p.grad.clone() for p in model.parameters()]
+    return loss.detach().clone(), sums.clone(), [p.grad.clone() for p in model.parameters()]
 
 
-def test_compiled_step_matches_eager(monkeypatch):
+@pytest.mark.parametrize("device", DEVICES)
+def test_compiled_step_matches_eager(monkeypatch, device):
     import torch._inductor.config as inductor
 
     monkeypatch.setattr(inductor, "fallback_random", True)  # eager's random numbers
-    cfg, model, x = _setup("mlp")
-    loss = Loss(model, cfg.train, torch.device("cpu"))
+    cfg, model, x = _setup("mlp", device)
+    loss = Loss(model, cfg.train, torch.device(device))
     eager = _loss_and_grads(loss, model, x)
-    compiled = _loss_and_grads(torch.compile(loss, dynamic=False), model, x)
+    mode = "reduce-overhead" if device == "cuda" else None  # as the Stepper compiles it
+    compiled = _loss_and_grads(torch.compile(loss, dynamic=False, mode=mode), model, x)
     torch.testing.assert_close(compiled[0], eager[0], rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(compiled[1], eager[1], rtol=1e-5, atol=1e-3)
     for a, b in zip(compiled[2], eager[2]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("net", ["mlp", "conv", "hvae"])
-def test_bf16_autocast_keeps_the_elbo(net):
-    cfg, model, x = _setup(net)
-    fp32 = _loss_and_grads(Loss(model, cfg.train, torch.device("cpu")), model, x)
-    bf16 = _loss_and_grads(Loss(model, cfg.override(precision="bf16").train,
-                                torch.device("cpu")), model, x)
+def test_bf16_autocast_keeps_the_elbo(net, device):
+    cfg, model, x = _setup(net, device)
+    dev = torch.device(device)
+    fp32 = _loss_and_grads(Loss(model, cfg.train, dev), model, x)
+    bf16 = _loss_and_grads(Loss(model, cfg.override(precision="bf16").train, dev), model, x)
     assert bf16[0].dtype == torch.float32  # the loss itself stays fp32
     assert abs(bf16[0] - fp32[0]) < 0.01 * abs(fp32[0])  # within 1% (the same noise)
     cos = torch.nn.functional.cosine_similarity(torch.cat([g.flatten() for g in bf16[2]]),
@@ -59,28 +67,32 @@ def test_bf16_autocast_keeps_the_elbo(net):
     assert cos > 0.99
 
 
-def test_channels_last_gives_the_same_elbo():
-    cfg, model, x = _setup("conv", channels_last="yes")
-    plain = _loss_and_grads(Loss(model, cfg.train, torch.device("cpu")), model, x)
+@pytest.mark.parametrize("device", DEVICES)
+def test_channels_last_gives_the_same_elbo(device):
+    cfg, model, x = _setup("conv", device, channels_last="yes")
+    dev = torch.device(device)
+    plain = _loss_and_grads(Loss(model, cfg.train, dev), model, x)
     opt = make_optimizer(model, 1e-3)
-    step = Stepper(model, opt, cfg.train, torch.device("cpu"), vaelab.distributed.SINGLE)
+    step = Stepper(model, opt, cfg.train, dev, vaelab.distributed.SINGLE)
     assert step.channels_last
     convs = [p for p in model.parameters() if p.dim() == 4]
     assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
-    fast = _loss_and_grads(Loss(model, cfg.train, torch.device("cpu")), model,
+    fast = _loss_and_grads(Loss(model, cfg.train, dev), model,
                            x.contiguous(memory_format=torch.channels_last))
     torch.testing.assert_close(fast[0], plain[0], rtol=1e-5, atol=1e-4)
     for a, b in zip(fast[2], plain[2]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_bf16_compiled_conv_step_keeps_the_decoders_gradients():
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_compiled_conv_step_keeps_the_decoders_gradients(device):
     """torch.compile under bf16 autocast on a CPU zeroes the gradients of a two-stage conv
     decoder (PyTorch 2.13); vaelab then trains eagerly. Either way the step must move the
     decoder like the eager step does."""
-    cfg, model, x = _setup("conv", precision="bf16", compile="yes")
-    eager = _loss_and_grads(Loss(model, cfg.train, torch.device("cpu")), model, x)
-    step = Stepper(model, make_optimizer(model, 1e-3), cfg.train, torch.device("cpu"),
+    cfg, model, x = _setup("conv", device, precision="bf16", compile="yes")
+    dev = torch.device(device)
+    eager = _loss_and_grads(Loss(model, cfg.train, dev), model, x)
+    step = Stepper(model, make_optimizer(model, 1e-3), cfg.train, dev,
                    vaelab.distributed.SINGLE)
     fast = _loss_and_grads(step.net, model, x)
     for name, a, b in zip([n for n, _ in model.named_parameters()], fast[2], eager[2]):
