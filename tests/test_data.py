@@ -1,4 +1,6 @@
 import gzip
+import logging
+import os
 import shutil
 
 import numpy as np
@@ -144,6 +146,48 @@ def test_folder_dataset(tmp_path):
     small = load_data(DataConfig(dataset="folder", data_dir=str(tmp_path / "imgs"),
                                  image_size=8))
     assert small.image_shape == (1, 8, 8)
+
+
+def _all_images(data):
+    return torch.cat([data.train.images, data.val.images, data.test.images])
+
+
+def test_folder_is_decoded_once_and_again_when_a_file_changes(tmp_path, caplog):
+    from vaelab.data import cache_dir
+
+    root = tmp_path / "imgs"
+    _png_folder(root, [12] * 5)
+    cfg = DataConfig(dataset="folder", data_dir=str(root), channels=3)
+    first = load_data(cfg)
+    kept = list((cache_dir() / "folders").glob("*.npy"))
+    assert len(kept) == 1
+    # same size and time stamp, unreadable content: only the decoded copy can be read now
+    victim = root / "cat" / "0.png"
+    st = victim.stat()
+    original = victim.read_bytes()
+    victim.write_bytes(b"\0" * st.st_size)
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert torch.equal(_all_images(load_data(cfg)), _all_images(first))
+    # a real change (new content, new time stamp) is decoded again
+    from PIL import Image
+
+    Image.fromarray(np.full((12, 12, 3), 7, np.uint8)).save(victim)
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    changed = _all_images(load_data(cfg))
+    assert not torch.equal(changed, _all_images(first))
+    assert (changed == 7).flatten(1).all(1).sum() == 1
+    # another setting, another copy; a damaged copy is decoded again, with a warning
+    load_data(DataConfig(dataset="folder", data_dir=str(root), channels=1))
+    kept = sorted((cache_dir() / "folders").glob("*.npy"), key=lambda p: p.stat().st_mtime)
+    assert len(kept) == 3
+    victim.write_bytes(original)
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    for p in kept:
+        p.write_bytes(p.read_bytes()[:100])
+    with caplog.at_level(logging.WARNING, logger="vaelab.data"):
+        again = load_data(cfg)
+    assert "decoding the images again" in caplog.text
+    assert torch.equal(_all_images(again), _all_images(first))
 
 
 @pytest.mark.parametrize("setup, match", [

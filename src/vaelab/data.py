@@ -15,6 +15,8 @@ Binarization (``DataConfig.binarize``):
 from __future__ import annotations
 
 import gzip
+import hashlib
+import io
 import logging
 import os
 import zlib
@@ -29,7 +31,7 @@ import torch
 
 from .config import ConfigError, DataConfig, Registry
 from .distributed import SINGLE, World, noise_shard, uniform
-from .fetch import DataError, RemoteFile, fetch_file, mirrors_from_env
+from .fetch import DataError, RemoteFile, atomic_write, fetch_file, mirrors_from_env
 
 log = logging.getLogger(__name__)
 
@@ -242,9 +244,11 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 @DATASETS.register("folder")
 def folder(cfg: DataConfig) -> RawData:
     """A directory of PNG/JPEG images. Images in sub-directories get the sub-directory's
-    name as class label (one level, sorted); a fixed 20% (seed 0) is the test set."""
-    from PIL import Image, UnidentifiedImageError
+    name as class label (one level, sorted); a fixed 20% (seed 0) is the test set.
 
+    Decoding is done once: the decoded images are kept in the user cache directory under a
+    key made of the files' paths, sizes and modification times and the ``image_size`` and
+    ``channels`` settings, so a changed, added or removed file decodes the folder anew."""
     if not cfg.data_dir:
         raise DataError("the folder data set needs --data-dir DIR (a directory of PNG/JPEG images)")
     root = Path(cfg.data_dir)
@@ -253,9 +257,59 @@ def folder(cfg: DataConfig) -> RawData:
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise DataError(f"no PNG or JPEG images found under {root}")
+    cache = cache_dir() / "folders" / f"{_folder_key(root, files, cfg)}.npy"
+    x = _read_decoded(cache)
+    if x is None:
+        x = _decode(root, files, cfg)
+        buf = io.BytesIO()
+        np.save(buf, x, allow_pickle=False)
+        atomic_write(cache, buf.getvalue())
+    parents = [p.parent.relative_to(root) for p in files]
+    labels, classes = None, None
+    if all(str(q) != "." for q in parents):
+        classes = tuple(sorted({q.parts[0] for q in parents}))
+        labels = np.array([classes.index(q.parts[0]) for q in parents], np.int64)
+    xtr, ytr, xte, yte = _holdout(x, labels, TEST_FRACTION, seed=0)
+    return RawData(f"folder:{root.name}", xtr, ytr, xte, yte, 255, classes)
+
+
+FOLDER_CACHE_FORMAT = 1
+
+
+def _folder_key(root: Path, files: list[Path], cfg: DataConfig) -> str:
+    h = hashlib.sha256(f"{FOLDER_CACHE_FORMAT} {root.resolve()} {cfg.image_size} "
+                       f"{cfg.channels}".encode())
+    for p in files:
+        st = p.stat()
+        h.update(f"\0{p.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:32]
+
+
+def _read_decoded(cache: Path) -> np.ndarray | None:
+    """The decoded images kept at ``cache``, or None (absent, or unreadable: then it is
+    decoded again and rewritten)."""
+    if not cache.is_file():
+        return None
+    try:
+        x = np.load(cache, allow_pickle=False)
+        if x.dtype != np.uint8 or x.ndim != 4:
+            raise ValueError(f"unexpected array {x.dtype} {x.shape}")
+        return x
+    except (OSError, ValueError, EOFError) as e:
+        log.warning("the decoded copy %s is unreadable (%s); decoding the images again",
+                    cache, e)
+        return None
+
+
+def _decode(root: Path, files: list[Path], cfg: DataConfig) -> np.ndarray:
+    """Every image as uint8 (N, C, H, W), converted and resized as ``cfg`` says."""
+    from PIL import Image, UnidentifiedImageError
+    from tqdm.auto import tqdm
+
     mode = "L" if cfg.channels == 1 else "RGB"
     arrays = []
-    for p in files:
+    for p in tqdm(files, desc=f"decoding {root.name}", unit="img", leave=False,
+                  disable=None if len(files) > 1000 else True):
         try:
             with Image.open(p) as im:
                 im = im.convert(mode)
@@ -268,14 +322,7 @@ def folder(cfg: DataConfig) -> RawData:
     if len(sizes) > 1:
         raise DataError(f"images under {root} have different sizes {sorted(sizes)[:4]}...; "
                         "pass --image-size N to resize them all to N x N")
-    x = np.stack(arrays).transpose(0, 3, 1, 2).copy()  # (N, C, H, W)
-    parents = [p.parent.relative_to(root) for p in files]
-    labels, classes = None, None
-    if all(str(q) != "." for q in parents):
-        classes = tuple(sorted({q.parts[0] for q in parents}))
-        labels = np.array([classes.index(q.parts[0]) for q in parents], np.int64)
-    xtr, ytr, xte, yte = _holdout(x, labels, TEST_FRACTION, seed=0)
-    return RawData(f"folder:{root.name}", xtr, ytr, xte, yte, 255, classes)
+    return np.stack(arrays).transpose(0, 3, 1, 2).copy()  # (N, C, H, W)
 
 
 # ---------------------------------------------------------------------------------------
