@@ -9,7 +9,7 @@ import torch
 from torch.distributions import Independent, Normal
 
 from vaelab.config import Config, ConfigError, ModelConfig, TrainConfig
-from vaelab.distributions import (DiscretizedLogisticMixture, discretized_logistic_log_prob,
+from vaelab.distributions import (CoupledLogisticMixture, discretized_logistic_log_prob,
                                   to_levels)
 from vaelab.model import VAE, seeded
 from vaelab.objectives import _analytic_kl, elbo, kl_divergence, log_weights
@@ -66,19 +66,72 @@ def test_every_combination_has_the_right_shapes_and_gradients(net, likelihood, p
 @pytest.mark.parametrize("levels", [2, 17, 256])
 def test_discretized_logistic_mixture_is_a_distribution_over_the_levels(levels):
     g = torch.Generator().manual_seed(0)
-    m, n = 3, 40
-    logits = torch.randn(m, n, generator=g)
+    m, n = 3, 40  # grey: a (1, 1, n) image of n pixels
+    logits = torch.randn(m, 1, n, generator=g)
     loc = torch.cat([torch.rand(m, n - 4, generator=g) * 1.4 - 0.2,
                      torch.tensor([[-30.0, 30.0, 0.5, 0.5]] * m)], 1)  # far tails and centre
     log_scale = torch.cat([torch.randn(m, n - 4, generator=g) * 2 - 3,
                            torch.tensor([[-2.0, -2.0, -12.0, 3.0]] * m)], 1)
-    d = DiscretizedLogisticMixture(logits, loc, log_scale, levels)
+    d = CoupledLogisticMixture(logits, loc.view(m, 1, 1, n), log_scale.view(m, 1, 1, n),
+                               torch.zeros(m, 0, 1, n), levels)
+    assert d.event_shape == (1, 1, n) and d.batch_shape == ()
     lv = torch.arange(levels, dtype=torch.float32) / (levels - 1)
-    lp = torch.stack([d.log_prob(v.expand(n)) for v in lv])  # (K, n)
-    torch.testing.assert_close(lp.exp().sum(0), torch.ones(n), atol=2e-4, rtol=0)
-    torch.testing.assert_close(d.mean, (lp.exp() * lv[:, None]).sum(0))
+    # per pixel: log_prob of an image whose pixels all sit at one level, minus the others
+    per_pixel = torch.stack([
+        torch.logsumexp(torch.log_softmax(d.logits, 0) + discretized_logistic_log_prob(
+            v.expand(1, 1, n), d.loc, d.log_scale, levels).sum(-3), 0)[0] for v in lv])
+    torch.testing.assert_close(per_pixel.exp().sum(0), torch.ones(n), atol=2e-4, rtol=0)
+    torch.testing.assert_close(d.log_prob(lv[1].expand(1, 1, n)), per_pixel[1].sum())
+    torch.testing.assert_close(d.mean.view(n), (per_pixel.exp() * lv[:, None]).sum(0))
     s = d.sample((7,))
-    assert s.shape == (7, n) and torch.equal(to_levels(s, levels) / (levels - 1), s)
+    assert s.shape == (7, 1, 1, n) and torch.equal(to_levels(s, levels) / (levels - 1), s)
+
+
+def _rgb_mixture(levels, pixels=2, m=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return CoupledLogisticMixture(torch.randn(m, 1, pixels, generator=g),
+                                  torch.rand(m, 3, 1, pixels, generator=g),
+                                  torch.randn(m, 3, 1, pixels, generator=g) - 1.5,
+                                  torch.randn(m, 3, 1, pixels, generator=g) * 2, levels)
+
+
+def test_coupled_rgb_mixture_sums_to_one_and_samples_its_probabilities():
+    """Over all levels^3 colours of a pixel the probabilities sum to one, the channels do
+    depend on each other, and sample frequencies match the probabilities."""
+    levels = 4
+    d = _rgb_mixture(levels, pixels=1)
+    lv = torch.arange(levels, dtype=torch.float32) / (levels - 1)
+    colours = torch.cartesian_prod(lv, lv, lv)  # (64, 3)
+    p = torch.stack([d.log_prob(c.view(3, 1, 1)) for c in colours]).exp()
+    torch.testing.assert_close(p.sum(), torch.tensor(1.0), atol=1e-5, rtol=0)
+    joint = p.view(levels, levels, levels)
+    independent = joint.sum((1, 2))[:, None, None] * joint.sum((0, 2))[None, :, None] \
+        * joint.sum((0, 1))[None, None, :]
+    assert (joint - independent).abs().max() > 1e-3  # coupled, not a product of marginals
+    with seeded(0):
+        s = d.sample((40_000,)).view(-1, 3)
+    idx = (s * (levels - 1)).round().long() @ torch.tensor([levels ** 2, levels, 1])
+    freq = torch.bincount(idx, minlength=levels ** 3).float() / len(idx)
+    assert (freq - p).abs().max() < 0.01
+    mean = (p[:, None] * colours).sum(0)  # the plug-in mean is exact for red
+    torch.testing.assert_close(d.mean.view(3)[0], mean[0], atol=1e-5, rtol=0)
+
+
+def test_dlogistic_likelihood_on_rgb_has_pixelcnn_parameters_and_old_grey_layout():
+    from vaelab.distributions import DiscretizedLogisticLikelihood
+
+    lik = DiscretizedLogisticLikelihood(ModelConfig(logistic_mixtures=5, likelihood="dlogistic"))
+    assert lik.out_channels(3) == 50 and lik.out_channels(1) == 15  # 10 M and 3 M
+    params = torch.randn(2, 4, 50, 6, 7, requires_grad=True)  # (k samples, batch, ...)
+    d = lik(params)
+    assert d.batch_shape == (2, 4) and d.event_shape == (3, 6, 7)
+    x = torch.round(torch.rand(4, 3, 6, 7) * 255) / 255
+    lp = d.log_prob(x)
+    assert lp.shape == (2, 4) and (lp < 0).all()
+    lp.sum().backward()
+    assert torch.isfinite(params.grad).all() and params.grad.abs().sum() > 0
+    grey = lik(torch.randn(4, 15, 6, 7))
+    assert grey.coeffs.shape[-3] == 0 and grey.loc.shape == (5, 4, 1, 6, 7)
 
 
 def test_discretized_logistic_matches_the_cdf_and_has_finite_gradients():

@@ -145,56 +145,123 @@ def discretized_logistic_log_prob(x: Tensor, loc: Tensor, log_scale: Tensor,
     return torch.where(k == 0, log_cdf_plus, torch.where(k == levels - 1, log_sf_minus, inner))
 
 
-class DiscretizedLogisticMixture(Distribution):
-    """Per pixel, a mixture of M discretized logistics over K levels k/(K-1): parameters
-    (M, ...) each; mixture weights from ``logits``. Elementwise over the pixels."""
+def dlogistic_mean(loc: Tensor, log_scale: Tensor, levels: int) -> Tensor:
+    """E[x] of a discretized logistic over K levels: sum_k (k/(K-1)) P(k), level by level."""
+    out = torch.zeros_like(loc)
+    for k in range(1, levels):
+        v = torch.full_like(out, k / (levels - 1))
+        out += v * discretized_logistic_log_prob(v, loc, log_scale, levels).exp()
+    return out
+
+
+class CoupledLogisticMixture(Distribution):
+    """PixelCNN++'s distribution of a C-channel pixel (Salimans et al. 2017): a mixture of
+    M components, each a product over the channels of discretized logistics whose means
+    depend linearly on the channels before them,
+
+        p(x) = sum_m pi_m prod_c DLogistic(x_c; a_mc + sum_{j<c} b_mcj x_j, s_mc),
+
+    with b = tanh(raw) in (-1, 1); for grey images the plain mixture. Parameters (M, ...):
+    ``logits`` (M, *B, H, W), ``loc`` and ``log_scale`` (M, *B, C, H, W), ``coeffs``
+    (M, *B, C(C-1)/2, H, W); event (C, H, W)."""
 
     arg_constraints: dict = {}
     support = constraints.unit_interval
     has_rsample = False
 
-    def __init__(self, logits: Tensor, loc: Tensor, log_scale: Tensor, levels: int):
-        self.logits, self.loc = logits, loc
+    def __init__(self, logits: Tensor, loc: Tensor, log_scale: Tensor, coeffs: Tensor,
+                 levels: int):
+        self.logits, self.loc, self.coeffs = logits, loc, torch.tanh(coeffs)
         self.log_scale, self.levels = log_scale.clamp_min(-7.0), levels
-        super().__init__(loc.shape[1:], validate_args=False)
+        super().__init__(loc.shape[1:-3], loc.shape[-3:], validate_args=False)
+
+    @staticmethod
+    def params_per_component(channels: int) -> int:
+        return 1 + 2 * channels + channels * (channels - 1) // 2
+
+    @classmethod
+    def from_params(cls, params: Tensor, mixtures: int, levels: int
+                    ) -> "CoupledLogisticMixture":
+        """Decoder output (..., M * params_per_component(C), H, W) -> the distribution."""
+        *lead, p, h, w = params.shape
+        per = p // mixtures
+        c = next(c for c in range(1, 5) if cls.params_per_component(c) == per)
+        cc = c * (c - 1) // 2
+        split = params.reshape(*lead, per, mixtures, h, w).movedim(-3, 0)  # (M, ..., per, H, W)
+        logits, loc, log_scale, coeffs = split.split([1, c, c, cc], dim=-3)
+        return cls(logits.squeeze(-3), loc, log_scale, coeffs, levels)
+
+    def _loc(self, x: Tensor) -> Tensor:
+        """Each channel's mean given the channels before it in x (..., C, H, W)."""
+        c = self.loc.shape[-3]
+        if c == 1:
+            return self.loc
+        locs, i = [self.loc[..., 0, :, :]], 0
+        for ch in range(1, c):
+            mu = self.loc[..., ch, :, :]
+            for j in range(ch):
+                mu = mu + self.coeffs[..., i, :, :] * x[..., j, :, :]
+                i += 1
+            locs.append(mu)
+        return torch.stack(locs, -3)
 
     def log_prob(self, value: Tensor) -> Tensor:
-        lp = discretized_logistic_log_prob(value.unsqueeze(0), self.loc, self.log_scale,
-                                           self.levels)  # (M, ...)
-        return torch.logsumexp(torch.log_softmax(self.logits, 0) + lp, 0)
+        lp = discretized_logistic_log_prob(value.unsqueeze(0), self._loc(value.unsqueeze(0)),
+                                           self.log_scale, self.levels).sum(-3)  # (M, ..., H, W)
+        return torch.logsumexp(torch.log_softmax(self.logits, 0) + lp, 0).sum((-2, -1))
 
     @property
     def mean(self) -> Tensor:
-        """E[x] = sum_k (k/(K-1)) P(k), accumulated level by level."""
-        out = torch.zeros_like(self.loc[0])
-        for k in range(1, self.levels):
-            v = torch.full_like(out, k / (self.levels - 1))
-            out += v * self.log_prob(v).exp()
-        return out
+        """Per component the channels' means, each with the channels before it at their
+        means (exact for grey images, a plug-in for colour), mixed by the weights."""
+        c = self.loc.shape[-3]
+        means: list[Tensor] = []
+        for ch in range(c):
+            known = torch.stack(means + [torch.zeros_like(self.loc[..., 0, :, :])] * (c - ch),
+                                -3)
+            loc = self._loc(known)[..., ch, :, :]
+            means.append(dlogistic_mean(loc, self.log_scale[..., ch, :, :], self.levels))
+        w = torch.softmax(self.logits, 0).unsqueeze(-3)
+        return (w * torch.stack(means, -3)).sum(0)
 
     @torch.no_grad()
     def sample(self, sample_shape=torch.Size()) -> Tensor:
-        shape = self._extended_shape(sample_shape)
-        m = Categorical(logits=self.logits.movedim(0, -1)).sample(sample_shape)  # (..)
-        pick = m.unsqueeze(0)
+        shape = self._extended_shape(sample_shape)  # (*S, *B, C, H, W)
+        pixel = shape[:-3] + shape[-2:]
+        m = Categorical(logits=self.logits.movedim(0, -1)).sample(sample_shape)  # (*S,*B,H,W)
 
-        def take(t: Tensor) -> Tensor:  # (M, *batch) -> the picked component, (*shape)
+        def take(t: Tensor) -> Tensor:  # (M, *B, K, H, W) -> the picked component (*S,*B,K,H,W)
             t = t.reshape(t.shape[0], *[1] * len(sample_shape), *t.shape[1:])
-            return t.expand(t.shape[0], *shape).gather(0, pick).squeeze(0)
+            t = t.expand(t.shape[0], *shape[:-3], *t.shape[-3:])
+            idx = m.unsqueeze(0).unsqueeze(-3).expand(1, *pixel[:-2], t.shape[-3], *pixel[-2:])
+            return t.gather(0, idx).squeeze(0)
 
-        u = torch.rand(shape, device=self.loc.device).clamp(1e-5, 1 - 1e-5)
-        y = take(self.loc) + take(self.log_scale).exp() * (torch.log(u) - torch.log1p(-u))
-        return to_levels(y.clamp(0, 1), self.levels) / (self.levels - 1)
+        loc, log_scale, coeffs = take(self.loc), take(self.log_scale), take(self.coeffs)
+        x = torch.zeros(shape, device=self.loc.device)
+        i = 0
+        for ch in range(shape[-3]):
+            mu = loc[..., ch, :, :]
+            for j in range(ch):
+                mu = mu + coeffs[..., i, :, :] * x[..., j, :, :]
+                i += 1
+            u = torch.rand(pixel, device=mu.device).clamp(1e-5, 1 - 1e-5)
+            y = mu + log_scale[..., ch, :, :].exp() * (torch.log(u) - torch.log1p(-u))
+            x[..., ch, :, :] = to_levels(y.clamp(0, 1), self.levels) / (self.levels - 1)
+        return x
 
 
 class Likelihood:
-    """Turns decoder output ``(..., params_per_channel * C, H, W)`` into p(x|z) with
+    """Turns decoder output ``(..., out_channels(C), H, W)`` into p(x|z) with
     event shape ``(C, H, W)``."""
 
     name: str = ""
     params_per_channel: int = 1
     discrete: bool = False  # a probability mass over the data (log_prob <= 0)
     binary: bool = False  # support {0, 1}
+
+    def out_channels(self, channels: int) -> int:
+        """Channels of decoder output that parameterize an image of ``channels``."""
+        return self.params_per_channel * channels
 
     def __call__(self, params: Tensor) -> Distribution:
         raise NotImplementedError
@@ -266,23 +333,21 @@ class DiscretizedGaussianLikelihood(GaussianLikelihood):
 
 @LIKELIHOODS.register("dlogistic")
 class DiscretizedLogisticLikelihood(Likelihood):
-    """Per pixel and channel a mixture of ``logistic_mixtures`` discretized logistics over
-    the data's grey levels (PixelCNN++'s output distribution, without its dependence
-    between channels): a probability of the 8-bit grey or RGB data."""
+    """Per pixel a mixture of ``logistic_mixtures`` discretized logistics over the data's
+    grey levels, the channels coupled as in PixelCNN++ (Salimans et al. 2017): a
+    probability of the 8-bit grey or RGB data."""
 
     name, discrete = "dlogistic", True
 
     def __init__(self, cfg: ModelConfig | None = None):
         self.mixtures = cfg.logistic_mixtures if cfg is not None else 5
         self.levels = cfg.levels if cfg is not None and cfg.levels else 256
-        self.params_per_channel = 3 * self.mixtures
+
+    def out_channels(self, channels: int) -> int:
+        return self.mixtures * CoupledLogisticMixture.params_per_component(channels)
 
     def __call__(self, params: Tensor) -> Distribution:
-        # (..., 3*M*C, H, W) -> three (M, ..., C, H, W)
-        *lead, _, h, w = params.shape
-        p = params.reshape(*lead, 3, self.mixtures, -1, h, w).movedim(-5, 0).movedim(-4, 1)
-        return Independent(DiscretizedLogisticMixture(p[0], p[1], p[2], self.levels), 3,
-                           validate_args=False)
+        return CoupledLogisticMixture.from_params(params, self.mixtures, self.levels)
 
 
 PRIORS: Registry[Callable[[ModelConfig, tuple[int, int, int]], nn.Module]] = Registry("prior")

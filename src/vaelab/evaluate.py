@@ -37,7 +37,8 @@ def default_budget(device: torch.device) -> int:
 
 def _chunk(model: VAE, k: int, batch: int, budget: int) -> int:
     """Samples per chunk so that (chunk, batch, widest layer) floats stay within budget."""
-    widest = max([math.prod(model.image_shape) * model.likelihood.params_per_channel,
+    c, h, w = model.image_shape
+    widest = max([model.likelihood.out_channels(c) * h * w,
                   getattr(model.prior, "floats_per_code", 0)] +  # a mixture prior's (K, L)
                  [m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)])
     return max(1, min(k, budget // (batch * widest)))

@@ -86,16 +86,16 @@ class HierarchicalVAE(VAE):
         likelihood = LIKELIHOODS.get(cfg.likelihood)(cfg)
         c, h, w = image_shape
         T, L, W, act = cfg.layers, cfg.latent_dim, cfg.hidden[-1], cfg.activation
-        P = likelihood.params_per_channel
+        out = likelihood.out_channels(c)
         if cfg.net == "conv":
-            trunk, head = ConvEncoder(cfg, image_shape), ConvDecoder(cfg, image_shape, P * c)
+            trunk, head = ConvEncoder(cfg, image_shape), ConvDecoder(cfg, image_shape, out)
             first = nn.Sequential(trunk, nn.Linear(trunk.features, W), ACTIVATIONS.get(act)())
             decoder = nn.Sequential(nn.Linear(W, head.features), head)
         else:
             first = nn.Sequential(nn.Flatten(-3), MLP(c * h * w, cfg.hidden[:-1] or (W,), W, act),
                                   ACTIVATIONS.get(act)())
-            decoder = nn.Sequential(MLP(W, tuple(reversed(cfg.hidden)), P * c * h * w, act),
-                                    nn.Unflatten(-1, (P * c, h, w)))
+            decoder = nn.Sequential(MLP(W, tuple(reversed(cfg.hidden)), out * h * w, act),
+                                    nn.Unflatten(-1, (out, h, w)))
         up = nn.ModuleList([first] + [Cell(W, W, act) for _ in range(T - 1)])  # bottom first
         super().__init__(up, decoder, likelihood, _Prior(cfg, image_shape), T * L, image_shape,
                          cfg.min_scale)

@@ -56,7 +56,7 @@ class VAE(nn.Module):
         classes = cfg.classes if cfg.conditional else 0
         likelihood = LIKELIHOODS.get(cfg.likelihood)(cfg)
         encoder, decoder = NETS.get(cfg.net)(cfg, tuple(image_shape), 2 * cfg.latent_dim,
-                                             likelihood.params_per_channel * image_shape[0],
+                                             likelihood.out_channels(image_shape[0]),
                                              classes)
         return cls(encoder, decoder, likelihood, PRIORS.get(cfg.prior)(cfg, tuple(image_shape)),
                    cfg.latent_dim, image_shape, cfg.min_scale, classes)
