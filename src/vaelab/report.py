@@ -87,10 +87,12 @@ def make_figures(run_dir: str | Path, out_dir: str | Path, device: str = "auto",
     split = data.test if len(data.test) else data.val
     s.figures.update(sample_figures(model, data, out_dir, seed=seed))
     x = data_examples(data, 2 * pairs, seed=seed).to(dev)
+    pairs = min(pairs, len(x) // 2)  # a small test set has fewer
+    x = x[:2 * pairs] if pairs else x
     y = split.labels[:1] if model.classes else None  # a conditional model's base label
     if model.classes:
         x = split.batch(slice(0, 1))
-    else:  # (between images of two classes a conditional model has no single path)
+    elif pairs:  # (between images of two classes a conditional model has no single path)
         ends = x[:pairs, None], x[pairs:, None]  # the images themselves at both row ends
         s.figures["interpolations"] = interpolation_figure(
             torch.cat([ends[0], interpolate(model, x[:pairs], x[pairs:], steps), ends[1]], 1),
