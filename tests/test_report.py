@@ -95,11 +95,28 @@ def test_slerp_ends_at_its_endpoints_and_keeps_the_norm():
     torch.testing.assert_close(path.norm(dim=-1), a.norm(dim=-1).expand(7, 5))
 
 
-def test_prior_quantiles_are_normal_quantiles():
-    q = prior_quantiles(11)
-    p = torch.distributions.Normal(0.0, 1.0).cdf(q)
+def test_prior_quantiles_are_the_priors_marginal_quantiles():
+    from vaelab.config import ModelConfig
+    from vaelab.model import VAE
+
+    normal = VAE.from_config(ModelConfig(latent_dim=3, likelihood="bernoulli"), (1, 8, 8))
+    q = prior_quantiles(normal, 11)
+    assert q.shape == (11, 3)
+    p = torch.distributions.Normal(0.0, 1.0).cdf(q[:, 1])
     torch.testing.assert_close(p, torch.linspace(0.05, 0.95, 11))
     torch.testing.assert_close(q, -q.flip(0))
+    torch.manual_seed(0)  # a mixture: its own marginal, not N(0, 1)
+    mog = VAE.from_config(ModelConfig(latent_dim=3, likelihood="bernoulli", prior="mog",
+                                      prior_components=4), (1, 8, 8))
+    with torch.no_grad():
+        mog.prior.loc.mul_(0).add_(5.0)  # every component centred at 5
+    q = prior_quantiles(mog, 11)
+    with torch.no_grad():
+        z = mog.prior().sample((200_000,))
+    frac = (z[:, None, :] <= q[None]).float().mean(0)  # (11, 3): the marginal CDF at q
+    torch.testing.assert_close(frac, torch.linspace(0.05, 0.95, 11)[:, None].expand(11, 3),
+                               atol=0.01, rtol=0)
+    assert (q[5] - 5).abs().max() < 0.1
 
 
 def test_interpolations_and_traversals_decode_the_right_codes(runs):
@@ -111,7 +128,7 @@ def test_interpolations_and_traversals_decode_the_right_codes(runs):
     torch.testing.assert_close(path[:, -1], ends[1:])
     rows = traverse(model, x[:1], [3, 0], steps=4)  # (2, 4, 1, 8, 8)
     z = model.encode(x[:1]).mean.repeat(4, 1)
-    z[:, 3] = prior_quantiles(4)
+    z[:, 3] = prior_quantiles(model, 4)[:, 3]
     torch.testing.assert_close(rows[0], model.decode(z).mean)
 
 

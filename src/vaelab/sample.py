@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from .distributions import StandardNormalPrior
 from .model import VAE, seeded
 
 Tensor = torch.Tensor
@@ -60,25 +61,33 @@ def prior_interpolate(model: VAE, pairs: int = 5, steps: int = 10, seed: int | N
     return model.decode(slerp(z[0], z[1], t)).mean.transpose(0, 1)
 
 
-def prior_quantiles(n: int, tail: float = 0.05, device: torch.device | str = "cpu") -> Tensor:
-    """n values of z with equally spaced N(0, 1) probabilities from ``tail`` to 1 - ``tail``
-    (Kingma & Welling 2014, fig. 4: a grid on the unit square through the inverse CDF)."""
-    p = torch.linspace(tail, 1 - tail, n, device=device)
-    return torch.distributions.Normal(0.0, 1.0).icdf(p)
+@torch.no_grad()
+def prior_quantiles(model: VAE, n: int, tail: float = 0.05, samples: int = 20_000,
+                    seed: int = 0) -> Tensor:
+    """(n, L): for every latent dimension, n values with equally spaced probabilities from
+    ``tail`` to 1 - ``tail`` under the prior's marginal of that dimension (Kingma & Welling
+    2014, fig. 4: a grid on the unit square through the inverse CDF). Exact for N(0, I);
+    for a learned or hierarchical prior, quantiles of ``samples`` seeded draws of p(z)."""
+    p = torch.linspace(tail, 1 - tail, n, device=model.device)
+    if isinstance(model.prior, StandardNormalPrior):
+        return torch.distributions.Normal(0.0, 1.0).icdf(p)[:, None].expand(n, model.latent_dim)
+    with seeded(seed, model.device):
+        z = model.prior().sample((samples,)).reshape(samples, -1)  # (S, L)
+    return torch.quantile(z, p, dim=0)
 
 
 @torch.no_grad()
 def traverse(model: VAE, x: Tensor, dims: list[int], steps: int = 11,
              y: Tensor | None = None) -> Tensor:
     """Latent traversals: start at the posterior mean of one image x (1, C, H, W) (with
-    label y (1,) for a conditional model), move one coordinate over the prior's quantiles,
-    decode the means: (len(dims), steps, C, H, W)."""
+    label y (1,) for a conditional model), move one coordinate over the prior's quantiles
+    of that coordinate, decode the means: (len(dims), steps, C, H, W)."""
     model.eval()
     z0 = model.encode(x, y).mean[0]  # (L,)
-    values = prior_quantiles(steps, device=z0.device)
+    values = prior_quantiles(model, steps)  # (S, L)
     z = z0.repeat(len(dims), steps, 1)  # (R, S, L)
     for r, d in enumerate(dims):
-        z[r, :, d] = values
+        z[r, :, d] = values[:, d]
     return model.decode(z, None if y is None else y.expand(steps)).mean
 
 
@@ -89,8 +98,8 @@ def manifold(model: VAE, n: int = 20) -> Tensor:
     if model.latent_dim != 2:
         raise ValueError(f"the manifold needs a 2-D latent, this model has {model.latent_dim}")
     model.eval()
-    q = prior_quantiles(n, device=model.device)
-    z = torch.stack(torch.meshgrid(q.flip(0), q, indexing="ij"), -1)[..., [1, 0]]  # (n, n, 2)
+    q = prior_quantiles(model, n)  # (n, 2)
+    z = torch.stack(torch.meshgrid(q[:, 1].flip(0), q[:, 0], indexing="ij"), -1)[..., [1, 0]]
     return model.decode(z).mean
 
 
