@@ -181,7 +181,7 @@ def test_conditional_run_samples_one_row_per_class(tmp_path):
     assert main(["-q", "train", "--conditional", "--epochs", "2", "--hidden", "64",
                  "--out", str(out), "--no-progress"]) == 0
     assert "classes = 10" in (out / "config.toml").read_text()
-    from vaelab.train import load_run
+    from vaelab.rundir import load_run
 
     model, _ = load_run(out)
     z = torch.zeros(10, model.latent_dim)

@@ -13,7 +13,8 @@ from vaelab.distributions import (CoupledLogisticMixture, discretized_logistic_l
                                   to_levels)
 from vaelab.model import VAE, seeded
 from vaelab.objectives import _analytic_kl, elbo, kl_divergence, log_weights
-from vaelab.train import load_run, train
+from vaelab.rundir import load_run
+from vaelab.train import train
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 7, 9)]  # digits, MNIST-likes, odd-sized RGB
 COMBOS = [(net, lik, prior, cond)

@@ -11,7 +11,7 @@ import torch
 from vaelab.cli import main
 from vaelab.report import FIGURES
 from vaelab.sample import interpolate, prior_quantiles, slerp, traverse
-from vaelab.train import RunError, load_run, read_results, write_result
+from vaelab.rundir import RunError, load_run, read_results, write_result
 
 
 def _train(out, *flags):

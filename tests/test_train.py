@@ -6,7 +6,8 @@ import torch
 from vaelab.config import Config
 from vaelab.data import load_data
 from vaelab.evaluate import evaluate
-from vaelab.train import GreyBernoulliWarning, RunError, load_run, read_metrics, train
+from vaelab.rundir import RunError, load_run, read_metrics
+from vaelab.train import GreyBernoulliWarning, train
 
 
 def small(**kw) -> Config:

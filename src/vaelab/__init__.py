@@ -16,7 +16,8 @@ from .model import VAE
 from .objectives import elbo, iwae_bound, kl_divergence
 from .report import write_comparison, write_report
 from .sample import imagine, reconstruct
-from .train import RunError, load_run, train
+from .rundir import RunError, load_run
+from .train import train
 
 __version__ = "0.1.0"
 

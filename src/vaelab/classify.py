@@ -368,7 +368,8 @@ def classify_run(run_dir: str | Path, *, epochs: int | None = None, min_steps: i
 
     from .data import load_data
     from .plots import efficiency_figure, features_figure
-    from .train import load_run, read_metrics, resolve_device, write_result
+    from .rundir import load_run, read_metrics, write_result
+    from .train import resolve_device
 
     run_dir = Path(run_dir)
     dev = resolve_device(device)

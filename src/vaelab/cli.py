@@ -222,7 +222,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _load(args: argparse.Namespace):
     from .data import load_data
-    from .train import load_run, resolve_device
+    from .rundir import load_run
+    from .train import resolve_device
 
     _, device = join(resolve_device(args.device))  # under torchrun: this rank's device
     model, cfg = load_run(args.run, args.which, device)
@@ -244,7 +245,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
-    from .train import write_result
+    from .rundir import write_result
 
     model, cfg, data = _load(args)
     if args.k < 0:
@@ -335,7 +336,7 @@ def cmd_baselines(args: argparse.Namespace) -> int:
         args.components, args.em_iterations, args.ppca_dim, cfg.train.seed),
         progress=not args.json)
     if args.run:
-        from .train import write_result
+        from .rundir import write_result
 
         write_result(args.run, "baselines", args.split, rows)
     if args.json:
@@ -478,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"[rank {world.rank}] %(message)s")
     logging.captureWarnings(True)
     from .fetch import DataError
-    from .train import RunError
+    from .rundir import RunError
 
     try:
         return COMMANDS[args.command](args)

@@ -23,7 +23,8 @@ from .evaluate import ACTIVE_THRESHOLD, latent_diagnostics
 from .plots import (data_examples, interpolation_figure, latent_figure, manifold_figure,
                     sample_figures, training_curves, traversal_figure)
 from .sample import interpolate, latent_means, manifold, prior_interpolate, traverse
-from .train import best_epoch, load_run, read_metrics, read_results, resolve_device
+from .rundir import load_run, read_metrics, read_results
+from .train import best_epoch, resolve_device
 
 log = logging.getLogger(__name__)
 
