@@ -13,7 +13,8 @@ from vaelab.baselines import (
     run_baselines,
 )
 from vaelab.config import DataConfig
-from vaelab.data import load_data, read_idx
+from vaelab.data import load_data
+from vaelab.datasets import read_idx
 from vaelab.distributions import discretized_normal_log_prob
 
 

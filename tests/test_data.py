@@ -8,14 +8,8 @@ import pytest
 import torch
 
 from vaelab.config import DataConfig
-from vaelab.data import (
-    FASHION_MNIST,
-    MNIST,
-    load_data,
-    parse_idx,
-    read_idx,
-    read_idx_pair,
-)
+from vaelab.data import load_data
+from vaelab.datasets import FASHION_MNIST, MNIST, parse_idx, read_idx, read_idx_pair
 from vaelab.fetch import DataError
 
 
@@ -153,7 +147,7 @@ def _all_images(data):
 
 
 def test_folder_is_decoded_once_and_again_when_a_file_changes(tmp_path, caplog):
-    from vaelab.data import cache_dir
+    from vaelab.datasets import cache_dir
 
     root = tmp_path / "imgs"
     _png_folder(root, [12] * 5)
@@ -184,7 +178,7 @@ def test_folder_is_decoded_once_and_again_when_a_file_changes(tmp_path, caplog):
     os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
     for p in kept:
         p.write_bytes(p.read_bytes()[:100])
-    with caplog.at_level(logging.WARNING, logger="vaelab.data"):
+    with caplog.at_level(logging.WARNING, logger="vaelab.datasets"):
         again = load_data(cfg)
     assert "decoding the images again" in caplog.text
     assert torch.equal(_all_images(again), _all_images(first))

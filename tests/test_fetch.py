@@ -3,7 +3,7 @@ import gzip
 
 import pytest
 
-from vaelab.data import MNIST, read_idx
+from vaelab.datasets import MNIST, read_idx
 from vaelab.fetch import DataError, fetch_file
 
 NAME = "t10k-labels-idx1-ubyte.gz"

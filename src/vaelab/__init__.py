@@ -9,7 +9,8 @@
 """
 from .classify import bayes_posterior, class_log_likelihoods, classify_run
 from .config import Config, ConfigError, DataConfig, ModelConfig, TrainConfig
-from .data import DATASETS, Data, Split, load_data, read_idx
+from .data import Data, Split, load_data
+from .datasets import DATASETS, read_idx
 from .evaluate import evaluate
 from .fetch import DataError
 from .model import VAE

@@ -17,7 +17,7 @@ log = logging.getLogger("vaelab")
 
 
 def _registries() -> dict[str, list[str]]:
-    from .data import DATASETS
+    from .datasets import DATASETS
     from .distributions import LIKELIHOODS, PRIORS
     from .nets import ACTIVATIONS, NETS
 
@@ -448,7 +448,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    from .data import DATASETS, IdxDataset
+    from .datasets import DATASETS, IdxDataset
 
     for name in DATASETS.names():
         ds = DATASETS.get(name)

@@ -1,0 +1,312 @@
+"""The data sets as they are on disk: IDX files, MNIST and Fashion-MNIST (found or
+downloaded and verified), scikit-learn's digits, and folders of images (decoded once and
+kept). Each is a registered factory ``DataConfig -> RawData``: uint8 images
+``(N, C, H, W)`` and labels, a training and a test part; :mod:`vaelab.data` splits,
+binarizes and places them."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import logging
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .config import DataConfig, Registry
+from .fetch import DataError, RemoteFile, atomic_write, fetch_file, mirrors_from_env
+
+log = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------------------------------
+# IDX format (LeCun et al.): 2 zero bytes, a type code, the number of dimensions, then one
+# big-endian uint32 per dimension, then the data in C order.
+# ---------------------------------------------------------------------------------------
+IDX_TYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
+             0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+
+def read_idx_bytes(path: str | Path) -> bytes:
+    """The decompressed bytes of an IDX file (``.gz`` or raw)."""
+    path = Path(path)
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            return gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:
+            raise DataError(f"{path} is a corrupt or truncated gzip file ({e}); "
+                            "delete it and download it again") from None
+    return raw
+
+
+def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
+    """Parse IDX bytes, checking the magic number, the dimensions and the length."""
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in IDX_TYPES:
+        raise DataError(f"{source} is not an IDX file (bad magic number {data[:4].hex()}); "
+                        "expected 0x0000 followed by a type code and the number of dimensions")
+    dtype, ndim = IDX_TYPES[data[2]], data[3]
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(data) < header:
+        raise DataError(f"{source}: truncated IDX header ({len(data)} bytes)")
+    dims = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
+    expected = header + int(np.prod(dims)) * dtype.itemsize
+    if len(data) != expected:
+        what = "truncated" if len(data) < expected else "has trailing bytes"
+        raise DataError(f"{source} is {what}: dimensions {dims} need {expected} bytes, the file "
+                        f"holds {len(data)}; delete it and download it again")
+    return np.frombuffer(data, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    return parse_idx(read_idx_bytes(path), str(path))
+
+
+def read_idx_pair(images: Path, labels: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``(N, 1, H, W)`` uint8 and labels ``(N,)`` int64, checked against each other."""
+    x, y = read_idx(images), read_idx(labels)
+    if x.ndim != 3 or x.dtype != np.uint8:
+        raise DataError(f"{images}: expected a 3-d uint8 image array, got {x.dtype} {x.shape}")
+    if y.ndim != 1:
+        raise DataError(f"{labels}: expected a 1-d label array, got shape {y.shape}")
+    if len(x) != len(y):
+        raise DataError(f"{images} holds {len(x)} images but {labels} holds {len(y)} labels; "
+                        "the two files do not belong together")
+    return x[:, None], y.astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------
+# Data sets
+# ---------------------------------------------------------------------------------------
+@dataclass
+class RawData:
+    """A data set as loaded from disk: uint8 images ``(N, C, H, W)`` with values in
+    ``[0, max_value]``, integer labels (or None), before splitting and binarization."""
+
+    name: str
+    train_images: np.ndarray
+    train_labels: np.ndarray | None
+    test_images: np.ndarray
+    test_labels: np.ndarray | None
+    max_value: int = 255
+    classes: tuple[str, ...] | None = None
+    default_val_size: int | None = None
+    default_binarize: str = "none"
+
+
+@dataclass(frozen=True)
+class IdxDataset:
+    """An MNIST-like data set distributed as four IDX files."""
+
+    name: str
+    files: dict[str, RemoteFile]  # train_images, train_labels, test_images, test_labels
+    mirrors: tuple[str, ...]
+    classes: tuple[str, ...]
+    system_dirs: tuple[str, ...] = ()
+
+    def search_dirs(self, data_dir: str | None) -> list[Path]:
+        """Where the files are looked for, in order."""
+        roots = [Path(data_dir)] if data_dir else []
+        if os.environ.get("VAELAB_DATA"):
+            roots.append(Path(os.environ["VAELAB_DATA"]))
+        roots.append(cache_dir())
+        dirs = [d for r in roots for d in (r / self.name, r)]
+        return dirs + [Path(d) for d in self.system_dirs]
+
+    def download_dir(self, data_dir: str | None) -> Path:
+        root = data_dir or os.environ.get("VAELAB_DATA") or cache_dir()
+        return Path(root) / self.name
+
+    def locate(self, data_dir: str | None) -> dict[str, Path] | None:
+        for d in self.search_dirs(data_dir):
+            found = {k: _find(d, f.name) for k, f in self.files.items()}
+            if all(found.values()):
+                return found  # type: ignore[return-value]
+        return None
+
+    def fetch(self, data_dir: str | None, download: bool = True,
+              mirrors: tuple[str, ...] | None = None) -> dict[str, Path]:
+        found = self.locate(data_dir)
+        if found:
+            return found
+        names = ", ".join(f.name for f in self.files.values())
+        where = "\n  ".join(str(d) for d in self.search_dirs(data_dir))
+        if not download:
+            raise DataError(f"{self.name} not found. Put the files {names} in one of:\n  {where}")
+        dest = self.download_dir(data_dir)
+        mirrors = mirrors if mirrors is not None else mirrors_from_env() + self.mirrors
+        try:
+            return {k: fetch_file(f, dest, mirrors) for k, f in self.files.items()}
+        except DataError as e:
+            raise DataError(f"{e}\nIf this machine is offline, copy the files {names} into one "
+                            f"of:\n  {where}\nor pass --data-dir DIR.") from None
+
+    def __call__(self, cfg: DataConfig) -> RawData:
+        paths = self.fetch(cfg.data_dir, cfg.download)
+        xtr, ytr = read_idx_pair(paths["train_images"], paths["train_labels"])
+        xte, yte = read_idx_pair(paths["test_images"], paths["test_labels"])
+        return RawData(self.name, xtr, ytr, xte, yte, 255, self.classes, default_val_size=10_000,
+                       default_binarize="dynamic")
+
+
+def _find(directory: Path, gz_name: str) -> Path | None:
+    for name in (gz_name, gz_name.removesuffix(".gz")):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def cache_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("vaelab"))
+
+
+DATASETS: Registry[Callable[[DataConfig], RawData]] = Registry("data set")
+
+MNIST = DATASETS.register("mnist")(IdxDataset(
+    "mnist",
+    {"train_images": RemoteFile("train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+     "train_labels": RemoteFile("train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432"),
+     "test_images": RemoteFile("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3",
+                               "2646ac647ad5339dbf082846283269ea"),
+     "test_labels": RemoteFile("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c",
+                               "27ae3e4e09519cfbb04c329615203637")},
+    mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/",
+             "https://storage.googleapis.com/cvdf-datasets/mnist/",
+             "http://yann.lecun.com/exdb/mnist/"),
+    classes=tuple(str(i) for i in range(10)),
+))
+
+FASHION_MNIST = DATASETS.register("fashion-mnist")(IdxDataset(
+    "fashion-mnist",
+    {"train_images": RemoteFile("train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                                "f4a8712d7a061bf5bd6d2ca38dc4d50a"),
+     "train_labels": RemoteFile("train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe",
+                                "9018921c3c673c538a1fc5bad174d6f9"),
+     "test_images": RemoteFile("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79",
+                               "8181f5470baa50b63fa0f6fddb340f0a"),
+     "test_labels": RemoteFile("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310",
+                               "15d484375f8d13e6eb1aabb0c3f46965")},
+    mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+             "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/"),
+    classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+             "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    system_dirs=("/usr/share/datasets/fashion-mnist",),
+))
+
+TEST_FRACTION = 0.2  # held-out test share for data sets without an official test split
+
+
+def _holdout(x: np.ndarray, y: np.ndarray | None, fraction: float, seed: int):
+    perm = np.random.default_rng(seed).permutation(len(x))
+    n_test = int(round(fraction * len(x)))
+    test, train = perm[:n_test], perm[n_test:]
+
+    def pick(a, i):
+        return None if a is None else a[i]
+
+    return x[train], pick(y, train), x[test], pick(y, test)
+
+
+@DATASETS.register("digits")
+def digits(cfg: DataConfig) -> RawData:
+    """scikit-learn's 1,797 handwritten 8x8 digits (17 grey levels, 0..16); fully offline.
+    A fixed 20% (seed 0) is the test set."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = d.images.astype(np.uint8)[:, None]  # (1797, 1, 8, 8) in 0..16
+    xtr, ytr, xte, yte = _holdout(x, d.target.astype(np.int64), TEST_FRACTION, seed=0)
+    return RawData("digits", xtr, ytr, xte, yte, max_value=16,
+                   classes=tuple(str(i) for i in range(10)))
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+
+
+@DATASETS.register("folder")
+def folder(cfg: DataConfig) -> RawData:
+    """A directory of PNG/JPEG images. Images in sub-directories get the sub-directory's
+    name as class label (one level, sorted); a fixed 20% (seed 0) is the test set.
+
+    Decoding is done once: the decoded images are kept in the user cache directory under a
+    key made of the files' paths, sizes and modification times and the ``image_size`` and
+    ``channels`` settings, so a changed, added or removed file decodes the folder anew."""
+    if not cfg.data_dir:
+        raise DataError("the folder data set needs --data-dir DIR (a directory of PNG/JPEG images)")
+    root = Path(cfg.data_dir)
+    if not root.is_dir():
+        raise DataError(f"--data-dir {root} is not a directory")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"no PNG or JPEG images found under {root}")
+    cache = cache_dir() / "folders" / f"{_folder_key(root, files, cfg)}.npy"
+    x = _read_decoded(cache)
+    if x is None:
+        x = _decode(root, files, cfg)
+        buf = io.BytesIO()
+        np.save(buf, x, allow_pickle=False)
+        atomic_write(cache, buf.getvalue())
+    parents = [p.parent.relative_to(root) for p in files]
+    labels, classes = None, None
+    if all(str(q) != "." for q in parents):
+        classes = tuple(sorted({q.parts[0] for q in parents}))
+        labels = np.array([classes.index(q.parts[0]) for q in parents], np.int64)
+    xtr, ytr, xte, yte = _holdout(x, labels, TEST_FRACTION, seed=0)
+    return RawData(f"folder:{root.name}", xtr, ytr, xte, yte, 255, classes)
+
+
+FOLDER_CACHE_FORMAT = 1
+
+
+def _folder_key(root: Path, files: list[Path], cfg: DataConfig) -> str:
+    h = hashlib.sha256(f"{FOLDER_CACHE_FORMAT} {root.resolve()} {cfg.image_size} "
+                       f"{cfg.channels}".encode())
+    for p in files:
+        st = p.stat()
+        h.update(f"\0{p.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:32]
+
+
+def _read_decoded(cache: Path) -> np.ndarray | None:
+    """The decoded images kept at ``cache``, or None (absent, or unreadable: then it is
+    decoded again and rewritten)."""
+    if not cache.is_file():
+        return None
+    try:
+        x = np.load(cache, allow_pickle=False)
+        if x.dtype != np.uint8 or x.ndim != 4:
+            raise ValueError(f"unexpected array {x.dtype} {x.shape}")
+        return x
+    except (OSError, ValueError, EOFError) as e:
+        log.warning("the decoded copy %s is unreadable (%s); decoding the images again",
+                    cache, e)
+        return None
+
+
+def _decode(root: Path, files: list[Path], cfg: DataConfig) -> np.ndarray:
+    """Every image as uint8 (N, C, H, W), converted and resized as ``cfg`` says."""
+    from PIL import Image, UnidentifiedImageError
+    from tqdm.auto import tqdm
+
+    mode = "L" if cfg.channels == 1 else "RGB"
+    arrays = []
+    for p in tqdm(files, desc=f"decoding {root.name}", unit="img", leave=False,
+                  disable=None if len(files) > 1000 else True):
+        try:
+            with Image.open(p) as im:
+                im = im.convert(mode)
+                if cfg.image_size:
+                    im = im.resize((cfg.image_size, cfg.image_size), Image.Resampling.LANCZOS)
+                arrays.append(np.asarray(im, np.uint8).reshape(im.height, im.width, cfg.channels))
+        except (UnidentifiedImageError, OSError) as e:
+            raise DataError(f"cannot read image {p}: {e}; remove or repair it") from None
+    sizes = {a.shape[:2] for a in arrays}
+    if len(sizes) > 1:
+        raise DataError(f"images under {root} have different sizes {sorted(sizes)[:4]}...; "
+                        "pass --image-size N to resize them all to N x N")
+    return np.stack(arrays).transpose(0, 3, 1, 2).copy()  # (N, C, H, W)
