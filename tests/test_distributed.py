@@ -46,7 +46,7 @@ def _assert_same(a, b):
 
 def test_two_processes_train_as_one(tmp_path):
     """torchrun with 2 gloo processes = 1 process with the same global batch and seed;
-    rank 0 alone writes; a resumed 2-process run lands on the same parameters."""
+    rank 0 alone writes; a run resumed by 2 processes lands on the same parameters."""
     _run([sys.executable, "-m", "vaelab", "train", *ARGS, "--epochs", "3", "--out", "one"],
          tmp_path)
     r = _torchrun(["train", *ARGS, "--epochs", "3", "--out", "two"], tmp_path)
@@ -60,7 +60,9 @@ def test_two_processes_train_as_one(tmp_path):
     assert m2["val_elbo"] == pytest.approx(m1["val_elbo"], abs=1e-3)  # summed over ranks
     assert m2["train_elbo"] == pytest.approx(m1["train_elbo"], abs=1e-3)
 
-    _torchrun(["train", *ARGS, "--epochs", "2", "--out", "resumed"], tmp_path)
+    # started by one process, resumed by two: the global batch, so the run, is the same
+    _run([sys.executable, "-m", "vaelab", "train", *ARGS, "--epochs", "2", "--out", "resumed"],
+         tmp_path)
     _torchrun(["train", "--resume", "resumed", "--epochs", "3", "--no-progress"], tmp_path)
     _assert_same(one, _weights(tmp_path / "resumed"))
 
