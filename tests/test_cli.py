@@ -66,6 +66,8 @@ def test_resume_extends_a_run(run_dir, tmp_path):
     (["train", "--config", "missing.toml"], "config file missing.toml does not exist"),
     (["evaluate", "nowhere"], "nowhere is not a vaelab run directory"),
     (["train", "--dataset", "folder", "--data-dir", "nowhere"], "nowhere is not a directory"),
+    (["train", "--time-limit", "0"], "--time-limit must be > 0 minutes"),
+    (["train", "--compile", "always"], "invalid choice: 'always' (choose from 'auto', 'no'"),
 ])
 def test_errors_are_clear(args, message, tmp_path):
     p = vaelab(*args, cwd=tmp_path)

@@ -61,6 +61,24 @@ def test_resume_continues_exactly(tmp_path):
         assert [m[k] for m in ma] == [m[k] for m in mb]
 
 
+def test_time_limit_stops_after_a_whole_epoch_and_resume_goes_on(tmp_path):
+    """A limit shorter than one epoch: the first epoch is finished and saved, the run
+    stops, and resuming it without a limit reaches the run of 2 uninterrupted epochs."""
+    r = train(small(epochs=2, binarize="dynamic"), tmp_path / "cut", progress=False,
+              time_limit=1e-3)
+    assert r.stopped and [m["epoch"] for m in r.history] == [1]
+    assert len(read_metrics(tmp_path / "cut")) == 1
+    cfg = Config.load(tmp_path / "cut" / "config.toml")
+    assert not train(cfg, tmp_path / "cut", resume=True, progress=False).stopped
+    train(small(epochs=2, binarize="dynamic"), tmp_path / "full", progress=False)
+    a, _ = load_run(tmp_path / "full", "last")
+    b, _ = load_run(tmp_path / "cut", "last")
+    for (n, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(p, q), n
+    generous = train(small(epochs=2), tmp_path / "long", progress=False, time_limit=3600)
+    assert not generous.stopped and len(generous.history) == 2
+
+
 def test_init_starts_from_another_runs_weights(tmp_path):
     """Fine-tuning: epoch 0 of the new run is the old run's best model, and a model with
     other settings is refused with the reason."""

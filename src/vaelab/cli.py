@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its checkpoint "
                    "(only --epochs and --device may be changed)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--time-limit", type=float, metavar="MINUTES",
+                   help="stop after the last epoch that ends within this many minutes (for "
+                   "jobs with a wall-clock limit); --resume goes on from there")
     t.add_argument("--tensorboard", action="store_true", help="also log scalars and sample "
                    "grids to RUN/tensorboard (needs: pip install 'vaelab[tensorboard]')")
     _add_config_flags(t)
@@ -196,8 +199,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = _config_from_args(args)
         run_dir = Path(args.out or f"runs/{cfg.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
         args.out = str(run_dir)  # named in the message if the run is interrupted
+    if args.time_limit is not None and args.time_limit <= 0:
+        raise ConfigError(f"--time-limit must be > 0 minutes, got {args.time_limit}")
     result = train(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress,
-                   tensorboard=args.tensorboard)
+                   tensorboard=args.tensorboard,
+                   time_limit=None if args.time_limit is None else 60 * args.time_limit)
     if not current_world().main:  # one of several torchrun processes: rank 0 reports
         return 0
     figs = sample_figures(result.model, result.data, run_dir / "figures")
@@ -212,6 +218,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         extra.append(f"{bpd:.4f} bits/dim" if bpd is not None else "a density")
         print(f"best {words} {best[key]:.3f} nats at epoch {best['epoch']} "
               f"({', '.join(extra)})")
+    if result.stopped:
+        print(f"stopped by --time-limit after epoch {result.history[-1]['epoch']} of "
+              f"{cfg.train.epochs}; continue with: vaelab train --resume {run_dir}")
     print(f"run directory: {run_dir}")
     print(f"figure: {figs['samples']}")
     print(f"reconstructions: {figs['reconstructions']}")

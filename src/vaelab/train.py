@@ -238,13 +238,17 @@ class TrainResult:
     model: VAE
     data: Data
     history: list[dict] = field(default_factory=list)
+    stopped: bool = False  # by the time limit, before cfg.train.epochs
 
 
 def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, data: Data | None = None,
-          progress: bool = True, tensorboard: bool = False) -> TrainResult:
+          progress: bool = True, tensorboard: bool = False,
+          time_limit: float | None = None) -> TrainResult:
     """Maximise the ELBO with Adam. Writes the run directory; ``resume=True`` continues a
     run from its checkpoint (up to ``cfg.train.epochs``); ``tensorboard=True`` also logs
-    to RUN/tensorboard.
+    to RUN/tensorboard. With ``time_limit`` (seconds), stops after the last epoch that
+    ends within it (judged by the epochs so far), so that a job with a wall-clock limit
+    ends cleanly and ``resume`` goes on from there (``TrainResult.stopped`` is then True).
 
     Started by ``torchrun`` as one of several processes, each trains on its shard of every
     batch (see :mod:`vaelab.distributed`); rank 0 writes the run directory."""
@@ -299,6 +303,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, data: Data 
     board = TensorBoard(run_dir, model) if tensorboard and world.main else None
     bar = tqdm(total=n_batches * max(0, tc.epochs - state.epoch), leave=False, unit="batch",
                disable=None if progress and world.main else True)  # the whole run's ETA
+    started, first, stopped = time.perf_counter(), state.epoch, False
     with logging_redirect_tqdm():  # epoch lines above the bar, not through it
         for epoch in range(state.epoch + 1, tc.epochs + 1):
             model.train()
@@ -352,6 +357,14 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, data: Data 
                 f"KL {kl_m:.2f} (no validation set)"
             log.info("epoch %d/%d  train ELBO %.3f  %s  %.1fs  %.0f img/s", epoch, tc.epochs,
                      elbo_m, shown, seconds, m["images_per_s"])
+            if time_limit is not None and epoch < tc.epochs:
+                spent = time.perf_counter() - started
+                late = spent + spent / (epoch - first) > time_limit  # one more epoch
+                if world.sum(torch.tensor([float(late)], device=device)).item() > 0:
+                    stopped = True  # (every rank stops if one would overrun)
+                    log.info("time limit: stopping after epoch %d of %d; continue with "
+                             "`vaelab train --resume %s`", epoch, tc.epochs, run_dir)
+                    break
     bar.close()
     if board:
         board.close()
@@ -359,4 +372,4 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, data: Data 
         raise RunError("no epoch was trained (epochs must be >= 1)")
     if state.best_epoch != state.epoch:
         model, _ = load_run(run_dir, "best", device)
-    return TrainResult(run_dir, model.eval(), data, history)
+    return TrainResult(run_dir, model.eval(), data, history, stopped)
