@@ -61,12 +61,16 @@ def _config_from_args(args: argparse.Namespace) -> Config:
     return cfg.override(**given)
 
 
-def _add_run_args(p: argparse.ArgumentParser) -> None:
-    """The arguments of every command that reads a run directory."""
-    p.add_argument("run", metavar="RUN", help="run directory")
+def _add_run_args(p: argparse.ArgumentParser, runs: bool = False) -> None:
+    """The arguments of every command that reads a run directory (``runs``: several)."""
+    if runs:
+        p.add_argument("runs", metavar="RUN", nargs="+", help="run directories")
+    else:
+        p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     p.add_argument("--which", choices=["best", "last"], default="best",
-                   help="checkpoint (default: best validation ELBO)")
+                   help="checkpoint: best (the best validation score of the trained "
+                   "objective, the default) or last")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
 
 
@@ -170,12 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", metavar="HTML", help="default: RUN/report/index.html")
 
     c = sub.add_parser("compare", help="one HTML page with several runs side by side")
-    c.add_argument("runs", metavar="RUN", nargs="+", help="run directories")
+    _add_run_args(c, runs=True)
     c.add_argument("--out", metavar="HTML", default="compare.html",
                    help="default: compare.html")
-    c.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
-    c.add_argument("--which", choices=["best", "last"], default="best")
-    c.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
 
     d = sub.add_parser("datasets", help="list the data sets and where their files are")
     d.add_argument("--data-dir", metavar="DIR", help="also look here")
