@@ -343,6 +343,34 @@ def test_hierarchical_vae_trains_evaluates_and_round_trips(tmp_path, extra):
     assert main(["-q", "report", str(out)]) == 0
 
 
+def test_kl_balancing_weighs_layers_by_their_share_during_warm_up(tmp_path):
+    model = _hvae(layers=3, latent=3)
+    x = images("bernoulli", (1, 8, 8), n=16)
+
+    def run(beta, balance):
+        with seeded(4):
+            return elbo(model, x, 2, beta, kl_balance=balance)
+
+    plain, t = run(1.0, True)  # no warm-up: the plain ELBO
+    torch.testing.assert_close(plain, run(1.0, False)[0])
+    torch.testing.assert_close(run(0.3, False)[1].kl, t.kl)  # the same reported terms
+    loss, t = run(0.3, True)
+    with seeded(4):  # by hand, from the same draws
+        q, p = model.encode(x), model.prior()
+        z = q.rsample((2,))
+        recon = model.decode(z).log_prob(x).mean(0)
+        kl_t = torch.stack([a - b for a, b in zip(q.layer_log_probs(z), p.layer_log_probs(z))],
+                           -1).mean(0).mean(0)  # (T,)
+    gamma = kl_t.abs() + 0.01
+    gamma = gamma / gamma.mean()
+    torch.testing.assert_close(loss, -(recon.mean() - 0.3 * (gamma * kl_t).sum()))
+    assert not torch.allclose(loss, run(0.3, False)[0])  # it does reweigh
+    with pytest.raises(ConfigError, match="--layers 2"):
+        train(Config().override(kl_balance=True, epochs=1), tmp_path / "run")
+    with pytest.raises(ConfigError, match="kl_balance"):
+        TrainConfig(objective="iwae", samples=5, kl_balance=True)
+
+
 def test_hierarchical_settings_are_checked():
     with pytest.raises(ConfigError, match="hierarchical"):
         VAE.from_config(ModelConfig(layers=2, conditional=True, classes=10,

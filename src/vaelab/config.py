@@ -174,6 +174,10 @@ class TrainConfig:
     free_bits: float = field(default=0.0, metadata=_help(
         "free bits (Kingma et al. 2016): nats per latent dimension below which its batch-mean "
         "KL is not penalised in training; 0: none"))
+    kl_balance: bool = field(default=False, metadata=_help(
+        "hierarchical models: while the KL weight is below 1 (warm-up), weigh each layer's KL "
+        "by its share of the batch's KL (mean 1 over layers; Vahdat & Kautz 2020, NVAE), so "
+        "that layers with little information are not pushed to collapse"))
     autoencoder: bool = field(default=False, metadata=_help(
         "train a deterministic autoencoder with the same nets instead: z = E_q[z|x], loss "
         "-log p(x|z), no KL (the baseline for what codes learn; its ELBO is not a bound "
@@ -213,9 +217,9 @@ class TrainConfig:
         if self.free_bits < 0:
             raise ConfigError(f"free_bits must be >= 0, got {self.free_bits}")
         if self.objective == "iwae" and (self.beta != 1 or self.kl_warmup or self.free_bits
-                                         or self.autoencoder):
+                                         or self.autoencoder or self.kl_balance):
             raise ConfigError("the iwae objective is a bound on log p(x) as it stands: it "
-                              "takes no beta, kl_warmup, free_bits or autoencoder")
+                              "takes no beta, kl_warmup, free_bits, kl_balance or autoencoder")
 
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}

@@ -48,9 +48,9 @@ def kl_divergence(q: Distribution, p: Distribution, z: Tensor | None = None,
         return log_qp.mean(0)
 
 
-def elbo(model, x: Tensor, k: int = 1, beta: float = 1.0, y: Tensor | None = None, *,
-         sample: bool = True, free_bits: float = 0.0, iwae: bool = False
-         ) -> tuple[Tensor, Terms]:
+def elbo(model, x: Tensor, k: int = 1, beta: float | Tensor = 1.0, y: Tensor | None = None, *,
+         sample: bool = True, free_bits: float = 0.0, iwae: bool = False,
+         kl_balance: bool = False) -> tuple[Tensor, Terms]:
     """A training loss and the per-example ELBO terms (always with beta = 1), from k
     reparameterized samples z ~ q(z|x):
 
@@ -58,6 +58,9 @@ def elbo(model, x: Tensor, k: int = 1, beta: float = 1.0, y: Tensor | None = Non
     * ``free_bits`` = lambda > 0: the KL term is sum_d max(lambda, mean_B KL_d) over latent
       dimensions d (the total KL against lambda * L where it does not factorize);
     * ``iwae``: the negative importance-weighted bound -mean_B log (1/k) sum_k w_k;
+    * ``kl_balance`` (a hierarchy, while beta < 1): the KL term is
+      sum_t gamma_t mean_B KL_t with gamma_t proportional to |mean_B KL_t| + 0.01 and mean 1
+      over the layers (no gradient through gamma; Vahdat & Kautz 2020);
     * ``sample=False``: z = E_q[z|x]; with beta = 0 a deterministic autoencoder's loss
       -log p(x | z = E_q[z|x]) (its terms are then not an ELBO).
 
@@ -71,6 +74,12 @@ def elbo(model, x: Tensor, k: int = 1, beta: float = 1.0, y: Tensor | None = Non
         log_pq = prior.log_prob(z) - q.log_prob(z)  # (k, B), once for the bound and the KL
         kl = kl_divergence(q, prior, z, log_qp=-log_pq)
         loss = -(torch.logsumexp(log_px_z + log_pq, 0) - math.log(k)).mean()
+    elif kl_balance and hasattr(q, "layer_log_probs") and float(beta) < 1:
+        kl_t = torch.stack([a - b for a, b in zip(q.layer_log_probs(z),
+                                                  prior.layer_log_probs(z))], -1).mean(0)  # (B, T)
+        kl = kl_t.sum(-1)
+        gamma = kl_t.mean(0).abs().detach() + 0.01  # (T,)
+        loss = -(recon.mean() - beta * (kl_t.mean(0) * gamma / gamma.mean()).sum())
     else:
         kl = kl_divergence(q, prior, z)  # (B,)
         loss = -(recon.mean() - beta * _kl_term(q, prior, kl, free_bits))

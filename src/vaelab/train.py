@@ -69,6 +69,9 @@ def resolve(cfg: Config, data: Data) -> Config:
     if likelihood == "auto":
         likelihood = "bernoulli" if data.binary else "dgaussian"
     classes = None
+    if cfg.train.kl_balance and cfg.model.layers < 2:
+        raise ConfigError("kl_balance weighs the layers of a hierarchical model: it needs "
+                          "--layers 2 or more")
     if cfg.model.conditional:
         data.require_labels("a conditional model")
         classes = len(data.classes)
@@ -101,7 +104,8 @@ class Loss(nn.Module):
         tc = self.tc
         with torch.autocast(**self.autocast):
             loss, t = elbo(self.model, x, tc.samples, beta, y, sample=not tc.autoencoder,
-                           free_bits=tc.free_bits, iwae=tc.objective == "iwae")
+                           free_bits=tc.free_bits, iwae=tc.objective == "iwae",
+                           kl_balance=tc.kl_balance)
         return loss, torch.stack([loss.detach() * x.shape[0], t.elbo.detach().sum(),
                                   t.recon.detach().sum(), t.kl.detach().sum()])
 
