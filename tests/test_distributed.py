@@ -67,6 +67,17 @@ def test_two_processes_train_as_one(tmp_path):
     _assert_same(one, _weights(tmp_path / "resumed"))
 
 
+def test_a_last_batch_smaller_than_the_ranks(tmp_path):
+    """1,295 training digits in batches of 647: the last batch holds one image, so one rank
+    has nothing; it joins the all-reduce with a zero-weighted dummy and the run still
+    equals one process."""
+    args = [*ARGS[:ARGS.index("--batch-size")], "--batch-size", "647",
+            *ARGS[ARGS.index("--batch-size") + 2:], "--epochs", "2"]
+    _run([sys.executable, "-m", "vaelab", "train", *args, "--out", "one"], tmp_path)
+    _torchrun(["train", *args, "--out", "two"], tmp_path)
+    _assert_same(_weights(tmp_path / "one"), _weights(tmp_path / "two"))
+
+
 def test_sharded_evaluation_covers_every_image_once(tmp_path):
     _run([sys.executable, "-m", "vaelab", "train", *ARGS, "--epochs", "1", "--out", "run"],
          tmp_path)

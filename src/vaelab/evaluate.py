@@ -82,7 +82,7 @@ def log_likelihood(model: VAE, data: Split | Tensor, k: int = 5000, batch_size: 
             out.append(acc - math.log(k))
             bar.update(x.shape[0])
         bar.close()
-    return torch.cat(out)
+    return torch.cat(out) if out else torch.zeros(0, device=model.device)
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ from torch import nn
 
 from .config import Config, ConfigError, TrainConfig
 from .data import Data, load_data
-from .distributed import World, join
+from .distributed import World, join, noise_shard
 from .model import VAE, seeded
 from .objectives import bits_per_dim, elbo, elbo_over, unpack
 from .rundir import (RunError, TrainState, load_run, read_metrics, read_safetensors,
@@ -159,6 +159,8 @@ class Stepper:
                  f", {world.size} processes" if world.distributed else "")
 
     def __call__(self, x: Tensor, y: Tensor | None, beta: float, n_global: int) -> Tensor:
+        if x.shape[0] == 0:  # a last batch smaller than the number of ranks left this one none
+            return self._empty_share(x, y, beta, n_global)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         # DDP averages gradients over ranks; weighting by the shard's share keeps the
@@ -176,6 +178,17 @@ class Stepper:
             sums = self._gradients(self.net, x, y, beta, share)
         self.opt.step()
         return sums
+
+    def _empty_share(self, x: Tensor, y: Tensor | None, beta: float, n_global: int) -> Tensor:
+        """Take part in the gradients' all-reduce with one zero-weighted dummy example that
+        draws the global batch's random numbers like every other rank (so the random
+        streams of all ranks stay in step)."""
+        dummy = torch.zeros(1, *x.shape[1:], device=x.device)
+        y1 = None if y is None else torch.zeros(1, dtype=y.dtype, device=y.device)
+        with noise_shard(0, 1, n_global):
+            self._gradients(self.eager, dummy, y1, beta, 0.0)
+        self.opt.step()
+        return torch.zeros(4, device=self.device)
 
     def _gradients(self, net, x: Tensor, y: Tensor | None, beta: float, share: float) -> Tensor:
         self.opt.zero_grad(set_to_none=True)
