@@ -79,19 +79,20 @@ class Split:
             x = (uniform(x.shape, 0, x.device, generator) < x).float()
         return x
 
+    def _rows(self, idx: torch.Tensor | slice) -> torch.Tensor | slice:
+        """``idx`` where the images are (an index tensor may come from the device)."""
+        return idx.to(self.images.device) if isinstance(idx, torch.Tensor) else idx
+
     def subset(self, idx: torch.Tensor | slice) -> "Split":
         """The images (and labels) at ``idx``, as a split of the same kind."""
-        if isinstance(idx, torch.Tensor):
-            idx = idx.to(self.images.device)
+        idx = self._rows(idx)
         return dataclasses.replace(self, images=self.images[idx],
                                    labels=None if self.labels is None else self.labels[idx])
 
     def batch(self, idx: torch.Tensor | slice, generator: torch.Generator | None = None
               ) -> torch.Tensor:
         """The images at ``idx`` as floats on the device (binarized if ``dynamic``)."""
-        if isinstance(idx, torch.Tensor):
-            idx = idx.to(self.images.device)
-        return self._floats(self._to_device(self.images[idx]), generator)
+        return self._floats(self._to_device(self.images[self._rows(idx)]), generator)
 
     def batches(self, batch_size: int, shuffle: bool = False,
                 generator: torch.Generator | None = None, labels: bool = False,

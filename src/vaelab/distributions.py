@@ -191,19 +191,21 @@ class CoupledLogisticMixture(Distribution):
         logits, loc, log_scale, coeffs = split.split([1, c, c, cc], dim=-3)
         return cls(logits.squeeze(-3), loc, log_scale, coeffs, levels)
 
+    @staticmethod
+    def _channel_loc(loc: Tensor, coeffs: Tensor, prev: list[Tensor] | tuple[Tensor, ...],
+                     ch: int) -> Tensor:
+        """Channel ch's mean a_ch + sum_{j<ch} b_{ch,j} x_j, given the channels before it
+        (``prev[j]``, (..., H, W)); ``loc`` (..., C, H, W), ``coeffs`` (..., C(C-1)/2, H, W)."""
+        mu, first = loc[..., ch, :, :], ch * (ch - 1) // 2
+        for j in range(ch):
+            mu = mu + coeffs[..., first + j, :, :] * prev[j]
+        return mu
+
     def _loc(self, x: Tensor) -> Tensor:
         """Each channel's mean given the channels before it in x (..., C, H, W)."""
-        c = self.loc.shape[-3]
-        if c == 1:
-            return self.loc
-        locs, i = [self.loc[..., 0, :, :]], 0
-        for ch in range(1, c):
-            mu = self.loc[..., ch, :, :]
-            for j in range(ch):
-                mu = mu + self.coeffs[..., i, :, :] * x[..., j, :, :]
-                i += 1
-            locs.append(mu)
-        return torch.stack(locs, -3)
+        prev = x.unbind(-3)
+        return torch.stack([self._channel_loc(self.loc, self.coeffs, prev, ch)
+                            for ch in range(self.loc.shape[-3])], -3)
 
     def log_prob(self, value: Tensor) -> Tensor:
         lp = discretized_logistic_log_prob(value.unsqueeze(0), self._loc(value.unsqueeze(0)),
@@ -214,12 +216,9 @@ class CoupledLogisticMixture(Distribution):
     def mean(self) -> Tensor:
         """Per component the channels' means, each with the channels before it at their
         means (exact for grey images, a plug-in for colour), mixed by the weights."""
-        c = self.loc.shape[-3]
         means: list[Tensor] = []
-        for ch in range(c):
-            known = torch.stack(means + [torch.zeros_like(self.loc[..., 0, :, :])] * (c - ch),
-                                -3)
-            loc = self._loc(known)[..., ch, :, :]
+        for ch in range(self.loc.shape[-3]):
+            loc = self._channel_loc(self.loc, self.coeffs, means, ch)
             means.append(dlogistic_mean(loc, self.log_scale[..., ch, :, :], self.levels))
         w = torch.softmax(self.logits, 0).unsqueeze(-3)
         return (w * torch.stack(means, -3)).sum(0)
@@ -237,17 +236,13 @@ class CoupledLogisticMixture(Distribution):
             return t.gather(0, idx).squeeze(0)
 
         loc, log_scale, coeffs = take(self.loc), take(self.log_scale), take(self.coeffs)
-        x = torch.zeros(shape, device=self.loc.device)
-        i = 0
+        xs: list[Tensor] = []  # the channels drawn so far, each (*S, *B, H, W)
         for ch in range(shape[-3]):
-            mu = loc[..., ch, :, :]
-            for j in range(ch):
-                mu = mu + coeffs[..., i, :, :] * x[..., j, :, :]
-                i += 1
+            mu = self._channel_loc(loc, coeffs, xs, ch)
             u = torch.rand(pixel, device=mu.device).clamp(1e-5, 1 - 1e-5)
             y = mu + log_scale[..., ch, :, :].exp() * (torch.log(u) - torch.log1p(-u))
-            x[..., ch, :, :] = to_levels(y.clamp(0, 1), self.levels) / (self.levels - 1)
-        return x
+            xs.append(to_levels(y.clamp(0, 1), self.levels) / (self.levels - 1))
+        return torch.stack(xs, -3)
 
 
 class Likelihood:

@@ -77,6 +77,12 @@ class Walk(Distribution):
     def log_prob(self, z: Tensor) -> Tensor:
         return torch.stack(self.layer_log_probs(z)).sum(0)
 
+    def layer_log_ratios(self, other: "Walk", z: Tensor) -> Tensor:
+        """log q(z_t|...) - log p(z_t|...) of each layer, this walk against ``other``, at
+        codes z (..., T*L): (..., T). Its mean over z ~ self is each layer's KL."""
+        return torch.stack([a - b for a, b in zip(self.layer_log_probs(z),
+                                                  other.layer_log_probs(z))], -1)
+
 
 class HierarchicalVAE(VAE):
     """``encode(x)`` -> q(z|x) and ``prior()`` -> p(z) as top-down walks over T layers;
@@ -182,8 +188,7 @@ class HierarchicalVAE(VAE):
         q: (B, T); the layers' sum is the model's KL(q(z|x) || p(z))."""
         q, p = self.encode(x), self.prior()
         z = q.rsample()
-        return torch.stack([a - b for a, b in zip(q.layer_log_probs(z), p.layer_log_probs(z))],
-                           -1)
+        return q.layer_log_ratios(p, z)
 
 
 class _Prior(nn.Module):

@@ -74,12 +74,12 @@ def elbo(model, x: Tensor, k: int = 1, beta: float | Tensor = 1.0, y: Tensor | N
         log_pq = prior.log_prob(z) - q.log_prob(z)  # (k, B), once for the bound and the KL
         kl = kl_divergence(q, prior, z, log_qp=-log_pq)
         loss = -(torch.logsumexp(log_px_z + log_pq, 0) - math.log(k)).mean()
-    elif kl_balance and hasattr(q, "layer_log_probs") and float(beta) < 1:
-        kl_t = torch.stack([a - b for a, b in zip(q.layer_log_probs(z),
-                                                  prior.layer_log_probs(z))], -1).mean(0)  # (B, T)
+    elif kl_balance and hasattr(q, "layer_log_ratios") and float(beta) < 1:
+        kl_t = q.layer_log_ratios(prior, z).mean(0)  # (B, T)
         kl = kl_t.sum(-1)
-        gamma = kl_t.mean(0).abs().detach() + 0.01  # (T,)
-        loss = -(recon.mean() - beta * (kl_t.mean(0) * gamma / gamma.mean()).sum())
+        per_layer = kl_t.mean(0)  # (T,)
+        gamma = per_layer.abs().detach() + 0.01
+        loss = -(recon.mean() - beta * (per_layer * gamma / gamma.mean()).sum())
     else:
         kl = kl_divergence(q, prior, z)  # (B,)
         loss = -(recon.mean() - beta * _kl_term(q, prior, kl, free_bits))
