@@ -104,12 +104,8 @@ def config(model: str, **train) -> vaelab.Config:
                                     **MODELS[model], **train)
 
 
-class VaelabModel(nn.Module):
-    """A vaelab VAE with the examples' interface, for the DataLoader loop."""
-
-    def __init__(self, cfg: vaelab.Config, data: Data):
-        super().__init__()
-        self.vae = VAE.from_config(resolve(cfg, data).model, data.image_shape)
+def vaelab_model(cfg: vaelab.Config, data: Data) -> VAE:
+    return VAE.from_config(resolve(cfg, data).model, data.image_shape)
 
 
 def baseline_epoch(dataset: Dataset, device: torch.device, state=None, model_cfg=None,
@@ -117,7 +113,7 @@ def baseline_epoch(dataset: Dataset, device: torch.device, state=None, model_cfg
     """pytorch/examples vae/main.py train(), less its print every 10 batches; with
     ``model_cfg``, a vaelab model and its ELBO in the same plain loop."""
     if state is None:
-        model = (ExamplesVAE() if model_cfg is None else VaelabModel(model_cfg, data)).to(device)
+        model = (ExamplesVAE() if model_cfg is None else vaelab_model(model_cfg, data)).to(device)
         state = model, torch.optim.Adam(model.parameters(), lr=1e-3)
     model, opt = state
     loader = DataLoader(dataset, batch_size=128, shuffle=True,
@@ -133,7 +129,7 @@ def baseline_epoch(dataset: Dataset, device: torch.device, state=None, model_cfg
             kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
             loss = bce + kld
         else:
-            loss = elbo(model.vae, x)[0]
+            loss = elbo(model, x)[0]
         opt.zero_grad()
         loss.backward()
         train_loss += loss.item()
@@ -153,7 +149,7 @@ def vaelab_epoch(data: Data, device: torch.device, cfg: vaelab.Config) -> tuple[
 
 def step_flops(cfg: vaelab.Config, data: Data, device: torch.device) -> float:
     """FLOPs per image of one training step (forward and backward) at batch 128."""
-    model = VAE.from_config(resolve(cfg, data).model, data.image_shape).to(device)
+    model = vaelab_model(cfg, data).to(device)
     loss = Loss(model, cfg.train, device)
     x = data.train.batch(slice(0, 128))
     return flops(lambda: loss(x, None, torch.tensor(1.0, device=device))[0].backward()) / 128
