@@ -143,7 +143,7 @@ def test_folder_dataset(tmp_path):
 
 
 def _all_images(data):
-    return torch.cat([data.train.images, data.val.images, data.test.images])
+    return torch.cat([data.train.stored(), data.val.stored(), data.test.stored()])
 
 
 def test_folder_is_decoded_once_and_again_when_a_file_changes(tmp_path, caplog):
@@ -152,7 +152,7 @@ def test_folder_is_decoded_once_and_again_when_a_file_changes(tmp_path, caplog):
     root = tmp_path / "imgs"
     _png_folder(root, [12] * 5)
     cfg = DataConfig(dataset="folder", data_dir=str(root), channels=3)
-    first = load_data(cfg)
+    first = _all_images(load_data(cfg))  # a copy: the kept file is damaged below
     kept = list((cache_dir() / "folders").glob("*.npy"))
     assert len(kept) == 1
     # same size and time stamp, unreadable content: only the decoded copy can be read now
@@ -161,14 +161,14 @@ def test_folder_is_decoded_once_and_again_when_a_file_changes(tmp_path, caplog):
     original = victim.read_bytes()
     victim.write_bytes(b"\0" * st.st_size)
     os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert torch.equal(_all_images(load_data(cfg)), _all_images(first))
+    assert torch.equal(_all_images(load_data(cfg)), first)
     # a real change (new content, new time stamp) is decoded again
     from PIL import Image
 
     Image.fromarray(np.full((12, 12, 3), 7, np.uint8)).save(victim)
     os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     changed = _all_images(load_data(cfg))
-    assert not torch.equal(changed, _all_images(first))
+    assert not torch.equal(changed, first)
     assert (changed == 7).flatten(1).all(1).sum() == 1
     # another setting, another copy; a damaged copy is decoded again, with a warning
     load_data(DataConfig(dataset="folder", data_dir=str(root), channels=1))
@@ -181,7 +181,77 @@ def test_folder_is_decoded_once_and_again_when_a_file_changes(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="vaelab.datasets"):
         again = load_data(cfg)
     assert "decoding the images again" in caplog.text
-    assert torch.equal(_all_images(again), _all_images(first))
+    assert torch.equal(_all_images(again), first)
+
+
+def _decoded_by_hand(root):
+    """The folder's images (N, 3, H, W) and labels in sorted file order, read with PIL."""
+    from PIL import Image
+
+    files = sorted(root.rglob("*.png"))
+    x = np.stack([np.asarray(Image.open(f).convert("RGB")).transpose(2, 0, 1) for f in files])
+    return x, np.array([["cat", "dog"].index(f.parent.name) for f in files])
+
+
+@pytest.mark.parametrize("stream", ["no", "yes"])
+def test_folder_splits_share_the_memory_mapped_images(tmp_path, stream):
+    from vaelab.data import Split
+    from vaelab.datasets import DATASETS
+
+    root = tmp_path / "imgs"
+    _png_folder(root, [12] * 15)
+    cfg = DataConfig(dataset="folder", data_dir=str(root), channels=3, val_size=5,
+                     stream=stream)
+    data = load_data(cfg)
+    assert isinstance(DATASETS.get("folder")(cfg).train_images, np.memmap)
+    # the splits are rows of one mapping, not copies
+    assert data.train.rows is not None and data.val.rows is not None
+    assert data.train.images.data_ptr() == data.val.images.data_ptr()
+    # ... holding what a split of the images in memory holds: a seeded 20% test part, then
+    # the validation images drawn from the rest with the split seed
+    x, y = _decoded_by_hand(root)
+    perm = np.random.default_rng(0).permutation(30)
+    test, rest = perm[:6], perm[6:]
+    split = np.random.default_rng(0).permutation(24)
+    parts = {"train": rest[split[5:]], "val": rest[split[:5]], "test": test}
+    for name, idx in parts.items():
+        s = data.split(name)
+        assert torch.equal(s.stored(), torch.from_numpy(x[idx]))
+        assert torch.equal(s.labels, torch.from_numpy(y[idx]))
+    # batches, shuffled or not, and subsets are those of the same split held in memory
+    plain = Split(torch.from_numpy(x[parts["train"]]), torch.from_numpy(y[parts["train"]]), 255)
+    for shuffle in (False, True):
+        got, want = (list(s.batches(4, shuffle, torch.Generator().manual_seed(1), labels=True))
+                     for s in (data.train, plain))
+        assert len(got) == len(want) == 5
+        assert all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(got, want))
+    sub = data.train.subset(torch.tensor([3, 0, 7]))
+    assert torch.equal(sub.stored(), plain.subset(torch.tensor([3, 0, 7])).stored())
+    assert torch.equal(sub.batch(slice(1, 3)), plain.batch(torch.tensor([0, 7])))
+
+
+def test_folder_decodes_and_loads_without_holding_the_images_in_memory(tmp_path):
+    """Decoding writes one image at a time to the mapped file and the splits are views of
+    it: the memory numpy allocates stays far below the size of the images."""
+    import tracemalloc
+
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(300):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
+            root / f"{i:03d}.png", compress_level=0)
+    size = 300 * 3 * 64 * 64  # 3.7 MB
+    cfg = DataConfig(dataset="folder", data_dir=str(root), channels=3)
+    for _ in ("decode", "read the decoded copy"):
+        tracemalloc.start()
+        data = load_data(cfg)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < size / 10, f"{peak} bytes allocated for {size} bytes of images"
+    assert len(data.train) + len(data.val) + len(data.test) == 300
 
 
 @pytest.mark.parametrize("setup, match", [

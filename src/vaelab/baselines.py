@@ -196,7 +196,7 @@ def _bernoulli(data: Data, s: BaselineSettings):
         return None, "needs binary data (--binarize dynamic or static)"
     # under dynamic binarization the mean of the grey values is the MLE of the expected
     # log-likelihood over draws; otherwise it is the mean of the (binary) values
-    return FactorizedBernoulli.fit(_flat(data.train.images.double() / data.train.max_value)), \
+    return FactorizedBernoulli.fit(_flat(data.train.stored().double() / data.train.max_value)), \
         "exact"
 
 

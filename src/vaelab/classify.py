@@ -293,9 +293,10 @@ def fixed_view(data: Data, seed: int) -> Data:
     if not data.train.dynamic:
         return data
     s = data.train
-    img = binarize_once(s.images.cpu().numpy(), s.max_value, seed)
+    img = binarize_once(s.stored().cpu().numpy(), s.max_value, seed)
     return dataclasses.replace(data, train=dataclasses.replace(
-        s, images=torch.from_numpy(img).to(s.images.device), max_value=1, dynamic=False),
+        s, images=torch.from_numpy(img).to(s.images.device), rows=None, max_value=1,
+        dynamic=False),
         binarize="static")
 
 

@@ -45,7 +45,10 @@ class Split:
 
     Batches are made on ``device`` (default: where the images are). With ``stream``, the
     images stay in host memory and ``batches`` gathers ``chunk`` batches at a time there and
-    moves them to the device in one copy (from pinned memory to a GPU)."""
+    moves them to the device in one copy (from pinned memory to a GPU).
+
+    ``rows`` (if given) are the rows of ``images`` that make up the split: splits of
+    memory-mapped images (a folder data set) share the mapping instead of copying it."""
 
     images: torch.Tensor
     labels: torch.Tensor | None
@@ -54,13 +57,14 @@ class Split:
     device: torch.device | None = None
     stream: bool = False
     chunk: int = 64  # batches per host-to-device copy when streaming
+    rows: torch.Tensor | None = None  # this split's rows of `images` (None: all of them)
 
     def __post_init__(self) -> None:
         self.device = torch.device(self.device) if self.device is not None \
             else self.images.device
 
     def __len__(self) -> int:
-        return self.images.shape[0]
+        return len(self.rows) if self.rows is not None else self.images.shape[0]
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -83,16 +87,27 @@ class Split:
         """``idx`` where the images are (an index tensor may come from the device)."""
         return idx.to(self.images.device) if isinstance(idx, torch.Tensor) else idx
 
+    def _take(self, idx: torch.Tensor | slice) -> torch.Tensor:
+        """The uint8 images at ``idx`` (positions in this split), where they are kept."""
+        return self.images[idx if self.rows is None else self.rows[idx]]
+
+    def stored(self) -> torch.Tensor:
+        """All of this split's uint8 images, where they are kept (a copy if the split is
+        rows of shared images)."""
+        return self._take(slice(None))
+
     def subset(self, idx: torch.Tensor | slice) -> "Split":
         """The images (and labels) at ``idx``, as a split of the same kind."""
         idx = self._rows(idx)
-        return dataclasses.replace(self, images=self.images[idx],
-                                   labels=None if self.labels is None else self.labels[idx])
+        labels = None if self.labels is None else self.labels[idx]
+        if self.rows is not None:
+            return dataclasses.replace(self, rows=self.rows[idx], labels=labels)
+        return dataclasses.replace(self, images=self.images[idx], labels=labels)
 
     def batch(self, idx: torch.Tensor | slice, generator: torch.Generator | None = None
               ) -> torch.Tensor:
         """The images at ``idx`` as floats on the device (binarized if ``dynamic``)."""
-        return self._floats(self._to_device(self.images[self._rows(idx)]), generator)
+        return self._floats(self._to_device(self._take(self._rows(idx))), generator)
 
     def batches(self, batch_size: int, shuffle: bool = False,
                 generator: torch.Generator | None = None, labels: bool = False,
@@ -122,16 +137,16 @@ class Split:
                 cuts.append((order[i + a:i + b], a, b, size))
             if self.stream:  # gather this rank's rows on the host, move them at once
                 rows = torch.cat([c[0] for c in cuts])
-                images = self._to_device(self.images[rows])
+                take = self._to_device(self._take(rows)).__getitem__
                 labs = self._to_device(self.labels[rows]) if labels else None
                 ends = torch.tensor([0] + [b - a for _, a, b, _ in cuts]).cumsum(0).tolist()
                 cuts = [(slice(e0, e1), a, b, size)
                         for (_, a, b, size), e0, e1 in zip(cuts, ends, ends[1:])]
             else:
-                images, labs = self.images, self.labels
+                take, labs = self._take, self.labels
             for mine, a, b, size in cuts:
                 with noise_shard(a, b, size) if world.distributed else nullcontext():
-                    x = self._floats(images[mine], generator)
+                    x = self._floats(take(mine), generator)
                     yield (x, labs[mine]) if labels else x
 
 
@@ -193,18 +208,24 @@ def load_data(cfg: DataConfig, device: str | torch.device = "cpu") -> Data:
 
     device = torch.device(device)
     stream = should_stream(cfg.stream, device, raw.train_images.nbytes + raw.test_images.nbytes)
+    home = torch.device("cpu") if stream else device
+    # memory-mapped images (a folder) kept in host memory are shared by the splits, not copied
+    shared = isinstance(raw.train_images, np.memmap) and home.type == "cpu"
 
-    def make(images: np.ndarray, labels: np.ndarray | None, seed_offset: int, train: bool):
-        mv = raw.max_value
-        if mode == "static" or (mode == "dynamic" and not train):
+    def make(images: np.ndarray, labels: np.ndarray | None, seed_offset: int, train: bool,
+             rows: np.ndarray | None = None) -> Split:
+        mv, once = raw.max_value, mode == "static" or (mode == "dynamic" and not train)
+        if rows is not None and (once or not shared):
+            images, rows = images[rows], None
+        if once:
             images, mv = binarize_once(images, mv, cfg.binarize_seed + seed_offset), 1
-        home = "cpu" if stream else device
         lab = None if labels is None else torch.from_numpy(labels).to(home)
         return Split(torch.from_numpy(np.ascontiguousarray(images)).to(home), lab, mv,
-                     dynamic=train and mode == "dynamic", device=device, stream=stream)
+                     dynamic=train and mode == "dynamic", device=device, stream=stream,
+                     rows=None if rows is None else torch.from_numpy(rows).to(home))
 
     y = raw.train_labels
-    splits = {k: make(raw.train_images[i], None if y is None else y[i], off, k == "train")
+    splits = {k: make(raw.train_images, None if y is None else y[i], off, k == "train", i)
               for off, (k, i) in enumerate(parts.items())}
     splits["test"] = make(raw.test_images, raw.test_labels, 2, False)
     log.info("%s: %d train / %d val / %d test images of shape %s, binarize=%s%s", raw.name,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import logging
 import os
 import zlib
@@ -18,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from .config import DataConfig, Registry
-from .fetch import DataError, RemoteFile, atomic_write, fetch_file, mirrors_from_env
+from .fetch import DataError, RemoteFile, atomic_path, fetch_file, mirrors_from_env
 
 log = logging.getLogger(__name__)
 
@@ -201,15 +200,11 @@ FASHION_MNIST = DATASETS.register("fashion-mnist")(IdxDataset(
 TEST_FRACTION = 0.2  # held-out test share for data sets without an official test split
 
 
-def _holdout(x: np.ndarray, y: np.ndarray | None, fraction: float, seed: int):
-    perm = np.random.default_rng(seed).permutation(len(x))
-    n_test = int(round(fraction * len(x)))
-    test, train = perm[:n_test], perm[n_test:]
-
-    def pick(a, i):
-        return None if a is None else a[i]
-
-    return x[train], pick(y, train), x[test], pick(y, test)
+def _holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the training and of the test part: a seeded ``fraction`` of ``n`` is held out."""
+    perm = np.random.default_rng(seed).permutation(n)
+    n_test = int(round(fraction * n))
+    return perm[n_test:], perm[:n_test]
 
 
 @DATASETS.register("digits")
@@ -220,8 +215,9 @@ def digits(cfg: DataConfig) -> RawData:
 
     d = load_digits()
     x = d.images.astype(np.uint8)[:, None]  # (1797, 1, 8, 8) in 0..16
-    xtr, ytr, xte, yte = _holdout(x, d.target.astype(np.int64), TEST_FRACTION, seed=0)
-    return RawData("digits", xtr, ytr, xte, yte, max_value=16,
+    y = d.target.astype(np.int64)
+    train, test = _holdout(len(x), TEST_FRACTION, seed=0)
+    return RawData("digits", x[train], y[train], x[test], y[test], max_value=16,
                    classes=tuple(str(i) for i in range(10)))
 
 
@@ -233,9 +229,12 @@ def folder(cfg: DataConfig) -> RawData:
     """A directory of PNG/JPEG images. Images in sub-directories get the sub-directory's
     name as class label (one level, sorted); a fixed 20% (seed 0) is the test set.
 
-    Decoding is done once: the decoded images are kept in the user cache directory under a
-    key made of the files' paths, sizes and modification times and the ``image_size`` and
-    ``channels`` settings, so a changed, added or removed file decodes the folder anew."""
+    Decoding is done once, one image in memory at a time, into a ``.npy`` file in the user
+    cache directory, keyed by the files' paths, sizes and modification times and the
+    ``image_size`` and ``channels`` settings (a changed, added or removed file decodes the
+    folder anew). The file is memory-mapped, training part first, then the test part, so
+    the images are read from disk as batches need them: a folder larger than the memory
+    trains."""
     if not cfg.data_dir:
         raise DataError("the folder data set needs --data-dir DIR (a directory of PNG/JPEG images)")
     root = Path(cfg.data_dir)
@@ -244,23 +243,28 @@ def folder(cfg: DataConfig) -> RawData:
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise DataError(f"no PNG or JPEG images found under {root}")
+    train, test = _holdout(len(files), TEST_FRACTION, seed=0)
+    order = np.concatenate([train, test])
+    files = [files[i] for i in order]  # as decoded: the training part, then the test part
     cache = cache_dir() / "folders" / f"{_folder_key(root, files, cfg)}.npy"
-    x = _read_decoded(cache)
+    x = _read_decoded(cache, len(files))
     if x is None:
-        x = _decode(root, files, cfg)
-        buf = io.BytesIO()
-        np.save(buf, x, allow_pickle=False)
-        atomic_write(cache, buf.getvalue())
+        _decode(root, files, cfg, cache)
+        x = _read_decoded(cache, len(files))
+        if x is None:
+            raise DataError(f"the decoded images {cache} cannot be read back; check the disk "
+                            "holding the cache directory")
     parents = [p.parent.relative_to(root) for p in files]
     labels, classes = None, None
     if all(str(q) != "." for q in parents):
         classes = tuple(sorted({q.parts[0] for q in parents}))
         labels = np.array([classes.index(q.parts[0]) for q in parents], np.int64)
-    xtr, ytr, xte, yte = _holdout(x, labels, TEST_FRACTION, seed=0)
-    return RawData(f"folder:{root.name}", xtr, ytr, xte, yte, 255, classes)
+    n = len(train)
+    return RawData(f"folder:{root.name}", x[:n], None if labels is None else labels[:n],
+                   x[n:], None if labels is None else labels[n:], 255, classes)
 
 
-FOLDER_CACHE_FORMAT = 1
+FOLDER_CACHE_FORMAT = 2  # 2: the training part first, memory-mapped
 
 
 def _folder_key(root: Path, files: list[Path], cfg: DataConfig) -> str:
@@ -272,15 +276,15 @@ def _folder_key(root: Path, files: list[Path], cfg: DataConfig) -> str:
     return h.hexdigest()[:32]
 
 
-def _read_decoded(cache: Path) -> np.ndarray | None:
-    """The decoded images kept at ``cache``, or None (absent, or unreadable: then it is
-    decoded again and rewritten)."""
+def _read_decoded(cache: Path, n: int) -> np.ndarray | None:
+    """The decoded images kept at ``cache``, memory-mapped, or None (absent, or damaged:
+    then they are decoded again and rewritten)."""
     if not cache.is_file():
         return None
-    try:
-        x = np.load(cache, allow_pickle=False)
-        if x.dtype != np.uint8 or x.ndim != 4:
-            raise ValueError(f"unexpected array {x.dtype} {x.shape}")
+    try:  # copy-on-write: writable for torch, never written back
+        x = np.load(cache, mmap_mode="c", allow_pickle=False)
+        if x.dtype != np.uint8 or x.ndim != 4 or len(x) != n:
+            raise ValueError(f"unexpected array {x.dtype} {x.shape} for {n} images")
         return x
     except (OSError, ValueError, EOFError) as e:
         log.warning("the decoded copy %s is unreadable (%s); decoding the images again",
@@ -288,25 +292,37 @@ def _read_decoded(cache: Path) -> np.ndarray | None:
         return None
 
 
-def _decode(root: Path, files: list[Path], cfg: DataConfig) -> np.ndarray:
-    """Every image as uint8 (N, C, H, W), converted and resized as ``cfg`` says."""
+def _decode(root: Path, files: list[Path], cfg: DataConfig, target: Path) -> None:
+    """Every image, converted and resized as ``cfg`` says, into the ``.npy`` file ``target``
+    (uint8 ``(N, C, H, W)``), written beside it and renamed when complete."""
     from PIL import Image, UnidentifiedImageError
     from tqdm.auto import tqdm
 
     mode = "L" if cfg.channels == 1 else "RGB"
-    arrays = []
-    for p in tqdm(files, desc=f"decoding {root.name}", unit="img", leave=False,
-                  disable=None if len(files) > 1000 else True):
+
+    def decode(p: Path) -> np.ndarray:
         try:
             with Image.open(p) as im:
                 im = im.convert(mode)
                 if cfg.image_size:
                     im = im.resize((cfg.image_size, cfg.image_size), Image.Resampling.LANCZOS)
-                arrays.append(np.asarray(im, np.uint8).reshape(im.height, im.width, cfg.channels))
+                a = np.asarray(im, np.uint8).reshape(im.height, im.width, cfg.channels)
         except (UnidentifiedImageError, OSError) as e:
             raise DataError(f"cannot read image {p}: {e}; remove or repair it") from None
-    sizes = {a.shape[:2] for a in arrays}
-    if len(sizes) > 1:
-        raise DataError(f"images under {root} have different sizes {sorted(sizes)[:4]}...; "
-                        "pass --image-size N to resize them all to N x N")
-    return np.stack(arrays).transpose(0, 3, 1, 2).copy()  # (N, C, H, W)
+        return a.transpose(2, 0, 1)  # (C, H, W)
+
+    first = decode(files[0])
+    with atomic_path(target) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
+                                        shape=(len(files), *first.shape))
+        for i, p in enumerate(tqdm(files, desc=f"decoding {root.name}", unit="img",
+                                   leave=False, disable=None if len(files) > 1000 else True)):
+            a = first if i == 0 else decode(p)
+            if a.shape != first.shape:
+                raise DataError(
+                    f"images under {root} have different sizes: {files[0]} is "
+                    f"{first.shape[2]}x{first.shape[1]}, {p} is {a.shape[2]}x{a.shape[1]}; "
+                    "pass --image-size N to resize them all to N x N")
+            out[i] = a
+        out.flush()
+        del out
