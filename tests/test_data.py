@@ -241,9 +241,9 @@ def test_folder_decodes_and_loads_without_holding_the_images_in_memory(tmp_path)
     root.mkdir()
     rng = np.random.default_rng(0)
     for i in range(300):
-        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
+        Image.fromarray(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)).save(
             root / f"{i:03d}.png", compress_level=0)
-    size = 300 * 3 * 64 * 64  # 3.7 MB
+    size = 300 * 3 * 128 * 128  # 14.7 MB
     cfg = DataConfig(dataset="folder", data_dir=str(root), channels=3)
     for _ in ("decode", "read the decoded copy"):
         tracemalloc.start()

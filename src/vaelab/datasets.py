@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -264,6 +265,7 @@ def folder(cfg: DataConfig) -> RawData:
                    x[n:], None if labels is None else labels[n:], 255, classes)
 
 
+DECODE_THREADS = min(8, os.cpu_count() or 1)
 FOLDER_CACHE_FORMAT = 2  # 2: the training part first, memory-mapped
 
 
@@ -311,18 +313,22 @@ def _decode(root: Path, files: list[Path], cfg: DataConfig, target: Path) -> Non
             raise DataError(f"cannot read image {p}: {e}; remove or repair it") from None
         return a.transpose(2, 0, 1)  # (C, H, W)
 
-    first = decode(files[0])
-    with atomic_path(target) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
-                                        shape=(len(files), *first.shape))
-        for i, p in enumerate(tqdm(files, desc=f"decoding {root.name}", unit="img",
-                                   leave=False, disable=None if len(files) > 1000 else True)):
-            a = first if i == 0 else decode(p)
+    first, n, block = decode(files[0]), len(files), 1024
+    with atomic_path(target) as tmp, ThreadPoolExecutor(DECODE_THREADS) as pool, \
+            tqdm(total=n, desc=f"decoding {root.name}", unit="img", leave=False,
+                 disable=None if n > 1000 else True) as bar:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, *first.shape))
+
+        def put(i: int) -> None:  # in threads: Pillow decodes and resizes without the GIL
+            a = decode(files[i])
             if a.shape != first.shape:
                 raise DataError(
                     f"images under {root} have different sizes: {files[0]} is "
-                    f"{first.shape[2]}x{first.shape[1]}, {p} is {a.shape[2]}x{a.shape[1]}; "
-                    "pass --image-size N to resize them all to N x N")
+                    f"{first.shape[2]}x{first.shape[1]}, {files[i]} is "
+                    f"{a.shape[2]}x{a.shape[1]}; pass --image-size N to resize them all to N x N")
             out[i] = a
+
+        for start in range(0, n, block):  # a block at a time: bounded memory, first error
+            list(pool.map(put, range(start, min(start + block, n))))
+            bar.update(min(block, n - start))
         out.flush()
-        del out
