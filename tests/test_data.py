@@ -254,6 +254,38 @@ def test_folder_decodes_and_loads_without_holding_the_images_in_memory(tmp_path)
     assert len(data.train) + len(data.val) + len(data.test) == 300
 
 
+def test_folder_without_disk_room_for_the_decoded_copy_says_so(tmp_path):
+    """Decoding reserves the file's blocks first: with no room (here a 1 MB file-size
+    limit) the error says so, instead of a write to a mapped page killing the process."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for i in range(40):
+        Image.fromarray(np.full((128, 128, 3), i, np.uint8)).save(root / f"{i}.png")
+    code = f"""
+import resource, signal
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, 2**20))
+from vaelab.config import DataConfig
+from vaelab.data import load_data
+from vaelab.fetch import DataError
+try:
+    load_data(DataConfig(dataset="folder", data_dir={str(root)!r}, channels=3))
+except DataError as e:
+    print("DataError:", e)
+"""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "DataError: no room for the decoded images (2 MiB)" in out.stdout
+    assert not list((tmp_path / "cache").rglob("*.npy*"))  # nothing half-written is left
+
+
 @pytest.mark.parametrize("setup, match", [
     (lambda d: _png_folder(d, [12, 13]), r"different sizes.*--image-size"),
     (lambda d: d.mkdir(), "no PNG or JPEG images"),

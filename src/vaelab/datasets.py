@@ -294,6 +294,23 @@ def _read_decoded(cache: Path, n: int) -> np.ndarray | None:
         return None
 
 
+def _create(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """A ``.npy`` file of uint8 ``shape`` at ``path``, memory-mapped for writing, its disk
+    blocks allocated now: writing a mapped page that the disk has no room for would kill
+    the process without a word."""
+    size = int(np.prod(shape))
+    try:
+        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+        if hasattr(os, "posix_fallocate"):
+            with open(path, "rb+") as f:
+                os.posix_fallocate(f.fileno(), 0, path.stat().st_size)
+    except OSError as e:
+        raise DataError(f"no room for the decoded images ({size / 2**20:,.0f} MiB) in "
+                        f"{path.parent} ({e.strerror}); free some space there, or point "
+                        "XDG_CACHE_HOME at a disk that has it") from None
+    return out
+
+
 def _decode(root: Path, files: list[Path], cfg: DataConfig, target: Path) -> None:
     """Every image, converted and resized as ``cfg`` says, into the ``.npy`` file ``target``
     (uint8 ``(N, C, H, W)``), written beside it and renamed when complete."""
@@ -317,7 +334,7 @@ def _decode(root: Path, files: list[Path], cfg: DataConfig, target: Path) -> Non
     with atomic_path(target) as tmp, ThreadPoolExecutor(DECODE_THREADS) as pool, \
             tqdm(total=n, desc=f"decoding {root.name}", unit="img", leave=False,
                  disable=None if n > 1000 else True) as bar:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, *first.shape))
+        out = _create(tmp, (n, *first.shape))
 
         def put(i: int) -> None:  # in threads: Pillow decodes and resizes without the GIL
             a = decode(files[i])
