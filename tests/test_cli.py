@@ -90,7 +90,7 @@ def test_evaluate_importance_sampled(run_dir):
     assert {"nll", "nll_stderr", "k", "active_units", "kl_per_dim"} <= set(r)
     assert r["k"] == 50 and len(r["kl_per_dim"]) == 4 and 0 <= r["active_units"] <= 4
     assert sum(r["kl_per_dim"]) == pytest.approx(r["kl"], rel=1e-4)
-    p = vaelab("evaluate", run_dir, "--k", 50)
+    p = vaelab("evaluate", run_dir, "--k", 50, "--no-progress")
     assert "importance-sampled, k = 50" in p.stdout and "active units" in p.stdout
 
 

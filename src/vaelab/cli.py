@@ -74,6 +74,11 @@ def _add_run_args(p: argparse.ArgumentParser, runs: bool = False) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
 
 
+def _add_progress_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (--json implies it where a command has it)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vaelab", description="Variational autoencoders: train, sample, evaluate.")
@@ -87,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", metavar="DIR", help="run directory (default: runs/DATASET-TIME)")
     t.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its checkpoint "
                    "(only --epochs and --device may be changed)")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_progress_flag(t)
     t.add_argument("--time-limit", type=float, metavar="MINUTES",
                    help="stop after the last epoch that ends within this many minutes (for "
                    "jobs with a wall-clock limit); --resume goes on from there")
@@ -110,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "default 0: ELBO only)")
     e.add_argument("--batch-size", type=int, default=1000)
     e.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_progress_flag(e)
 
     po = sub.add_parser("posterior", help="2-D latent: exact log p(x) and p(z|x) beside q(z|x)",
                         description="For a model with a 2-D latent: the true posterior "
@@ -135,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--ppca-dim", type=int, default=50, help="PPCA latent dimension (default 50)")
     b.add_argument("--split", choices=["train", "val", "test"], default="test")
     b.add_argument("--json", action="store_true", help="print a JSON list")
+    _add_progress_flag(b)
     _add_config_flags(b, ("data",))
 
     cl = sub.add_parser(
@@ -162,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--min-steps", type=int, default=1000, help="fewest optimizer steps of a "
                     "model trained on a small subset (default 1000)")
     cl.add_argument("--json", action="store_true", help="print one JSON object")
-    cl.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_progress_flag(cl)
     _add_config_flags(cl)
 
     r = sub.add_parser("report", help="one self-contained HTML page with a run's figures "
@@ -262,7 +269,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--k must be >= 0, got {args.k}")
     world = current_world()
     r = evaluate(model, data, args.split, args.batch_size, args.seed, args.k,
-                 progress=not args.json, world=world)
+                 progress=not (args.json or args.no_progress), world=world)
     if not world.main:  # one of several torchrun processes: rank 0 reports
         return 0
     r["run"] = str(args.run)
@@ -344,7 +351,7 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     data = load_data(cfg.data)
     rows = run_baselines(data, names, args.split, BaselineSettings(
         args.components, args.em_iterations, args.ppca_dim, cfg.train.seed),
-        progress=not args.json)
+        progress=not (args.json or args.no_progress))
     if args.run:
         from .rundir import write_result
 
