@@ -41,17 +41,20 @@ def write_folder(root: Path, n: int, size: int) -> None:
             d / f"{i}.png")
 
 
-def resident() -> int:
+def resident(field: str = "VmRSS") -> int:
     status = Path("/proc/self/status").read_text().splitlines()
-    return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+    return next(int(line.split()[1]) * 1024 for line in status if line.startswith(field + ":"))
 
 
 def timed(fn):
+    """(result, seconds, peak resident memory, anonymous memory after): the peak counts the
+    pages of the mapped file, which the kernel may drop; the anonymous memory is the
+    process's own."""
     with PeakMemory(torch.device("cpu")) as mem:
         t = time.perf_counter()
         out = fn()
         seconds = time.perf_counter() - t
-    return out, seconds, mem.bytes
+    return out, seconds, mem.bytes, resident("RssAnon")
 
 
 def epoch(split) -> float:
@@ -78,27 +81,29 @@ def main():
         cfg = DataConfig(dataset="folder", data_dir=str(root), channels=3)
         print(f"cpu ({hardware(torch.device('cpu'))}); torch {torch.__version__}; {root}")
         print()
-        print("| step | seconds | images/s | peak memory (VmHWM) |")
-        print("|---|---:|---:|---:|")
+        print("| step | seconds | images/s | peak resident (VmHWM) | anonymous after (RssAnon) |")
+        print("|---|---:|---:|---:|---:|")
         rows, data = [], None
-        rss_before = resident()
+        rss_before, anon_before = resident(), resident("RssAnon")
         for threads in (1, vaelab.datasets.DECODE_THREADS):
             os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(dir=tmp)  # an empty cache
             vaelab.datasets.DECODE_THREADS = threads
-            data, s, mem = timed(lambda: load_data(cfg))
-            rows.append((f"decode ({threads} thread{'s' * (threads > 1)}) and load", s, mem))
+            data, *r = timed(lambda: load_data(cfg))
+            rows.append((f"decode ({threads} thread{'s' * (threads > 1)}) and load", *r))
         n = len(data.train) + len(data.val) + len(data.test)
-        data, s, mem = timed(lambda: load_data(cfg))
-        rows.append(("load the kept copy (memory-mapped)", s, mem))
-        for name, s, mem in rows:
-            print(f"| {name} | {s:.2f} | {n / s:,.0f} | {mem / 2**20:,.0f} MiB |")
+        data, *r = timed(lambda: load_data(cfg))
+        rows.append(("load the kept copy (memory-mapped)", *r))
+        for name, s, peak, anon in rows:
+            print(f"| {name} | {s:.2f} | {n / s:,.0f} | {peak / 2**20:,.0f} MiB "
+                  f"| {anon / 2**20:,.0f} MiB |")
         held = dataclasses.replace(data.train, images=data.train.stored(), rows=None)
         for name, split in (("memory-mapped", data.train), ("held in memory", held)):
-            print(f"| a shuffled pass of batches of 128, {name} | | {epoch(split):,.0f} | |")
+            print(f"| a shuffled pass of batches of 128, {name} | | {epoch(split):,.0f} | | |")
         print()
         print(f"{n:,} images of shape {data.image_shape}: "
-              f"{n * np.prod(data.image_shape) / 2**20:,.0f} MiB decoded; the process held "
-              f"{rss_before / 2**20:,.0f} MiB before the first step")
+              f"{n * np.prod(data.image_shape) / 2**20:,.0f} MiB decoded; before the first "
+              f"step the process held {rss_before / 2**20:,.0f} MiB, "
+              f"{anon_before / 2**20:,.0f} MiB of it anonymous")
 
 
 if __name__ == "__main__":
