@@ -8,7 +8,10 @@ A bottom-up network (an MLP, or the conv trunk of ``net = "conv"``) and residual
 give features h_t of x for every layer; one top-down path of residual MLP cells carries a
 deterministic state d_t = D_t(z_{t-1}, d_{t-1}) shared by the prior
 p(z_t | z_<t) = N(P_t(d_t)), the posterior q(z_t | x, z_<t) = N(Q_t(h_t, d_t)) and the
-decoder (an MLP, or the conv decoder), which reads d_T. The top layer's prior p(z_0) is
+decoder (an MLP, or the conv decoder). The decoder reads d_T and every layer's code, as in
+Tomczak & Welling's p(x | z_1, z_2) (from d_T alone, a 2 x 40 MLP model trailed a flat one
+by 8 nats of validation ELBO after 30 epochs on 10k Fashion-MNIST images; with the codes,
+by 1.7). The top layer's prior p(z_0) is
 N(0, I), a learned mixture (``prior = "mog"``), or the VampPrior (``"vamp"``): the mixture
 of q(z_0 | u_k) over learned pseudo-inputs u_k, as in Tomczak & Welling's hierarchical
 VampPrior VAE. Codes of all layers travel concatenated, top first, (..., T*L), so
@@ -86,7 +89,7 @@ class Walk(Distribution):
 
 class HierarchicalVAE(VAE):
     """``encode(x)`` -> q(z|x) and ``prior()`` -> p(z) as top-down walks over T layers;
-    ``decode(z)`` -> p(x|z) from the bottom state of the walk."""
+    ``decode(z)`` -> p(x|z) from the bottom state of the walk and the codes."""
 
     def __init__(self, cfg: ModelConfig, image_shape: tuple[int, int, int]):
         likelihood = LIKELIHOODS.get(cfg.likelihood)(cfg)
@@ -96,11 +99,11 @@ class HierarchicalVAE(VAE):
         if cfg.net == "conv":
             trunk, head = ConvEncoder(cfg, image_shape), ConvDecoder(cfg, image_shape, out)
             first = nn.Sequential(trunk, nn.Linear(trunk.features, W), ACTIVATIONS.get(act)())
-            decoder = nn.Sequential(nn.Linear(W, head.features), head)
+            decoder = nn.Sequential(nn.Linear(W + T * L, head.features), head)
         else:
             first = nn.Sequential(nn.Flatten(-3), MLP(c * h * w, cfg.hidden[:-1] or (W,), W, act),
                                   ACTIVATIONS.get(act)())
-            decoder = nn.Sequential(MLP(W, tuple(reversed(cfg.hidden)), out * h * w, act),
+            decoder = nn.Sequential(MLP(W + T * L, tuple(reversed(cfg.hidden)), out * h * w, act),
                                     nn.Unflatten(-1, (out, h, w)))
         up = nn.ModuleList([first] + [Cell(W, W, act) for _ in range(T - 1)])  # bottom first
         super().__init__(up, decoder, likelihood, _Prior(cfg, image_shape), T * L, image_shape,
@@ -181,7 +184,7 @@ class HierarchicalVAE(VAE):
                                                       mode), x.shape[:1], self.latent_dim)
 
     def decode(self, z: Tensor, y: Tensor | None = None) -> Distribution:
-        return self.likelihood(self.decoder(self._states(z)[-1]))
+        return self.likelihood(self.decoder(torch.cat([self._states(z)[-1], z], -1)))
 
     def layer_kl(self, x: Tensor) -> Tensor:
         """KL of each layer, E_q[log q(z_t|x, z_<t) - log p(z_t|z_<t)] from one sample of
