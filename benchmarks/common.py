@@ -48,10 +48,20 @@ class PeakMemory:
         if self.device.type == "cuda":
             self.bytes = torch.cuda.max_memory_allocated(self.device)
         else:
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    self.bytes = int(line.split()[1]) * 1024
+            self.bytes = proc_status("VmHWM")
         return False
+
+
+def proc_status(field: str) -> int | None:
+    """A memory figure of this process from /proc/self/status (``VmHWM``, ``VmRSS``,
+    ``RssAnon``, ...) in bytes; None where there is no such file."""
+    path = Path("/proc/self/status")
+    if not path.exists():
+        return None
+    for line in path.read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return None
 
 
 def flops(fn, *args) -> int:

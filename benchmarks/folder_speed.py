@@ -4,8 +4,9 @@ Writes N PNG images (smoothed noise, S x S, RGB) to a temporary directory (or us
 then, each into an empty cache directory, times vaelab's one-off decode with one thread
 and with the default thread pool, the later start from the kept (memory-mapped) copy, and
 one shuffled pass of batches over the training split, memory-mapped against the same
-images held in memory. Peak memory is the process's VmHWM over each step, beside the size
-of the decoded images: mapped splits add no copy of them.
+images held in memory. Memory: the process's peak resident set over each step (VmHWM,
+which counts the mapped file's pages) and its anonymous memory after it (its own), beside
+the size of the decoded images: mapped splits add no copy of them.
 
     python benchmarks/folder_speed.py [--n 20000] [--size 32] [--dir DIR]
 """
@@ -28,7 +29,7 @@ from vaelab.config import DataConfig
 from vaelab.data import load_data
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import PeakMemory, hardware  # noqa: E402
+from common import PeakMemory, hardware, proc_status  # noqa: E402
 
 
 def write_folder(root: Path, n: int, size: int) -> None:
@@ -41,11 +42,6 @@ def write_folder(root: Path, n: int, size: int) -> None:
             d / f"{i}.png")
 
 
-def resident(field: str = "VmRSS") -> int:
-    status = Path("/proc/self/status").read_text().splitlines()
-    return next(int(line.split()[1]) * 1024 for line in status if line.startswith(field + ":"))
-
-
 def timed(fn):
     """(result, seconds, peak resident memory, anonymous memory after): the peak counts the
     pages of the mapped file, which the kernel may drop; the anonymous memory is the
@@ -54,7 +50,7 @@ def timed(fn):
         t = time.perf_counter()
         out = fn()
         seconds = time.perf_counter() - t
-    return out, seconds, mem.bytes, resident("RssAnon")
+    return out, seconds, mem.bytes, proc_status("RssAnon")
 
 
 def epoch(split) -> float:
@@ -84,7 +80,7 @@ def main():
         print("| step | seconds | images/s | peak resident (VmHWM) | anonymous after (RssAnon) |")
         print("|---|---:|---:|---:|---:|")
         rows, data = [], None
-        rss_before, anon_before = resident(), resident("RssAnon")
+        rss_before, anon_before = proc_status("VmRSS"), proc_status("RssAnon")
         for threads in (1, vaelab.datasets.DECODE_THREADS):
             os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(dir=tmp)  # an empty cache
             vaelab.datasets.DECODE_THREADS = threads
