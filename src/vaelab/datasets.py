@@ -337,7 +337,7 @@ def _decode(root: Path, files: list[Path], cfg: DataConfig, target: Path) -> Non
         out = _create(tmp, (n, *first.shape))
 
         def put(i: int) -> None:  # in threads: Pillow decodes and resizes without the GIL
-            a = decode(files[i])
+            a = first if i == 0 else decode(files[i])
             if a.shape != first.shape:
                 raise DataError(
                     f"images under {root} have different sizes: {files[0]} is "
