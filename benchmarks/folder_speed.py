@@ -85,7 +85,7 @@ def main():
             os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(dir=tmp)  # an empty cache
             vaelab.datasets.DECODE_THREADS = threads
             data, *r = timed(lambda: load_data(cfg))
-            rows.append((f"decode ({threads} thread{'s' * (threads > 1)}) and load", *r))
+            rows.append((f"decode (DECODE_THREADS = {threads}) and load", *r))
         n = len(data.train) + len(data.val) + len(data.test)
         data, *r = timed(lambda: load_data(cfg))
         rows.append(("load the kept copy (memory-mapped)", *r))
