@@ -43,7 +43,8 @@ import vaelab
 from vaelab.data import Data, load_data
 from vaelab.model import VAE
 from vaelab.objectives import elbo
-from vaelab.train import Loss, resolve
+from vaelab.step import Loss
+from vaelab.train import resolve
 
 sys.path.insert(0, os.path.dirname(__file__))
 from common import PeakMemory, flops, hardware, matmul_rate, sync  # noqa: E402

@@ -10,13 +10,14 @@ from torch import nn
 from torch.distributions import MultivariateNormal
 
 from test_objectives import LinearGaussian, softplus_inv
-from vaelab.classify import (CLASSIFIERS, Classifier, Task, bayes_posterior, budget_epochs,
-                             class_log_likelihoods, class_prior, nested_subsets,
-                             run_classifiers, scores)
+from vaelab.classifiers import (CLASSIFIERS, Classifier, Task, bayes_posterior, budget_epochs,
+                                class_log_likelihoods, class_prior, nested_subsets, scores)
+from vaelab.classify import run_classifiers
 from vaelab.cli import main
 from vaelab.config import Config, ModelConfig
 from vaelab.data import DataConfig, load_data
-from vaelab.distributions import GaussianLikelihood, StandardNormalPrior
+from vaelab.likelihoods import GaussianLikelihood
+from vaelab.priors import StandardNormalPrior
 from vaelab.model import VAE
 from vaelab.nets import Labelled
 

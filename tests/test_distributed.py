@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 import vaelab
 from vaelab.data import load_data
-from vaelab.distributed import World, noise_shard, standard_normal, uniform
+from vaelab.distributed import World
+from vaelab.noise import batch_shard as noise_shard, standard_normal, uniform
 
 # dynamic binarization, 2 samples of z, KL warm-up, and a batch (101) that two ranks split
 # unevenly (51 + 50): every source of randomness and every weighting is exercised

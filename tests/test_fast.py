@@ -7,7 +7,8 @@ import torch
 import vaelab
 from vaelab.data import load_data
 from vaelab.model import VAE
-from vaelab.train import Loss, Stepper, fast_paths, make_optimizer, resolve
+from vaelab.step import Loss, Stepper, fast_paths, make_optimizer
+from vaelab.train import resolve
 
 SETTINGS = {"mlp": dict(hidden="64", latent_dim=8),
             "conv": dict(net="conv", conv_widths="8,16", latent_dim=8),

@@ -3,7 +3,7 @@ import torch
 from torch.distributions import Independent
 
 from vaelab.config import ConfigError, ModelConfig
-from vaelab.distributions import LIKELIHOODS
+from vaelab.likelihoods import LIKELIHOODS
 from vaelab.model import VAE
 from vaelab.sample import imagine, reconstruct
 

@@ -119,7 +119,7 @@ def test_coupled_rgb_mixture_sums_to_one_and_samples_its_probabilities():
 
 
 def test_dlogistic_likelihood_on_rgb_has_pixelcnn_parameters_and_old_grey_layout():
-    from vaelab.distributions import DiscretizedLogisticLikelihood
+    from vaelab.likelihoods import DiscretizedLogisticLikelihood
 
     lik = DiscretizedLogisticLikelihood(ModelConfig(logistic_mixtures=5, likelihood="dlogistic"))
     assert lik.out_channels(3) == 50 and lik.out_channels(1) == 15  # 10 M and 3 M
@@ -200,7 +200,7 @@ def test_the_vamp_prior_is_the_encoder_at_its_pseudo_inputs():
     expect = torch.logsumexp(qu.log_prob(z[:, None, :]), 1) - math.log(len(u))
     torch.testing.assert_close(model.prior().log_prob(z), expect)
     assert "prior.raw" in model.state_dict() and not any(
-        k.startswith("prior._vae") for k in model.state_dict())
+        k.startswith(("prior._vae", "prior._encode")) for k in model.state_dict())
 
 
 # ---- objectives as arguments -------------------------------------------------------------
@@ -379,11 +379,24 @@ def test_hierarchical_settings_are_checked():
 
 def test_hierarchical_vamp_prior_is_the_top_posterior_at_its_pseudo_inputs():
     model = _hvae(net="conv", prior="vamp")
-    u = torch.sigmoid(model.prior.raw)
+    u = torch.sigmoid(model.prior.top.raw)
     z0 = torch.randn(7, 2)
     with torch.no_grad():
         q = model.top_posterior(u)  # batch (5,)
         want = torch.logsumexp(q.log_prob(z0[:, None]), -1) - math.log(5)
         got = model.prior().layer_log_probs(torch.cat([z0, torch.zeros(7, 2)], -1))[0]
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
-    assert any(p is model.prior.raw for p in model.parameters())  # trained with the model
+    assert any(p is model.prior.top.raw for p in model.parameters())  # trained with the model
+
+
+@pytest.mark.parametrize("prior", ["mog", "vamp"])
+def test_hierarchical_weights_saved_under_the_former_prior_names_still_load(prior):
+    model = _hvae(prior=prior)
+    state = model.state_dict()
+    former = {k.replace("prior.top.", "prior.mixture." if prior == "mog" else "prior."): v
+              for k, v in state.items()}
+    assert former.keys() != state.keys()
+    fresh = _hvae(prior=prior)
+    fresh.load_state_dict(former)
+    for k, v in fresh.state_dict().items():
+        torch.testing.assert_close(v, state[k])

@@ -14,7 +14,8 @@ from torch.distributions import (
 )
 
 from vaelab.config import ModelConfig
-from vaelab.distributions import GaussianLikelihood, StandardNormalPrior
+from vaelab.likelihoods import GaussianLikelihood
+from vaelab.priors import StandardNormalPrior
 from vaelab.model import VAE
 from vaelab.objectives import elbo, iwae_bound, kl_divergence, log_weights
 

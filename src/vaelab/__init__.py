@@ -7,12 +7,14 @@
     >>> g = vaelab.imagine(model, 100)            # z ~ p(z); E[x|z] and x ~ p(x|z)
     >>> vaelab.write_report("runs/digits")        # runs/digits/report/index.html
 """
-from .classify import bayes_posterior, class_log_likelihoods, classify_run
+from .classifiers import bayes_posterior, class_log_likelihoods
+from .classify import classify_run
 from .config import Config, ConfigError, DataConfig, ModelConfig, TrainConfig
 from .data import Data, Split, load_data
 from .datasets import DATASETS, read_idx
 from .evaluate import evaluate
 from .fetch import DataError
+from .hierarchical import HierarchicalVAE  # registers the model kind "hierarchical"
 from .model import VAE
 from .objectives import elbo, iwae_bound, kl_divergence
 from .report import write_comparison, write_report
@@ -23,7 +25,8 @@ from .train import train
 __version__ = "0.1.0"
 
 __all__ = ["Config", "ConfigError", "DataConfig", "ModelConfig", "TrainConfig", "DATASETS",
-           "Data", "Split", "load_data", "read_idx", "evaluate", "DataError", "VAE", "elbo",
+           "Data", "Split", "load_data", "read_idx", "evaluate", "DataError", "VAE",
+           "HierarchicalVAE", "elbo",
            "iwae_bound", "kl_divergence", "imagine", "reconstruct", "RunError", "load_run",
            "train", "bayes_posterior", "class_log_likelihoods", "classify_run", "write_report",
            "write_comparison", "__version__"]

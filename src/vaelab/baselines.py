@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .config import Registry
+from .registry import Registry
 from .data import Data
 from .distributions import discretized_normal_log_prob, to_levels
 from .objectives import bits_per_dim, mean_stderr

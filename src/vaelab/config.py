@@ -16,7 +16,7 @@ import types
 import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -25,42 +25,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 import tomli_w
 
-T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message says which and what is allowed."""
-
-
-class Registry(Generic[T]):
-    """Name -> factory. ``@REG.register("name")`` adds one; ``REG.get(name)`` looks it up."""
-
-    def __init__(self, kind: str):
-        self.kind = kind
-        self._items: dict[str, T] = {}
-
-    def register(self, name: str) -> Callable[[T], T]:
-        def deco(obj: T) -> T:
-            if name in self._items:
-                raise ValueError(f"{self.kind} {name!r} is registered twice")
-            self._items[name] = obj
-            return obj
-
-        return deco
-
-    def get(self, name: str) -> T:
-        try:
-            return self._items[name]
-        except KeyError:
-            raise ConfigError(
-                f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}"
-            ) from None
-
-    def names(self) -> list[str]:
-        return sorted(self._items)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._items
+from .registry import ConfigError, Registry  # noqa: F401 (their home is registry)
 
 
 BINARIZE_MODES = ("auto", "none", "dynamic", "static")

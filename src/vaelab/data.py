@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Iterator
@@ -26,8 +27,9 @@ import torch
 
 from .config import ConfigError, DataConfig
 from .datasets import DATASETS
-from .distributed import SINGLE, World, noise_shard, uniform
+from .distributed import SINGLE, World
 from .fetch import DataError
+from .noise import batch_shard, seeded, uniform
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +121,7 @@ class Split:
         Over several processes (``world``), every rank walks the same global batches and
         gets its contiguous shard of each; while a shard is in use (until the next is
         asked for), random draws are those of the global batch
-        (:func:`vaelab.distributed.noise_shard`)."""
+        (:func:`vaelab.noise.batch_shard`)."""
         if labels and self.labels is None:
             raise DataError("these data have no labels")
         n, dev = len(self), self.images.device
@@ -145,7 +147,7 @@ class Split:
             else:
                 take, labs = self._take, self.labels
             for mine, a, b, size in cuts:
-                with noise_shard(a, b, size) if world.distributed else nullcontext():
+                with batch_shard(a, b, size) if world.distributed else nullcontext():
                     x = self._floats(take(mine), generator)
                     yield (x, labs[mine]) if labels else x
 
@@ -178,6 +180,31 @@ class Data:
         if name not in ("train", "val", "test"):
             raise DataError(f"unknown split {name!r}; choose one of: train, val, test")
         return getattr(self, name)
+
+
+def data_examples(data: Data, n: int = 100, split: str = "test", seed: int = 0) -> torch.Tensor:
+    """``n`` seeded random images of a split, as the model sees them (for figures and
+    studies)."""
+    s = data.split(split)
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(s), generator=g)[:n].to(s.images.device)
+    with seeded(seed, s.images.device):
+        return s.batch(idx)
+
+
+def class_examples(data: Data, per_class: int, split: str = "test", seed: int = 0
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``per_class`` seeded random images of each class, class by class: (images, labels)."""
+    s = data.split(split)
+    g = torch.Generator().manual_seed(seed)
+    labels, idx = s.labels.cpu(), []
+    for c in range(len(data.classes)):
+        members = torch.nonzero(labels == c)[:, 0]
+        pick = members[torch.randperm(len(members), generator=g)][:per_class]
+        idx.append(pick.repeat(math.ceil(per_class / max(1, len(pick))))[:per_class])
+    idx = torch.cat(idx).to(s.images.device)
+    with seeded(seed, s.images.device):
+        return s.batch(idx), s.labels[idx]
 
 
 def binarize_once(images: np.ndarray, max_value: int, seed: int) -> np.ndarray:

@@ -17,7 +17,8 @@ from typing import Callable
 
 import numpy as np
 
-from .config import DataConfig, Registry
+from .config import DataConfig
+from .registry import Registry
 from .fetch import DataError, RemoteFile, atomic_path, fetch_file, mirrors_from_env
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,14 @@ class IdxDataset:
                 return found  # type: ignore[return-value]
         return None
 
+    def where(self, data_dir: str | None = None) -> str:
+        """Where the files are, or where they will be downloaded to."""
+        found = self.locate(data_dir)
+        if found:
+            return f"found in {next(iter(found.values())).parent}"
+        return (f"not found; `vaelab train --dataset {self.name}` downloads it to "
+                f"{self.download_dir(data_dir)}")
+
     def fetch(self, data_dir: str | None, download: bool = True,
               mirrors: tuple[str, ...] | None = None) -> dict[str, Path]:
         found = self.locate(data_dir)
@@ -208,7 +217,20 @@ def _holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray
     return perm[n_test:], perm[:n_test]
 
 
-@DATASETS.register("digits")
+class LocalDataset:
+    """A data set read from where it is (no download): ``load(cfg)`` and where it lives."""
+
+    def __init__(self, load: Callable[[DataConfig], RawData], where: str):
+        self.load, self._where = load, where
+        self.__doc__ = load.__doc__
+
+    def __call__(self, cfg: DataConfig) -> RawData:
+        return self.load(cfg)
+
+    def where(self, data_dir: str | None = None) -> str:
+        return self._where
+
+
 def digits(cfg: DataConfig) -> RawData:
     """scikit-learn's 1,797 handwritten 8x8 digits (17 grey levels, 0..16); fully offline.
     A fixed 20% (seed 0) is the test set."""
@@ -222,10 +244,12 @@ def digits(cfg: DataConfig) -> RawData:
                    classes=tuple(str(i) for i in range(10)))
 
 
+DATASETS.register("digits")(LocalDataset(
+    digits, "bundled with scikit-learn (offline, 1,797 8x8 images)"))
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 
-@DATASETS.register("folder")
 def folder(cfg: DataConfig) -> RawData:
     """A directory of PNG/JPEG images. Images in sub-directories get the sub-directory's
     name as class label (one level, sorted); a fixed 20% (seed 0) is the test set.
@@ -268,6 +292,10 @@ def folder(cfg: DataConfig) -> RawData:
 DECODE_THREADS = min(8, os.cpu_count() or 1)
 SMALL_IMAGE_BYTES = 8192  # decoded images smaller than this are decoded in one thread
 FOLDER_CACHE_FORMAT = 2  # 2: the training part first, memory-mapped
+
+
+DATASETS.register("folder")(LocalDataset(
+    folder, "your own images: --dataset folder --data-dir DIR [--image-size N]"))
 
 
 def _folder_key(root: Path, files: list[Path], cfg: DataConfig) -> str:

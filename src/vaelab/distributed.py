@@ -9,8 +9,8 @@ joins the group (NCCL between GPUs, gloo on CPUs). Then:
   rank, so the global batch, and so the result, do not depend on the number of processes;
 * the random numbers of a batch (reparameterization noise, dynamic binarization) are drawn
   for the whole global batch, from generators seeded alike on every rank, and each rank
-  takes its shard of them (:func:`noise_shard`): N processes follow the same trajectory as
-  one, up to the order of floating-point sums;
+  takes its shard of them (:func:`vaelab.noise.batch_shard`): N processes follow the same
+  trajectory as one, up to the order of floating-point sums;
 * gradients are averaged by ``DistributedDataParallel``, each rank's loss weighted by its
   share of the batch (uneven last batches stay exact);
 * metrics are summed over ranks; only rank 0 writes files.
@@ -20,9 +20,7 @@ A single process (no torchrun) is a world of size 1 and none of this costs anyth
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -116,47 +114,3 @@ def join(device: torch.device) -> tuple[World, torch.device]:
 def leave() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-# ---------------------------------------------------------------------------------------
-# Random numbers of a sharded batch
-# ---------------------------------------------------------------------------------------
-_shard: tuple[int, int, int] | None = None  # (start, stop, global size) of this rank
-
-
-@contextmanager
-def noise_shard(start: int, stop: int, total: int) -> Iterator[None]:
-    """Within the block, :func:`standard_normal` and :func:`uniform` draw numbers for a
-    global batch of ``total`` examples and return rows ``start:stop`` of it."""
-    global _shard
-    previous, _shard = _shard, (start, stop, total)
-    try:
-        yield
-    finally:
-        _shard = previous
-
-
-def _draw(fill, shape: torch.Size, dim: int, **kw) -> Tensor:
-    if _shard is None:
-        return fill(shape, **kw)
-    start, stop, total = _shard
-    dim = dim % len(shape)
-    if shape[dim] != stop - start:
-        raise RuntimeError(f"a sharded draw of shape {tuple(shape)} has {shape[dim]} rows in "
-                           f"dimension {dim}, but the shard holds {stop - start}")
-    full = list(shape)
-    full[dim] = total
-    return fill(full, **kw).narrow(dim, start, stop - start)
-
-
-def standard_normal(shape: torch.Size, dim: int, dtype: torch.dtype, device: torch.device
-                    ) -> Tensor:
-    """N(0, 1) noise of ``shape``, whose dimension ``dim`` runs over the examples."""
-    return _draw(torch.randn, torch.Size(shape), dim, dtype=dtype, device=device)
-
-
-def uniform(shape: torch.Size, dim: int, device: torch.device,
-            generator: torch.Generator | None = None) -> Tensor:
-    """U(0, 1) numbers of ``shape`` from ``generator``, whose dimension ``dim`` runs over
-    the examples."""
-    return _draw(torch.rand, torch.Size(shape), dim, device=device, generator=generator)

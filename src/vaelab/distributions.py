@@ -1,30 +1,21 @@
-"""Distribution heads: network outputs -> ``torch.distributions`` objects.
+"""The distributions vaelab adds to ``torch.distributions``, and the encoder's family.
 
 * :func:`diagonal_normal` is the encoder's Gaussian family,
-  q(z|x) = N(z; mu(x), diag sigma^2(x)), an ``Independent`` over the latent dimension.
-* ``LIKELIHOODS`` holds the decoder families p(x|z), each an ``Independent`` over the
-  image dimensions ``(C, H, W)``, so ``log_prob`` sums over pixels.
-* ``PRIORS`` holds modules whose call returns p(z).
-
-Choose the likelihood on purpose: binary data -> ``bernoulli``; grey levels ->
-``dgaussian``, a discretized Gaussian, a probability over the data's levels that compares
-with the literature's discrete log-likelihoods; or the densities ``cbernoulli``
-(Loaiza-Ganem & Cunningham 2019) and ``gaussian`` on [0, 1], whose numbers are densities,
-not probabilities of the data. A Bernoulli on grey values is not a likelihood of the data:
-it is warned about.
+  q(z|x) = N(z; mu(x), diag sigma^2(x)), an ``Independent`` over the latent dimension;
+  its noise comes from :mod:`vaelab.noise` (:class:`ShardableNormal`).
+* :class:`DiscretizedNormal` and :class:`CoupledLogisticMixture` are probabilities of
+  grey-level (and RGB) data, for the decoders of :mod:`vaelab.likelihoods`.
+* :class:`GaussianMixture` is the mixture of diagonal Gaussians that the mixture priors
+  and the VampPrior of :mod:`vaelab.priors` return.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.distributions import (
-    Bernoulli,
     Categorical,
-    ContinuousBernoulli,
     Distribution,
     Independent,
     MixtureSameFamily,
@@ -32,14 +23,13 @@ from torch.distributions import (
     constraints,
 )
 
-from .config import ModelConfig, Registry
-from .distributed import standard_normal
+from .noise import standard_normal
 
 Tensor = torch.Tensor
 
 
 class ShardableNormal(Normal):
-    """``torch.distributions.Normal`` whose noise comes from :mod:`vaelab.distributed`, so
+    """``torch.distributions.Normal`` whose noise comes from :mod:`vaelab.noise`, so
     that a batch sharded over processes draws the same numbers as in one process (the
     examples run along dimension -2: (..., B, L))."""
 
@@ -245,122 +235,6 @@ class CoupledLogisticMixture(Distribution):
         return torch.stack(xs, -3)
 
 
-class Likelihood:
-    """Turns decoder output ``(..., out_channels(C), H, W)`` into p(x|z) with
-    event shape ``(C, H, W)``."""
-
-    name: str = ""
-    params_per_channel: int = 1
-    discrete: bool = False  # a probability mass over the data (log_prob <= 0)
-    binary: bool = False  # support {0, 1}
-
-    def out_channels(self, channels: int) -> int:
-        """Channels of decoder output that parameterize an image of ``channels``."""
-        return self.params_per_channel * channels
-
-    def __call__(self, params: Tensor) -> Distribution:
-        raise NotImplementedError
-
-
-LIKELIHOODS: Registry[Callable[[ModelConfig], Likelihood]] = Registry("likelihood")
-
-
-@LIKELIHOODS.register("bernoulli")
-class BernoulliLikelihood(Likelihood):
-    """p(x|z) = prod_i Bernoulli(x_i; sigmoid(logit_i)), for binary images."""
-
-    name, discrete, binary = "bernoulli", True, True
-
-    def __init__(self, cfg: ModelConfig | None = None):
-        pass
-
-    def __call__(self, params: Tensor) -> Distribution:
-        return Independent(Bernoulli(logits=params, validate_args=False), 3, validate_args=False)
-
-
-@LIKELIHOODS.register("cbernoulli")
-class ContinuousBernoulliLikelihood(Likelihood):
-    """The continuous Bernoulli, a proper density on [0, 1] (Loaiza-Ganem & Cunningham 2019)."""
-
-    name = "cbernoulli"
-
-    def __init__(self, cfg: ModelConfig | None = None):
-        pass
-
-    def __call__(self, params: Tensor) -> Distribution:
-        return Independent(ContinuousBernoulli(logits=params, validate_args=False), 3,
-                           validate_args=False)
-
-
-@LIKELIHOODS.register("gaussian")
-class GaussianLikelihood(Likelihood):
-    """N(x_i; mu_i(z), sigma_i(z)^2) with a learned per-pixel scale >= ``min_scale``."""
-
-    name, params_per_channel = "gaussian", 2
-
-    def __init__(self, cfg: ModelConfig | None = None):
-        self.min_scale = cfg.min_scale if cfg is not None else 1e-3
-
-    def _loc_scale(self, params: Tensor) -> tuple[Tensor, Tensor]:
-        loc, raw = params.chunk(2, dim=-3)
-        return loc, F.softplus(raw) + self.min_scale
-
-    def __call__(self, params: Tensor) -> Distribution:
-        return independent_normal(*self._loc_scale(params), 3)
-
-
-@LIKELIHOODS.register("dgaussian")
-class DiscretizedGaussianLikelihood(GaussianLikelihood):
-    """A discretized Gaussian per pixel with learned scale: a probability over the data's
-    grey levels (``levels``, set from the data), so its log-likelihood is that of the
-    discrete 8-bit (or 17-level) data, comparable with the literature's."""
-
-    name, discrete = "dgaussian", True
-
-    def __init__(self, cfg: ModelConfig | None = None):
-        super().__init__(cfg)
-        self.levels = cfg.levels if cfg is not None and cfg.levels else 256
-
-    def __call__(self, params: Tensor) -> Distribution:
-        return Independent(DiscretizedNormal(*self._loc_scale(params), self.levels), 3,
-                           validate_args=False)
-
-
-@LIKELIHOODS.register("dlogistic")
-class DiscretizedLogisticLikelihood(Likelihood):
-    """Per pixel a mixture of ``logistic_mixtures`` discretized logistics over the data's
-    grey levels, the channels coupled as in PixelCNN++ (Salimans et al. 2017): a
-    probability of the 8-bit grey or RGB data."""
-
-    name, discrete = "dlogistic", True
-
-    def __init__(self, cfg: ModelConfig | None = None):
-        self.mixtures = cfg.logistic_mixtures if cfg is not None else 5
-        self.levels = cfg.levels if cfg is not None and cfg.levels else 256
-
-    def out_channels(self, channels: int) -> int:
-        return self.mixtures * CoupledLogisticMixture.params_per_component(channels)
-
-    def __call__(self, params: Tensor) -> Distribution:
-        return CoupledLogisticMixture.from_params(params, self.mixtures, self.levels)
-
-
-PRIORS: Registry[Callable[[ModelConfig, tuple[int, int, int]], nn.Module]] = Registry("prior")
-
-
-@PRIORS.register("normal")
-class StandardNormalPrior(nn.Module):
-    """p(z) = N(0, I). Buffers, so it follows the model to its device."""
-
-    def __init__(self, cfg: ModelConfig, image_shape: tuple[int, int, int] | None = None):
-        super().__init__()
-        self.register_buffer("loc", torch.zeros(cfg.latent_dim), persistent=False)
-        self.register_buffer("scale", torch.ones(cfg.latent_dim), persistent=False)
-
-    def forward(self, temperature: float = 1.0) -> Distribution:
-        return independent_normal(self.loc, self.scale * temperature)
-
-
 class GaussianMixture(MixtureSameFamily):
     """A mixture of diagonal Gaussians, ``logits`` (K,), ``loc`` and ``scale`` (K, L), whose
     log_prob is one matrix product: sum_d (z_d - m_kd)^2 / s_kd^2 expands into
@@ -380,45 +254,3 @@ class GaussianMixture(MixtureSameFamily):
     def log_prob(self, z: Tensor) -> Tensor:
         quad = torch.cat([z * z, z], -1) @ self._w  # (..., K)
         return torch.logsumexp(self._c - 0.5 * quad, -1)
-
-
-def _scale_param(shape: tuple[int, ...], scale: float = 1.0) -> nn.Parameter:
-    """Raw parameters whose softplus is ``scale``."""
-    return nn.Parameter(torch.full(shape, math.log(math.expm1(scale))))
-
-
-@PRIORS.register("mog")
-class MixturePrior(nn.Module):
-    """p(z) = sum_k pi_k N(z; mu_k, diag sigma_k^2) with learned weights, means and scales
-    (K = ``prior_components``). KL(q || p) has no closed form: Monte Carlo."""
-
-    def __init__(self, cfg: ModelConfig, image_shape: tuple[int, int, int] | None = None):
-        super().__init__()
-        k, d = cfg.prior_components, cfg.latent_dim
-        self.logits = nn.Parameter(torch.zeros(k))
-        self.loc = nn.Parameter(torch.randn(k, d))
-        self.raw_scale = _scale_param((k, d), 0.5)
-        self.floats_per_code = k  # log p(z) of one code: a row of K log-densities
-
-    def forward(self, temperature: float = 1.0) -> Distribution:
-        return GaussianMixture(self.logits, self.loc, F.softplus(self.raw_scale) * temperature)
-
-
-@PRIORS.register("vamp")
-class VampPrior(nn.Module):
-    """p(z) = (1/K) sum_k q(z | u_k), the encoder at K learned pseudo-inputs u_k in [0, 1]
-    (Tomczak & Welling 2018; K = ``prior_components``). The VAE binds its encoder."""
-
-    def __init__(self, cfg: ModelConfig, image_shape: tuple[int, int, int]):
-        super().__init__()
-        self.raw = nn.Parameter(0.1 * torch.randn(cfg.prior_components, *image_shape))
-        self.floats_per_code = cfg.prior_components
-        self.__dict__["_vae"] = None  # not a submodule: the VAE owns this prior
-
-    def bind(self, vae: nn.Module) -> None:
-        self.__dict__["_vae"] = vae
-
-    def forward(self, temperature: float = 1.0) -> Distribution:
-        q = self._vae.encode(torch.sigmoid(self.raw))  # batch (K,), event (L,)
-        logits = torch.zeros(self.raw.shape[0], device=self.raw.device)
-        return GaussianMixture(logits, q.mean, q.stddev * temperature)

@@ -18,8 +18,9 @@ import torch
 from .data import Data, Split
 from .distributed import SINGLE, World
 from .distributions import independent_normal
-from .model import VAE, seeded
-from .objectives import bits_per_dim, elbo_over, log_weights, mean_stderr
+from .model import VAE
+from .noise import seeded
+from .objectives import bits_per_dim, elbo, elbo_over, log_weights, mean_stderr
 
 Tensor = torch.Tensor
 
@@ -39,7 +40,7 @@ def _chunk(model: VAE, k: int, batch: int, budget: int) -> int:
     """Samples per chunk so that (chunk, batch, widest layer) floats stay within budget."""
     c, h, w = model.image_shape
     widest = max([model.likelihood.out_channels(c) * h * w,
-                  getattr(model.prior, "floats_per_code", 0)] +  # a mixture prior's (K, L)
+                  model.prior.floats_per_code] +  # a mixture prior's (K, L)
                  [m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)])
     return max(1, min(k, budget // (batch * widest)))
 
@@ -137,7 +138,7 @@ def evaluate(model: VAE, data: Data, split: str = "test", batch_size: int = 1000
            "dims": dims, "likelihood": model.likelihood.name, "discrete": discrete,
            "conditional": model.classes > 0}
     out.update(latent_diagnostics(model, s, batch_size))
-    if hasattr(model, "layer_kl"):  # a hierarchy: KL of each stochastic layer, top first
+    if model.layers > 1:  # a hierarchy: KL of each stochastic layer, top first
         with seeded(seed, model.device):
             out["kl_per_layer"] = torch.cat([model.layer_kl(x) for x in s.batches(batch_size)]
                                             ).mean(0).tolist()
@@ -155,6 +156,20 @@ def evaluate(model: VAE, data: Data, split: str = "test", batch_size: int = 1000
         out.update(k=k, nll=nll, nll_stderr=se,
                    nll_bits_per_dim=bits_per_dim(nll, dims, discrete), gap=-nll - res["elbo"])
     return out
+
+
+@torch.no_grad()
+def posterior_study(model: VAE, x: Tensor, seed: int = 0, k: int = 1000) -> dict:
+    """Bayes rule against the encoder, for a model with a 2-D latent: per image of ``x``
+    the exact ``log_px`` (numerical integration, :func:`posterior_grid`), the ``elbo``
+    (k samples of q, seeded) and their difference KL(q(z|x) || p(z|x)) = log p(x) - ELBO
+    (``kl``), and the ``grids`` to draw."""
+    grids = posterior_grid(model, x)
+    with seeded(seed, model.device):
+        elbos = elbo(model, x, k=k)[1].elbo.tolist()
+    exact = [g["log_px"] for g in grids]
+    return {"log_px": exact, "elbo": elbos, "kl": [a - b for a, b in zip(exact, elbos)],
+            "grids": grids}
 
 
 @torch.no_grad()

@@ -27,10 +27,11 @@ from torch import nn
 from torch.distributions import Distribution, constraints
 
 from .config import ConfigError, ModelConfig
-from .distributions import (LIKELIHOODS, GaussianMixture, MixturePrior, diagonal_normal,
-                            independent_normal)
-from .model import VAE
+from .distributions import diagonal_normal, independent_normal
+from .likelihoods import LIKELIHOODS
+from .model import MODEL_KINDS, VAE
 from .nets import ACTIVATIONS, MLP, ConvDecoder, ConvEncoder
+from .priors import PRIORS, Prior
 
 Tensor = torch.Tensor
 
@@ -91,6 +92,8 @@ class HierarchicalVAE(VAE):
     """``encode(x)`` -> q(z|x) and ``prior()`` -> p(z) as top-down walks over T layers;
     ``decode(z)`` -> p(x|z) from the bottom state of the walk and the codes."""
 
+    kind = "hierarchical"
+
     def __init__(self, cfg: ModelConfig, image_shape: tuple[int, int, int]):
         likelihood = LIKELIHOODS.get(cfg.likelihood)(cfg)
         c, h, w = image_shape
@@ -108,7 +111,7 @@ class HierarchicalVAE(VAE):
         up = nn.ModuleList([first] + [Cell(W, W, act) for _ in range(T - 1)])  # bottom first
         super().__init__(up, decoder, likelihood, _Prior(cfg, image_shape), T * L, image_shape,
                          cfg.min_scale)
-        self.layers, self.layer_dim = T, L
+        self.layers, self.layer_dim = T, L  # (an instance's layers: T, not VAE's 1)
         self.state = nn.ModuleList([Cell(L, W, act)] + [Cell(L + W, W, act)
                                                         for _ in range(T - 1)])  # D_1..D_T
         self.p_heads = nn.ModuleList([nn.Linear(W, 2 * L) for _ in range(T - 1)])  # P_1..
@@ -194,40 +197,38 @@ class HierarchicalVAE(VAE):
         return q.layer_log_ratios(p, z)
 
 
-class _Prior(nn.Module):
-    """p(z) of a hierarchical VAE: the walk without x, from N(0, I), a learned mixture or
-    the VampPrior at the top. Bound to its model."""
+class _Prior(Prior):
+    """p(z) of a hierarchical VAE: the walk without x, from the prior ``cfg.prior`` of
+    ``PRIORS`` over the top layer (N(0, I), a learned mixture, or the VampPrior: the mixture
+    of q(z_0 | u_k)). Bound to its model."""
 
     def __init__(self, cfg: ModelConfig, image_shape: tuple[int, int, int]):
         super().__init__()
-        self.kind = cfg.prior
-        if cfg.prior == "mog":
-            self.mixture = MixturePrior(cfg)
-        elif cfg.prior == "vamp":  # pseudo-inputs u_k = sigmoid(raw_k)
-            self.raw = nn.Parameter(0.1 * torch.randn(cfg.prior_components, *image_shape))
-        self.floats_per_code = 0 if cfg.prior == "normal" else cfg.prior_components
+        self.standard = cfg.prior == "normal"  # p(z_0) = N(0, I): drawn in the walk itself
+        self.top = PRIORS.get(cfg.prior)(cfg, image_shape)  # p(z_0)
+        self.floats_per_code = self.top.floats_per_code
+        self._register_load_state_dict_pre_hook(_former_names)
 
-    def bind(self, vae: HierarchicalVAE) -> None:
-        self.__dict__["_vae"] = vae
-
-    def top(self, temperature: float) -> Distribution | None:
-        """p(z_0), unless it is N(0, I) (None)."""
-        if self.kind == "mog":
-            return self.mixture(temperature)
-        if self.kind == "vamp":
-            q = self._vae.top_posterior(torch.sigmoid(self.raw))  # batch (K,)
-            logits = torch.zeros(self.raw.shape[0], device=self.raw.device)
-            return GaussianMixture(logits, q.mean, q.stddev * temperature)
-        return None
+    def bind(self, model: nn.Module) -> None:
+        self.__dict__["_vae"] = model
+        self.top.bind(model)  # the VampPrior: q(z_0 | u_k), the model's top posterior
 
     def forward(self, temperature: float = 1.0) -> Distribution:
         m = self._vae
         dev = m.device
-        top = self.top(temperature)
+        top = None if self.standard else self.top(temperature)
         return Walk(lambda z, shape, mode: m._walk(None, torch.Size(), dev, temperature, z,
                                                    shape, mode, top), torch.Size(), m.latent_dim)
 
 
+def _former_names(state: dict, prefix: str, *args) -> None:
+    """Weights saved before the top prior came from ``PRIORS`` named it ``mixture.*``
+    (mog) or ``raw`` (vamp); they load as ``top.*``."""
+    for key in [k for k in state if k.startswith(prefix + "mixture.") or k == prefix + "raw"]:
+        state[prefix + "top." + key[len(prefix):].removeprefix("mixture.")] = state.pop(key)
+
+
+@MODEL_KINDS.register("hierarchical")
 def build(cfg: ModelConfig, image_shape: tuple[int, int, int]) -> HierarchicalVAE:
     if cfg.net not in ("mlp", "conv") or cfg.conditional:
         raise ConfigError("a hierarchical VAE (layers > 1) takes --net mlp or conv and no "

@@ -1,18 +1,26 @@
 """The VAE: a prior p(z), a decoder p(x|z) and a Gaussian encoder q(z|x), each returning a
 ``torch.distributions`` object (Kingma & Welling 2014). No loss lives here: see
-``objectives``."""
+``objectives``.
+
+Models come in kinds, each a factory in ``MODEL_KINDS``: ``flat`` (one stochastic layer,
+this module) and ``hierarchical`` (top-down layers, :mod:`vaelab.hierarchical`, which
+registers itself when the package is imported). A model says which it is (``kind``,
+``layers``); code asks it instead of probing it."""
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable
 
 import torch
 from torch import nn
 from torch.distributions import Distribution
 
 from .config import ConfigError, ModelConfig
-from .distributions import LIKELIHOODS, PRIORS, Likelihood, diagonal_normal
+from .distributions import diagonal_normal
+from .likelihoods import LIKELIHOODS, Likelihood
 from .nets import NETS
+from .noise import seeded  # noqa: F401 (vaelab.model.seeded, as before)
+from .priors import PRIORS, Prior
+from .registry import Registry
 
 Tensor = torch.Tensor
 
@@ -28,8 +36,11 @@ class VAE(nn.Module):
     labels y of shape (B,); the prior p(z) does not depend on y.
     """
 
+    kind = "flat"
+    layers = 1  # stochastic layers
+
     def __init__(self, encoder: nn.Module, decoder: nn.Module, likelihood: Likelihood,
-                 prior: nn.Module, latent_dim: int, image_shape: tuple[int, int, int],
+                 prior: Prior, latent_dim: int, image_shape: tuple[int, int, int],
                  min_scale: float = 0.0, classes: int = 0):
         super().__init__()
         self.encoder, self.decoder, self.prior = encoder, decoder, prior
@@ -38,18 +49,19 @@ class VAE(nn.Module):
         self.image_shape = tuple(image_shape)
         self.min_scale = min_scale
         self.classes = classes
-        if hasattr(prior, "bind"):  # a prior built from the encoder (the VampPrior)
-            prior.bind(self)
+        prior.bind(self)  # a prior built from the encoder (the VampPrior) keeps it
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, image_shape: tuple[int, int, int]) -> "VAE":
+        """The model of ``cfg``'s kind (:func:`model_kind`) for images of ``image_shape``."""
         if cfg.likelihood == "auto":
             raise ConfigError("likelihood 'auto' is chosen from the data; resolve it first "
                               "(vaelab.train.resolve) or name the likelihood")
-        if cfg.layers > 1:  # a hierarchy of stochastic layers
-            from .hierarchical import build
+        return MODEL_KINDS.get(model_kind(cfg))(cfg, tuple(image_shape))
 
-            return build(cfg, tuple(image_shape))
+    @classmethod
+    def flat(cls, cfg: ModelConfig, image_shape: tuple[int, int, int]) -> "VAE":
+        """One stochastic layer: encoder and decoder nets of ``cfg.net``."""
         if cfg.conditional and not cfg.classes:
             raise ConfigError("a conditional model needs its number of classes; resolve it "
                               "from the data first (vaelab.train.resolve)")
@@ -74,6 +86,11 @@ class VAE(nn.Module):
         """p(x|z) (or p(x|y,z)): batch z.shape[:-1], event (C, H, W)."""
         return self.likelihood(self._net(self.decoder, z, y))  # (..., P*C, H, W) -> p
 
+    def top_posterior(self, x: Tensor) -> Distribution:
+        """q(z_top|x), the posterior of the top stochastic layer (of a flat VAE, its only
+        one): what a prior built from the encoder (the VampPrior) evaluates."""
+        return self.encode(x)
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
@@ -88,11 +105,10 @@ class VAE(nn.Module):
         return z, self.decode(z, y)
 
 
-@contextmanager
-def seeded(seed: int | None, device: torch.device | str = "cpu") -> Iterator[None]:
-    """Run a block with its own seeded RNG stream; the caller's RNG state is restored after."""
-    device = torch.device(device)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        if seed is not None:
-            torch.manual_seed(seed)
-        yield
+MODEL_KINDS: Registry[Callable[[ModelConfig, tuple[int, int, int]], VAE]] = Registry("model kind")
+MODEL_KINDS.register("flat")(VAE.flat)
+
+
+def model_kind(cfg: ModelConfig) -> str:
+    """The kind of model ``cfg`` describes: ``hierarchical`` for ``layers`` > 1, else ``flat``."""
+    return "hierarchical" if cfg.layers > 1 else "flat"

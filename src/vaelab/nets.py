@@ -7,7 +7,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .config import ModelConfig, Registry
+from .config import ModelConfig
+from .registry import Registry
 
 Tensor = torch.Tensor
 

@@ -74,7 +74,7 @@ def elbo(model, x: Tensor, k: int = 1, beta: float | Tensor = 1.0, y: Tensor | N
         log_pq = prior.log_prob(z) - q.log_prob(z)  # (k, B), once for the bound and the KL
         kl = kl_divergence(q, prior, z, log_qp=-log_pq)
         loss = -(torch.logsumexp(log_px_z + log_pq, 0) - math.log(k)).mean()
-    elif kl_balance and hasattr(q, "layer_log_ratios") and float(beta) < 1:
+    elif kl_balance and model.layers > 1 and float(beta) < 1:
         kl_t = q.layer_log_ratios(prior, z).mean(0)  # (B, T)
         kl = kl_t.sum(-1)
         per_layer = kl_t.mean(0)  # (T,)

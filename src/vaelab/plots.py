@@ -7,25 +7,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import Data
-from .model import VAE, seeded
+from .data import Data, class_examples, data_examples
+from .images import image_grid
+from .model import VAE
 from .sample import imagine, reconstruct
 
 Tensor = torch.Tensor
-
-
-def image_grid(images: Tensor, nrow: int = 10, pad: int = 1, pad_value: float = 1.0
-               ) -> np.ndarray:
-    """(N, C, H, W) values in [0, 1] -> one image (rows*(H+pad)+pad, nrow*(W+pad)+pad[, 3])."""
-    x = images.detach().float().clamp(0, 1).cpu().numpy()
-    n, c, h, w = x.shape
-    rows = math.ceil(n / nrow)
-    grid = np.full((c, rows * (h + pad) + pad, nrow * (w + pad) + pad), pad_value, np.float32)
-    for i in range(n):
-        r, col = divmod(i, nrow)
-        top, left = pad + r * (h + pad), pad + col * (w + pad)
-        grid[:, top:top + h, left:left + w] = x[i]
-    return grid[0] if c == 1 else grid.transpose(1, 2, 0)
 
 
 def _figure(width: float, height: float):
@@ -89,30 +76,6 @@ def reconstruction_figure(data: Tensor, recon: Tensor, path: str | Path, nrow: i
     """Test images beside E[x | z = E_q[z|x]]."""
     return _panels([("Data", image_grid(data, nrow)),
                     ("Reconstruction means", image_grid(recon, nrow))], path, suptitle)
-
-
-def data_examples(data: Data, n: int = 100, split: str = "test", seed: int = 0) -> Tensor:
-    """``n`` seeded random images of a split, as the model sees them."""
-    s = data.split(split)
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(s), generator=g)[:n].to(s.images.device)
-    with seeded(seed, s.images.device):
-        return s.batch(idx)
-
-
-def class_examples(data: Data, per_class: int, split: str = "test", seed: int = 0
-                   ) -> tuple[Tensor, Tensor]:
-    """``per_class`` seeded random images of each class, class by class: (images, labels)."""
-    s = data.split(split)
-    g = torch.Generator().manual_seed(seed)
-    labels, idx = s.labels.cpu(), []
-    for c in range(len(data.classes)):
-        members = torch.nonzero(labels == c)[:, 0]
-        pick = members[torch.randperm(len(members), generator=g)][:per_class]
-        idx.append(pick.repeat(math.ceil(per_class / max(1, len(pick))))[:per_class])
-    idx = torch.cat(idx).to(s.images.device)
-    with seeded(seed, s.images.device):
-        return s.batch(idx), s.labels[idx]
 
 
 def sample_figures(model: VAE, data: Data, out_dir: str | Path, n: int = 100,

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from .distributions import StandardNormalPrior
-from .model import VAE, seeded
+from .model import VAE
+from .noise import seeded
+from .priors import StandardNormalPrior
 
 Tensor = torch.Tensor
 

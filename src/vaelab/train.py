@@ -10,16 +10,18 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
-from torch import nn
 
-from .config import Config, ConfigError, TrainConfig
+from .config import Config, ConfigError
 from .data import Data, load_data
-from .distributed import World, join, noise_shard
-from .model import VAE, seeded
-from .objectives import bits_per_dim, elbo, elbo_over, unpack
+from .devices import resolve_device
+from .distributed import World, join
+from .images import image_grid
+from .model import VAE
+from .noise import seeded
+from .objectives import bits_per_dim, elbo_over, unpack
+from .step import Stepper, make_optimizer
 from .rundir import (RunError, TrainState, load_run, read_metrics, read_safetensors,
                      restore_checkpoint, save_checkpoint, save_weights)
 
@@ -29,20 +31,6 @@ Tensor = torch.Tensor
 
 class GreyBernoulliWarning(UserWarning):
     """Grey-valued data met a Bernoulli likelihood: the numbers are not log-likelihoods."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' requested but CUDA is not available; use --device auto")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device 'mps' requested but MPS is not available; use --device auto")
-    return torch.device(name)
 
 
 def check_likelihood(model: VAE, data: Data) -> None:
@@ -79,124 +67,6 @@ def resolve(cfg: Config, data: Data) -> Config:
                         levels=2 if data.binary else data.train.max_value + 1, classes=classes)
 
 
-def make_optimizer(model: VAE, lr: float) -> torch.optim.Adam:
-    try:  # fused Adam: one kernel for all parameters (CUDA, and CPU on recent PyTorch)
-        return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
-    except (RuntimeError, TypeError):
-        return torch.optim.Adam(model.parameters(), lr=lr)
-
-
-# ---------------------------------------------------------------------------------------
-# One optimisation step
-# ---------------------------------------------------------------------------------------
-class Loss(nn.Module):
-    """The training loss as a module, the unit that DistributedDataParallel wraps and
-    torch.compile compiles: ``(x, y, beta) -> (loss, sums)``, sums being this batch's
-    [loss * B, sum ELBO, sum recon, sum KL]."""
-
-    def __init__(self, model: VAE, tc: TrainConfig, device: torch.device):
-        super().__init__()
-        self.model, self.tc = model, tc
-        self.autocast = dict(device_type=device.type, dtype=torch.bfloat16,
-                             enabled=tc.precision == "bf16")
-
-    def forward(self, x: Tensor, y: Tensor | None, beta: Tensor) -> tuple[Tensor, Tensor]:
-        tc = self.tc
-        with torch.autocast(**self.autocast):
-            loss, t = elbo(self.model, x, tc.samples, beta, y, sample=not tc.autoencoder,
-                           free_bits=tc.free_bits, iwae=tc.objective == "iwae",
-                           kl_balance=tc.kl_balance)
-        return loss, torch.stack([loss.detach() * x.shape[0], t.elbo.detach().sum(),
-                                  t.recon.detach().sum(), t.kl.detach().sum()])
-
-
-def fast_paths(tc: TrainConfig, model: VAE, device: torch.device) -> dict[str, bool]:
-    """Which of compile and channels-last a run uses ("auto" resolved for this device)."""
-    def pick(value: str, auto: bool) -> bool:
-        return value == "yes" or (value == "auto" and auto)
-
-    cuda = device.type == "cuda"
-    conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
-    compiled = pick(tc.compile, cuda and not hasattr(model, "layer_kl"))
-    if compiled and conv and tc.precision == "bf16" and device.type == "cpu":
-        # measured with PyTorch 2.13: the compiled step under bf16 autocast on a CPU gives
-        # a conv decoder of two or more stages zero gradients (tests/test_fast.py)
-        log.warning("--compile with --precision bf16 is not used for conv nets on a CPU "
-                    "(the compiled step loses the decoder's gradients); training eagerly")
-        compiled = False
-    # channels-last convolutions: measured 1.2x faster per fp32 step on a CPU as well
-    return {"compile": compiled,
-            "channels_last": pick(tc.channels_last, device.type in ("cuda", "cpu")) and conv}
-
-
-class Stepper:
-    """Forward, backward and Adam on a batch (this rank's shard of it): the loss under the
-    chosen precision, gradients averaged over ranks by DistributedDataParallel, the
-    forward/backward compiled where asked (a CUDA graph on CUDA)."""
-
-    def __init__(self, model: VAE, opt: torch.optim.Optimizer, tc: TrainConfig,
-                 device: torch.device, world: World, backend: str | Callable = "inductor"):
-        self.opt, self.world, self.device = opt, world, device
-        paths = fast_paths(tc, model, device)
-        self.channels_last = paths["channels_last"]
-        if self.channels_last:
-            model.to(memory_format=torch.channels_last)
-        net: nn.Module = Loss(model, tc, device)
-        if world.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
-            net = DistributedDataParallel(
-                net, device_ids=[device.index] if device.type == "cuda" else None)
-        self.eager = net
-        if paths["compile"]:
-            net = torch.compile(net, backend=backend, dynamic=False,
-                                mode="reduce-overhead" if device.type == "cuda" and
-                                backend == "inductor" else None)
-        self.net = net
-        log.info("training step: %s%s%s%s", "compiled" if paths["compile"] else "eager",
-                 ", bf16 autocast" if tc.precision == "bf16" else "",
-                 ", channels-last" if self.channels_last else "",
-                 f", {world.size} processes" if world.distributed else "")
-
-    def __call__(self, x: Tensor, y: Tensor | None, beta: float, n_global: int) -> Tensor:
-        if x.shape[0] == 0:  # a last batch smaller than the number of ranks left this one none
-            return self._empty_share(x, y, beta, n_global)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        # DDP averages gradients over ranks; weighting by the shard's share keeps the
-        # gradient that of the global batch's mean when shards differ in size
-        share = x.shape[0] * self.world.size / n_global
-        try:
-            sums = self._gradients(self.net, x, y, beta, share)
-        except Exception as e:  # compilation can fail (no compiler, an unsupported GPU)
-            if self.net is self.eager:
-                raise
-            why = " ".join([line.strip() for line in str(e).splitlines() if line.strip()][:2])
-            log.warning("the compiled training step failed (%s: %s); training eagerly from "
-                        "here on (--compile no skips the attempt)", type(e).__name__, why)
-            self.net = self.eager
-            sums = self._gradients(self.net, x, y, beta, share)
-        self.opt.step()
-        return sums
-
-    def _empty_share(self, x: Tensor, y: Tensor | None, beta: float, n_global: int) -> Tensor:
-        """Take part in the gradients' all-reduce with one zero-weighted dummy example that
-        draws the global batch's random numbers like every other rank (so the random
-        streams of all ranks stay in step)."""
-        dummy = torch.zeros(1, *x.shape[1:], device=x.device)
-        y1 = None if y is None else torch.zeros(1, dtype=y.dtype, device=y.device)
-        with noise_shard(0, 1, n_global):
-            self._gradients(self.eager, dummy, y1, beta, 0.0)
-        self.opt.step()
-        return torch.zeros(4, device=self.device)
-
-    def _gradients(self, net, x: Tensor, y: Tensor | None, beta: float, share: float) -> Tensor:
-        self.opt.zero_grad(set_to_none=True)
-        loss, sums = net(x, y, torch.tensor(beta, device=self.device))
-        (loss * share if share != 1 else loss).backward()
-        return sums
-
-
 def selection(tc) -> tuple[str, str]:
     """(metrics key, words) of the validation number the best checkpoint is chosen on: the
     objective the run trains, with beta = 1."""
@@ -230,8 +100,6 @@ class TensorBoard:
 
     @torch.no_grad()
     def log(self, m: dict, model: VAE) -> None:
-        from .plots import image_grid
-
         for key, value in m.items():
             group, _, name = key.partition("_")
             if key != "epoch" and value is not None:  # train_elbo -> elbo/train
@@ -258,6 +126,30 @@ class TrainResult:
     stopped: bool = False  # by the time limit, before cfg.train.epochs
 
 
+@dataclass
+class Session:
+    """What a training run holds while it runs."""
+
+    cfg: Config
+    run_dir: Path
+    data: Data
+    model: VAE
+    opt: torch.optim.Optimizer
+    gen: torch.Generator  # the shuffling and binarization stream, checkpointed
+    state: TrainState
+    history: list[dict]
+    world: World
+    device: torch.device
+
+    @property
+    def labelled(self) -> bool:  # a conditional model trains on (x, y)
+        return self.model.classes > 0
+
+    @property
+    def n_batches(self) -> int:
+        return math.ceil(len(self.data.train) / self.cfg.train.batch_size)
+
+
 def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, data: Data | None = None,
           progress: bool = True, tensorboard: bool = False,
           time_limit: float | None = None) -> TrainResult:
@@ -269,7 +161,42 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, data: Data 
 
     Started by ``torchrun`` as one of several processes, each trains on its shard of every
     batch (see :mod:`vaelab.distributed`); rank 0 writes the run directory."""
-    run_dir = Path(run_dir)
+    s = start(cfg, Path(run_dir), resume, data)
+    tc = s.cfg.train
+    stepper = Stepper(s.model, s.opt, tc, s.device, s.world)
+
+    from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    board = TensorBoard(s.run_dir, s.model) if tensorboard and s.world.main else None
+    bar = tqdm(total=s.n_batches * max(0, tc.epochs - s.state.epoch), leave=False, unit="batch",
+               disable=None if progress and s.world.main else True)  # the whole run's ETA
+    started, first, stopped = time.perf_counter(), s.state.epoch, False
+    with logging_redirect_tqdm():  # epoch lines above the bar, not through it
+        for epoch in range(s.state.epoch + 1, tc.epochs + 1):
+            bar.set_description(f"epoch {epoch}/{tc.epochs}")
+            m = train_epoch(s, stepper, epoch, bar)
+            val, n_val = validate(s)
+            record(s, {**m, **val}, n_val > 0, board)
+            if time_limit is not None and epoch < tc.epochs and \
+                    out_of_time(s, time.perf_counter() - started, epoch - first, time_limit):
+                stopped = True
+                break
+    bar.close()
+    if board:
+        board.close()
+    if s.state.epoch == 0:
+        raise RunError("no epoch was trained (epochs must be >= 1)")
+    model = s.model
+    if s.state.best_epoch != s.state.epoch:
+        model, _ = load_run(s.run_dir, "best", s.device)
+    return TrainResult(s.run_dir, model.eval(), s.data, s.history, stopped)
+
+
+def start(cfg: Config, run_dir: Path, resume: bool, data: Data | None) -> Session:
+    """Check the run directory, load the data, build the model and optimizer (from the
+    checkpoint when resuming, from ``--init`` weights if given), write config.toml and the
+    metrics so far."""
     tc = cfg.train
     world, device = join(resolve_device(tc.device))
     if resume:
@@ -294,14 +221,6 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, data: Data 
         log.info("starting from the weights of %s", tc.init)
     opt = make_optimizer(model, tc.lr)
     gen = torch.Generator(device).manual_seed(tc.seed)
-    dims = math.prod(data.image_shape)
-    labelled = model.classes > 0  # a conditional model trains on (x, y)
-    n_train = len(data.train)
-    n_batches = math.ceil(n_train / tc.batch_size)
-
-    def weight(epoch: int, step: int) -> float:  # of the KL term; none for an autoencoder
-        return 0.0 if tc.autoencoder else kl_weight(tc, epoch, step, n_batches)
-
     if resume:
         state = restore_checkpoint(run_dir, model, opt, gen)
         history = [m for m in read_metrics(run_dir) if m["epoch"] <= state.epoch]
@@ -312,81 +231,89 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, data: Data 
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.toml")
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in history))
-    stepper = Stepper(model, opt, tc, device, world)
+    return Session(cfg, run_dir, data, model, opt, gen, state, history, world, device)
 
-    from tqdm.auto import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
 
-    board = TensorBoard(run_dir, model) if tensorboard and world.main else None
-    bar = tqdm(total=n_batches * max(0, tc.epochs - state.epoch), leave=False, unit="batch",
-               disable=None if progress and world.main else True)  # the whole run's ETA
-    started, first, stopped = time.perf_counter(), state.epoch, False
-    with logging_redirect_tqdm():  # epoch lines above the bar, not through it
-        for epoch in range(state.epoch + 1, tc.epochs + 1):
-            model.train()
-            t0 = time.perf_counter()
-            sums = torch.zeros(4, device=device)
-            bar.set_description(f"epoch {epoch}/{tc.epochs}")
-            for step, batch in enumerate(data.train.batches(
-                    tc.batch_size, shuffle=True, generator=gen, labels=labelled, world=world)):
-                x, y = unpack(batch)
-                n_global = min(tc.batch_size, n_train - step * tc.batch_size)
-                batch_sums = stepper(x, y, weight(epoch, step), n_global)
-                sums += batch_sums
-                bar.update()
-                if not bar.disable and step % 20 == 0:
-                    bar.set_postfix(elbo=f"{batch_sums[1].item() / max(1, x.shape[0]):.2f}",
-                                    refresh=False)
-            loss_m, elbo_m, recon_m, kl_m = (world.sum(sums) / n_train).tolist()
-            seconds = time.perf_counter() - t0
-            model.eval()
-            iwae_k = tc.samples if tc.objective == "iwae" else 0
-            val = elbo_over(model, data.val.batches(tc.eval_batch_size, labels=labelled,
-                                                    world=world),
-                            sample=not tc.autoencoder, iwae_k=iwae_k, world=world)
-            m = {"epoch": epoch, "train_loss": loss_m, "train_elbo": elbo_m, "train_recon": recon_m,
-                 "train_kl": kl_m, "val_elbo": val["elbo"], "val_recon": val["recon"],
-                 "val_kl": val["kl"],
-                 "val_bits_per_dim": bits_per_dim(-val["elbo"], dims, model.likelihood.discrete),
-                 "seconds": seconds, "images_per_s": n_train / seconds,
-                 **({f"val_iwae{iwae_k}": val["iwae"]} if iwae_k else {})}
-            history.append(m)
-            # the checkpoint is chosen on the objective it was trained for (beta = 1)
-            fallback = recon_m if tc.autoencoder else -loss_m if iwae_k else elbo_m
-            score = m[selection(tc)[0]] if val["n"] else fallback
-            state.epoch = epoch
-            better = score > state.best_val_elbo or state.best_epoch == 0
-            if better:
-                state.best_val_elbo, state.best_epoch = score, epoch
-            if world.main:
-                with open(run_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(m) + "\n")
-                if better:
-                    save_weights(run_dir / "model.safetensors", model, epoch=epoch)
-                save_checkpoint(run_dir, model, opt, gen, state)
-                if board:
-                    board.log(m, model)
-            world.barrier()  # the epoch's files are written before any rank goes on
-            bpd = m["val_bits_per_dim"]
-            shown = (f"val ELBO {val['elbo']:.3f} nats"
-                     + ("" if bpd is None else f" ({bpd:.4f} bits/dim)")
-                     + f"  KL {val['kl']:.2f}") if val["n"] else \
-                f"KL {kl_m:.2f} (no validation set)"
-            log.info("epoch %d/%d  train ELBO %.3f  %s  %.1fs  %.0f img/s", epoch, tc.epochs,
-                     elbo_m, shown, seconds, m["images_per_s"])
-            if time_limit is not None and epoch < tc.epochs:
-                spent = time.perf_counter() - started
-                late = spent + spent / (epoch - first) > time_limit  # one more epoch
-                if world.sum(torch.tensor([float(late)], device=device)).item() > 0:
-                    stopped = True  # (every rank stops if one would overrun)
-                    log.info("time limit: stopping after epoch %d of %d; continue with "
-                             "`vaelab train --resume %s`", epoch, tc.epochs, run_dir)
-                    break
-    bar.close()
-    if board:
-        board.close()
-    if state.epoch == 0:
-        raise RunError("no epoch was trained (epochs must be >= 1)")
-    if state.best_epoch != state.epoch:
-        model, _ = load_run(run_dir, "best", device)
-    return TrainResult(run_dir, model.eval(), data, history, stopped)
+def train_epoch(s: Session, stepper: Stepper, epoch: int, bar) -> dict:
+    """One pass over the training split: the epoch's mean loss, ELBO, reconstruction and KL
+    (over every rank's examples), its seconds and images per second."""
+    tc, n_train = s.cfg.train, len(s.data.train)
+    s.model.train()
+    t0 = time.perf_counter()
+    sums = torch.zeros(4, device=s.device)
+    for step, batch in enumerate(s.data.train.batches(
+            tc.batch_size, shuffle=True, generator=s.gen, labels=s.labelled, world=s.world)):
+        x, y = unpack(batch)
+        n_global = min(tc.batch_size, n_train - step * tc.batch_size)
+        beta = 0.0 if tc.autoencoder else kl_weight(tc, epoch, step, s.n_batches)  # none for an AE
+        batch_sums = stepper(x, y, beta, n_global)
+        sums += batch_sums
+        bar.update()
+        if not bar.disable and step % 20 == 0:
+            bar.set_postfix(elbo=f"{batch_sums[1].item() / max(1, x.shape[0]):.2f}",
+                            refresh=False)
+    loss, elbo_m, recon, kl = (s.world.sum(sums) / n_train).tolist()
+    seconds = time.perf_counter() - t0
+    return {"epoch": epoch, "train_loss": loss, "train_elbo": elbo_m, "train_recon": recon,
+            "train_kl": kl, "seconds": seconds, "images_per_s": n_train / seconds}
+
+
+def validate(s: Session) -> tuple[dict, int]:
+    """The validation ELBO, its terms and bits/dim (and the IWAE bound the run trains), and
+    the number of validation images."""
+    tc = s.cfg.train
+    s.model.eval()
+    iwae_k = tc.samples if tc.objective == "iwae" else 0
+    val = elbo_over(s.model, s.data.val.batches(tc.eval_batch_size, labels=s.labelled,
+                                                world=s.world),
+                    sample=not tc.autoencoder, iwae_k=iwae_k, world=s.world)
+    dims = math.prod(s.data.image_shape)
+    return {"val_elbo": val["elbo"], "val_recon": val["recon"], "val_kl": val["kl"],
+            "val_bits_per_dim": bits_per_dim(-val["elbo"], dims, s.model.likelihood.discrete),
+            **({f"val_iwae{iwae_k}": val["iwae"]} if iwae_k else {})}, val["n"]
+
+
+def record(s: Session, m: dict, has_val: bool, board: "TensorBoard | None") -> None:
+    """Keep the epoch's metrics; choose the best checkpoint on the objective the run trains
+    (beta = 1; the training numbers when there is no validation set); rank 0 writes the
+    metrics line, the best weights and the checkpoint."""
+    tc, world = s.cfg.train, s.world
+    order = ["epoch", "train_loss", "train_elbo", "train_recon", "train_kl", "val_elbo",
+             "val_recon", "val_kl", "val_bits_per_dim", "seconds", "images_per_s"]
+    m = {k: m[k] for k in order + [k for k in m if k not in order]}  # the log's column order
+    s.history.append(m)
+    fallback = m["train_recon"] if tc.autoencoder else \
+        -m["train_loss"] if tc.objective == "iwae" else m["train_elbo"]
+    score = m[selection(tc)[0]] if has_val else fallback
+    state = s.state
+    state.epoch = m["epoch"]
+    better = score > state.best_val_elbo or state.best_epoch == 0
+    if better:
+        state.best_val_elbo, state.best_epoch = score, m["epoch"]
+    if world.main:
+        with open(s.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(m) + "\n")
+        if better:
+            save_weights(s.run_dir / "model.safetensors", s.model, epoch=m["epoch"])
+        save_checkpoint(s.run_dir, s.model, s.opt, s.gen, state)
+        if board:
+            board.log(m, s.model)
+    world.barrier()  # the epoch's files are written before any rank goes on
+    bpd = m["val_bits_per_dim"]
+    shown = (f"val ELBO {m['val_elbo']:.3f} nats"
+             + ("" if bpd is None else f" ({bpd:.4f} bits/dim)")
+             + f"  KL {m['val_kl']:.2f}") if has_val else \
+        f"KL {m['train_kl']:.2f} (no validation set)"
+    log.info("epoch %d/%d  train ELBO %.3f  %s  %.1fs  %.0f img/s", m["epoch"], tc.epochs,
+             m["train_elbo"], shown, m["seconds"], m["images_per_s"])
+
+
+def out_of_time(s: Session, spent: float, epochs_done: int, time_limit: float) -> bool:
+    """Whether one more epoch, as long as the mean so far, would end past ``time_limit``
+    seconds; every rank stops if one would overrun."""
+    late = spent + spent / epochs_done > time_limit
+    if s.world.sum(torch.tensor([float(late)], device=s.device)).item() > 0:
+        log.info("time limit: stopping after epoch %d of %d; continue with "
+                 "`vaelab train --resume %s`", s.state.epoch, s.cfg.train.epochs, s.run_dir)
+        return True
+    return False

@@ -1,0 +1,59 @@
+"""Command line: ``vaelab COMMAND``; the only argv parser.
+
+Each command is one class in one of the modules below, registered in ``COMMANDS`` with its
+arguments beside the code that runs it; adding a command is adding one class (and, for a
+new module, one import here). The commands print; the library computes.
+
+    training.py   train, classify        (commands that train models)
+    studies.py    evaluate, posterior, baselines
+    pages.py      sample, report, compare, datasets
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ..config import ConfigError
+from ..distributed import current_world, leave
+from .common import COMMANDS, Command
+from . import training, studies, pages  # noqa: F401,E402 (each registers its commands)
+
+__all__ = ["main", "build_parser", "COMMANDS", "Command"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vaelab", description="Variational autoencoders: train, sample, evaluate.")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, cmd in COMMANDS.items():
+        cmd.add_arguments(sub.add_parser(name, help=cmd.help, description=cmd.description))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    world = current_world()  # under torchrun, only rank 0 logs progress
+    logging.basicConfig(level=logging.WARNING if args.quiet or not world.main else logging.INFO,
+                        format="%(message)s" if not world.distributed else
+                        f"[rank {world.rank}] %(message)s")
+    logging.captureWarnings(True)
+    from ..fetch import DataError
+    from ..rundir import RunError
+
+    cmd = COMMANDS.get(args.command)
+    try:
+        return cmd.run(args)
+    except (ConfigError, DataError, RunError) as e:
+        print(f"vaelab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(cmd.interrupted(args), file=sys.stderr)
+        return 130
+    finally:
+        leave()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
