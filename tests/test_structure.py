@@ -13,11 +13,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vaelab"
 # bottom first; a module may import from its own layer and the layers below
 LAYERS = [
     ("base", {"registry", "config", "fetch", "distributed", "noise", "devices", "images"}),
-    ("data", {"datasets", "data"}),
+    ("data", {"datasets", "data", "imagefiles"}),
     ("model", {"nets", "distributions", "likelihoods", "priors", "model", "hierarchical"}),
     ("objectives", {"objectives"}),
     ("train", {"rundir", "step", "train"}),
-    ("studies", {"evaluate", "sample", "baselines", "classifiers"}),
+    ("studies", {"evaluate", "sample", "baselines", "classifiers", "bitsback", "compress"}),
     ("figures and pages", {"plots", "report", "classify"}),
     ("faces", {"cli"}),
 ]
@@ -43,7 +43,8 @@ def imports(name: str, path: Path) -> set[str]:
             else:
                 out.update(".".join(base + [a.name]) for a in node.names)
     known = modules()
-    return {m if m in known else m.rsplit(".", 1)[0] for m in out} - {name}
+    return {m if m in known else m.rsplit(".", 1)[0] if "." in m else "__init__"
+            for m in out} - {name}
 
 
 def layer(name: str) -> int:

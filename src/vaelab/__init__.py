@@ -9,6 +9,7 @@
 """
 from .classifiers import bayes_posterior, class_log_likelihoods
 from .classify import classify_run
+from .compress import CodingError, compress, decompress
 from .config import Config, ConfigError, DataConfig, ModelConfig, TrainConfig
 from .data import Data, Split, load_data
 from .datasets import DATASETS, read_idx
@@ -29,4 +30,4 @@ __all__ = ["Config", "ConfigError", "DataConfig", "ModelConfig", "TrainConfig", 
            "HierarchicalVAE", "elbo",
            "iwae_bound", "kl_divergence", "imagine", "reconstruct", "RunError", "load_run",
            "train", "bayes_posterior", "class_log_likelihoods", "classify_run", "write_report",
-           "write_comparison", "__version__"]
+           "write_comparison", "compress", "decompress", "CodingError", "__version__"]

@@ -243,11 +243,15 @@ def unpack(model: VAE, data: bytes, *, progress: bool = False) -> tuple[np.ndarr
 
 
 def _versions() -> dict:
-    import constriction  # noqa: F401
+    from importlib.metadata import PackageNotFoundError, version
 
-    from . import __version__
+    def v(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "?"
 
-    return {"vaelab": __version__, "torch": torch.__version__,
+    return {"vaelab": v("vaelab"), "torch": torch.__version__, "constriction": v("constriction"),
             "python": sys.version.split()[0], "machine": _machine()}
 
 

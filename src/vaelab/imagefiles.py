@@ -54,15 +54,14 @@ def write_images(f: ImageFile, out: str | Path) -> Path:
     kind = f.meta["kind"]
     if kind == "png":
         return _write_pngs(images, f.meta, out)
-    values = _from_layout(images, f.meta["layout"])
-    head = base64.b64decode(f.meta["header"]) if "header" in f.meta else b""
-    order = "F" if f.meta.get("fortran") else "C"
     if kind == "split":  # a prepared split: a .npy of (N, C, H, W)
         buf = io.BytesIO()
         np.save(buf, images)
         body = buf.getvalue()
     else:
-        body = head + values.tobytes(order=order)
+        order = "F" if f.meta.get("fortran") else "C"
+        body = base64.b64decode(f.meta["header"]) + \
+            _from_layout(images, f.meta["layout"]).tobytes(order=order)
     atomic_write(out, body)
     return out
 

@@ -7,6 +7,7 @@ new module, one import here). The commands print; the library computes.
     training.py   train, classify        (commands that train models)
     studies.py    evaluate, posterior, baselines
     pages.py      sample, report, compare, datasets
+    coding.py     compress, decompress
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import sys
 from ..config import ConfigError
 from ..distributed import current_world, leave
 from .common import COMMANDS, Command
-from . import training, studies, pages  # noqa: F401,E402 (each registers its commands)
+from . import training, studies, coding, pages  # noqa: F401,E402 (each registers its commands)
 
 __all__ = ["main", "build_parser", "COMMANDS", "Command"]
 
@@ -39,13 +40,14 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(message)s" if not world.distributed else
                         f"[rank {world.rank}] %(message)s")
     logging.captureWarnings(True)
+    from ..compress import CodingError
     from ..fetch import DataError
     from ..rundir import RunError
 
     cmd = COMMANDS.get(args.command)
     try:
         return cmd.run(args)
-    except (ConfigError, DataError, RunError) as e:
+    except (ConfigError, DataError, RunError, CodingError) as e:
         print(f"vaelab {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
