@@ -106,7 +106,7 @@ def _checked_images(images, shape: tuple[int, ...], levels: int) -> np.ndarray:
     if x.size and (x.min() < 0 or x.max() >= levels):
         raise ConfigError(f"pixel values must be in 0..{levels - 1} for this model, got "
                           f"{x.min()}..{x.max()}")
-    return np.ascontiguousarray(x, dtype=np.uint8)
+    return np.array(x, dtype=np.uint8, order="C")  # a copy of our own, writable
 
 
 def _run_length(sizes: list[int]) -> list[list[int]]:
@@ -228,7 +228,7 @@ def unpack(model: VAE, data: bytes, *, progress: bool = False) -> tuple[np.ndarr
                 out[end - size:end] = decode_batch(coder, m, size, shape, levels, settings.grid)
                 end -= size
                 bar.update(size)
-    except (ValueError, RuntimeError, OverflowError) as e:
+    except (ValueError, RuntimeError, OverflowError, KeyError, IndexError) as e:
         raise CodingError(f"decoding failed ({e}); the file does not decode with this model on "
                           "this machine") from None
     rest = coder.get_compressed()
@@ -276,7 +276,8 @@ def read_container(data: bytes) -> tuple[dict, bytes]:
     if len(data) < len(MAGIC) or data[:len(MAGIC)] != MAGIC:
         raise CodingError("not a vaelab compressed file (wrong magic bytes)")
     if len(data) < len(MAGIC) + 4 + 32:
-        raise CodingError(f"truncated file ({len(data)} bytes)")
+        raise CodingError(f"the file is damaged or truncated ({len(data)} bytes); nothing was "
+                          "decoded")
     if hashlib.sha256(data[:-32]).digest() != data[-32:]:
         raise CodingError("the file is damaged or truncated (its SHA-256 does not match); "
                           "nothing was decoded")

@@ -122,7 +122,9 @@ def _read_npy(path: Path, image_shape) -> ImageFile:
     with open(path, "rb") as fh:
         try:
             version = np.lib.format.read_magic(fh)
-            shape, fortran, dtype = np.lib.format._read_array_header(fh, version)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(fh)
         except (ValueError, SyntaxError, EOFError) as e:
             raise DataError(f"{path} is not a readable .npy file ({e})") from None
         head = fh.tell()
