@@ -12,12 +12,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vaelab"
 
 # bottom first; a module may import from its own layer and the layers below
 LAYERS = [
-    ("base", {"registry", "config", "fetch", "distributed", "noise", "devices", "images"}),
+    ("base", {"registry", "config", "fetch", "hub", "distributed", "noise", "devices",
+              "images"}),
     ("data", {"datasets", "data", "imagefiles"}),
     ("model", {"nets", "distributions", "likelihoods", "priors", "model", "hierarchical"}),
     ("objectives", {"objectives"}),
     ("train", {"rundir", "step", "train"}),
-    ("studies", {"evaluate", "sample", "baselines", "classifiers", "bitsback", "compress"}),
+    ("studies", {"evaluate", "sample", "baselines", "classifiers", "bitsback", "compress",
+                 "export"}),
     ("figures and pages", {"plots", "report", "classify"}),
     ("faces", {"cli"}),
 ]

@@ -44,10 +44,18 @@ Tensor = torch.Tensor
 TABLE_FLOATS = 1 << 22  # floats of probability tables computed at once
 
 
-def _model():
-    import constriction
+def entropy_coder():
+    """The ``constriction`` package (the optional extra ``vaelab[compress]``)."""
+    try:
+        import constriction
+    except ImportError:
+        raise ConfigError("compression needs the constriction package: pip install "
+                          "'vaelab[compress]'") from None
+    return constriction
 
-    return constriction.stream.model
+
+def _model():
+    return entropy_coder().stream.model
 
 
 @dataclass
@@ -113,16 +121,20 @@ class Tally:
     net_bits: list[float] = field(default_factory=list)
     posterior_bits: list[float] = field(default_factory=list)
     exhausted: bool = False  # whether the last batch's draws from Q emptied the stack
+    ideal: bool = False  # whether to compute ``net_bits`` (it costs a pass over p(x|z))
     _last: int = 0
 
-    def add(self, net: Tensor, posterior: Tensor, exhausted: bool) -> None:
-        self.net_bits += net.tolist()
+    def add(self, net: Tensor | None, posterior: Tensor, exhausted: bool) -> None:
+        if net is not None:
+            self.net_bits += net.tolist()
         self.posterior_bits += posterior.tolist()
-        self.exhausted, self._last = exhausted, len(net)
+        self.exhausted, self._last = exhausted, len(posterior)
 
     def drop_last(self) -> None:
         """Forget the last batch (coded again, smaller)."""
-        del self.net_bits[-self._last:], self.posterior_bits[-self._last:]
+        if self.ideal:
+            del self.net_bits[-self._last:]
+        del self.posterior_bits[-self._last:]
 
 
 # ---------------------------------------------------------------------------------------
@@ -347,8 +359,8 @@ def encode_batch(coder, model, x: np.ndarray, levels: int, grid: Grid, tally: Ta
     for t in reversed(range(T)):  # bottom first, so that the top is drawn first
         encode_layer(coder, grid, layers[t], bins[t], z[:, t * dim:(t + 1) * dim])
     log_q = q.log_prob(z)
-    tally.add(-(px.log_prob(xf) + prior.log_prob(z) - log_q) / math.log(2),
-              -log_q / math.log(2) - T * dim * math.log2(grid.delta), exhausted)
+    net = -(px.log_prob(xf) + prior.log_prob(z) - log_q) / math.log(2) if tally.ideal else None
+    tally.add(net, -log_q / math.log(2) - T * dim * math.log2(grid.delta), exhausted)
 
 
 @torch.no_grad()

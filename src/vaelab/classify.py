@@ -20,7 +20,7 @@ from .devices import resolve_device
 from .model import VAE
 from .noise import seeded
 from .plots import efficiency_figure, features_figure
-from .rundir import load_run, read_metrics, write_result
+from .rundir import load_run, read_metrics, workdir, write_result
 from .sample import latent_means
 from .train import train
 
@@ -109,7 +109,6 @@ def classify_run(run_dir: str | Path, *, epochs: int | None = None, min_steps: i
     figures (RUN/classify/efficiency.png, features.png) and the results (RUN/classify.json,
     RUN/classify/efficiency.json). ``epochs`` (default: the run's) is the training budget of
     every model trained here, at least ``min_steps`` steps each."""
-    run_dir = Path(run_dir)
     dev = resolve_device(device)
     vae, cfg = load_run(run_dir, device=dev)
     if vae.classes:
@@ -121,7 +120,7 @@ def classify_run(run_dir: str | Path, *, epochs: int | None = None, min_steps: i
         CLASSIFIERS.get(n)  # an unknown name fails before any training
     epochs = epochs or cfg.train.epochs  # the autoencoder trains as long as the VAE did
     cfg = cfg.override(seed=seed, device=str(dev))
-    out = run_dir / "classify"
+    out = workdir(run_dir) / "classify"
     task = Task(fixed_view(data, cfg.data.binarize_seed + 10), cfg, out, epochs, min_steps, k,
                 seed)
     models = learn_features(task, vae, sum(m["seconds"] for m in read_metrics(run_dir)), data)

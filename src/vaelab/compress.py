@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from .bitsback import Grid, Tally, decode_batch, encode_batch, pixel_code
+from .bitsback import Grid, Tally, decode_batch, encode_batch, entropy_coder, pixel_code
 from .model import VAE
 from .registry import ConfigError
 
@@ -127,16 +127,16 @@ def compress(model: VAE, images, *, settings: CodingSettings = CodingSettings(),
     (JSON-able) travels in the header (:func:`read_header`). ``stats``, if given, receives
     the ideal code length (the sum of -log2 p(x|z)p(z)/q(z|x) over the coded z, the
     discretized -ELBO) and the sizes."""
-    import constriction
     from tqdm.auto import tqdm
 
+    constriction = entropy_coder()
     levels = levels_of(model)
     x = _checked_images(images, model.image_shape, levels)
     m = _coding_copy(model)
     grid = settings.grid
     first = initial_words(m, settings)
     coder = constriction.stream.stack.AnsCoder(first)
-    tally, sizes, start = Tally(), [], 0
+    tally, sizes, start = Tally(ideal=stats is not None), [], 0
     with tqdm(total=len(x), desc="compress", unit="img", disable=None if progress else True,
               leave=False) as bar:
         while start < len(x):
@@ -199,9 +199,9 @@ def decompress(model: VAE, data: bytes, *, progress: bool = False) -> np.ndarray
 def unpack(model: VAE, data: bytes, *, progress: bool = False) -> tuple[np.ndarray, dict]:
     """The images and the header of a compressed file; every check passes or a
     CodingError says which failed."""
-    import constriction
     from tqdm.auto import tqdm
 
+    constriction = entropy_coder()
     header, body = read_container(data)
     if header["model"] != fingerprint(model):
         raise CodingError("the file was compressed with another model (its fingerprint "

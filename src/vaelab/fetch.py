@@ -132,3 +132,13 @@ def atomic_path(target: Path) -> Iterator[Path]:
 def atomic_write(target: Path, data: bytes) -> None:
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)
+
+
+def user_dir() -> Path:
+    """The user's own vaelab folder: ``$VAELAB_HOME``, else the platform's user data folder
+    (``~/.local/share/vaelab`` on Linux)."""
+    if os.environ.get("VAELAB_HOME"):
+        return Path(os.environ["VAELAB_HOME"])
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("vaelab"))

@@ -23,7 +23,7 @@ from .evaluate import ACTIVE_THRESHOLD, latent_diagnostics
 from .plots import (data_examples, interpolation_figure, latent_figure, manifold_figure,
                     sample_figures, training_curves, traversal_figure)
 from .sample import interpolate, latent_means, manifold, prior_interpolate, traverse
-from .rundir import load_run, read_metrics, read_results
+from .rundir import load_run, place, read_metrics, read_results, workdir
 from .train import best_epoch, resolve_device
 
 log = logging.getLogger(__name__)
@@ -54,13 +54,14 @@ FIGURES = {
 class RunSummary:
     """What a page shows of one run: its settings, training history, results, figures."""
 
-    run_dir: Path
+    run_dir: Path  # where the run's results and figures are (a downloaded model: the user's)
     cfg: Config
     history: list[dict]
     results: dict[str, dict]
     figures: dict[str, Path] = field(default_factory=dict)
     diagnostics: dict = field(default_factory=dict)
     params: int = 0
+    spec: str = ""  # how the user names the run (a path or hf://...)
 
     @property
     def best(self) -> dict | None:
@@ -78,13 +79,13 @@ def make_figures(run_dir: str | Path, out_dir: str | Path, device: str = "auto",
                  which: str = "best", seed: int = 0, pairs: int = 8, steps: int = 10,
                  max_rows: int = 64) -> RunSummary:
     """Write every figure of a run into ``out_dir`` and return its summary."""
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    out_dir = Path(out_dir)
     dev = resolve_device(device)
     model, cfg = load_run(run_dir, which, dev)
     data = load_data(cfg.data, dev)
     history = read_metrics(run_dir)
-    s = RunSummary(run_dir, cfg, history, read_results(run_dir),
-                   params=sum(p.numel() for p in model.parameters()))
+    s = RunSummary(place(run_dir).workdir, cfg, history, read_results(run_dir),
+                   params=sum(p.numel() for p in model.parameters()), spec=str(run_dir))
     split = data.test if len(data.test) else data.val
     s.figures.update(sample_figures(model, data, out_dir, seed=seed))
     x = data_examples(data, 2 * pairs, seed=seed).to(dev)
@@ -213,7 +214,7 @@ def run_rows(s: RunSummary) -> list[tuple[str, str]]:
 def _evaluate_section(s: RunSummary) -> str:
     ev = s.results.get("evaluate")
     if not ev:
-        return _missing(f"vaelab evaluate {s.run_dir} --k 5000")
+        return _missing(f"vaelab evaluate {s.spec} --k 5000")
     rows = [[_esc(f"{r['split']}, {r.get('which', 'best')}"), _num(r.get("k") or None, "d"),
              _num(r["elbo"]), _num(r.get("nll")), _num(r.get("nll_stderr")),
              _num(r.get("nll_bits_per_dim") or r.get("bits_per_dim"), ".4f"),
@@ -228,7 +229,7 @@ def _evaluate_section(s: RunSummary) -> str:
 def _baselines_section(s: RunSummary) -> str:
     bl = s.results.get("baselines")
     if not bl:
-        return _missing(f"vaelab baselines --run {s.run_dir}")
+        return _missing(f"vaelab baselines --run {s.spec}")
     out, ev = "", s.best_nll()
     for split, rows in bl.items():
         table = [[_esc(r["model"]), _num(r["nll"]), _num(r["nll_stderr"]),
@@ -247,7 +248,7 @@ def _baselines_section(s: RunSummary) -> str:
 def _classify_section(s: RunSummary) -> str:
     cl = s.results.get("classify")
     if not cl:
-        return _missing(f"vaelab classify --run {s.run_dir}")
+        return _missing(f"vaelab classify --run {s.spec}")
     out = ""
     for split, res in cl.items():
         n = res["n_train"]
@@ -303,7 +304,7 @@ def compare_html(runs: list[RunSummary]) -> str:
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, **kw) -> Path:
     """``RUN/report/index.html`` (or ``out``) with the PNGs beside it."""
-    out = Path(out) if out else Path(run_dir) / "report" / "index.html"
+    out = Path(out) if out else workdir(run_dir) / "report" / "index.html"
     s = make_figures(run_dir, out.parent, **kw)
     out.write_text(report_html(s), encoding="utf-8")
     return out
@@ -311,7 +312,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, **kw) -> Pa
 
 def write_comparison(run_dirs: list[str | Path], out: str | Path, **kw) -> Path:
     """One page, the runs side by side; each run's PNGs go to RUN/report/."""
-    runs = [make_figures(r, Path(r) / "report", **kw) for r in run_dirs]
+    runs = [make_figures(r, workdir(r) / "report", **kw) for r in run_dirs]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(compare_html(runs), encoding="utf-8")

@@ -12,6 +12,13 @@ A run directory holds::
 Both ``.safetensors`` files carry the image shape in their metadata, so
 :func:`load_run` rebuilds the model from ``config.toml`` alone; nothing is pickled. Every
 file is written atomically, so an interrupted run always resumes from a consistent state.
+
+A run is named by a path or by ``hf://USER/REPO[@REVISION]``, a model exported by
+``vaelab export`` and shared on the Hugging Face Hub (:mod:`vaelab.hub`); an exported
+folder is a run directory without the checkpoint, plus ``config.json`` with the weights'
+SHA-256, checked on loading. :func:`place` says where a run's files are read and where
+the commands write about it: a downloaded model is read from the Hub's cache and written
+about in the user's own folder, never in that cache.
 """
 from __future__ import annotations
 
@@ -25,7 +32,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from .config import Config, ConfigError
-from .fetch import atomic_write
+from .fetch import atomic_write, user_dir
+from .hub import cache_key, download, is_hub
 from .model import VAE
 
 FORMAT = "vaelab-run-1"
@@ -33,6 +41,31 @@ FORMAT = "vaelab-run-1"
 
 class RunError(RuntimeError):
     """A run directory is missing, incomplete or inconsistent."""
+
+
+@dataclass(frozen=True)
+class RunPlace:
+    """Where a run's files are read (``source``) and where commands write about it
+    (``workdir``: figures, results, reports)."""
+
+    source: Path
+    workdir: Path
+
+
+def place(spec: str | Path) -> RunPlace:
+    """A run directory or exported folder (read and written there), or a Hub model
+    ``hf://USER/REPO[@REVISION]`` (downloaded; written about in
+    ``$VAELAB_HOME/hub/USER--REPO[@REVISION]``, by default in the user data folder)."""
+    if is_hub(spec):
+        return RunPlace(download(str(spec)), user_dir() / "hub" / cache_key(str(spec)))
+    return RunPlace(Path(spec), Path(spec))
+
+
+def workdir(spec: str | Path) -> Path:
+    """Where commands write about the run ``spec`` (created if needed)."""
+    d = place(spec).workdir
+    d.mkdir(parents=True, exist_ok=True)
+    return d
 
 
 def _meta(model: VAE, **extra) -> dict[str, str]:
@@ -64,14 +97,20 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
 
 def load_run(path: str | Path, which: str = "best", device: str | torch.device = "cpu"
              ) -> tuple[VAE, Config]:
-    """The model of a run directory (``which``: "best" or "last") and its config."""
-    path = Path(path)
+    """The model of a run (``which``: "best" or "last") and its config. ``path``: a run
+    directory, an exported folder or ``hf://USER/REPO[@REVISION]``."""
+    path = place(path).source
     if not (path / "config.toml").is_file():
         raise RunError(f"{path} is not a vaelab run directory (no config.toml)")
     cfg = Config.load(path / "config.toml")
     files = {"best": "model.safetensors", "last": "checkpoint.safetensors"}
     if which not in files:
         raise ConfigError(f"unknown checkpoint {which!r}; choose one of: best, last")
+    if which == "last" and (path / EXPORT).is_file():
+        raise RunError(f"{path} is an exported model: it holds the best weights only "
+                       "(use --which best)")
+    if (path / EXPORT).is_file():
+        check_export(path, cfg)
     tensors, meta = read_safetensors(path / files[which])
     model = VAE.from_config(cfg.model, tuple(json.loads(meta["image_shape"])))
     weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")} \
@@ -143,8 +182,37 @@ def restore_checkpoint(run_dir: Path, model: VAE, opt: torch.optim.Optimizer,
     return TrainState(**json.loads(meta["state"]))
 
 
+EXPORT = "config.json"  # what makes a folder an exported model
+
+
+def weights_digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def check_export(path: Path, cfg: Config) -> None:
+    """An exported folder's config.json agrees with its config.toml and its weights."""
+    try:
+        info = json.loads((path / EXPORT).read_text())
+        if not isinstance(info, dict) or info.get("format") != "vaelab-export-1":
+            raise ValueError("not a vaelab export (format)")
+        config, digest = info["config"], info["weights_sha256"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise RunError(f"{path / EXPORT} is damaged or not vaelab's ({e}); export the run "
+                       "again") from None
+    if Config.from_dict(config, str(path / EXPORT)).to_dict() != cfg.to_dict():
+        raise RunError(f"{path}: config.toml and config.json describe different models; "
+                       "one of them was changed after the export")
+    if not (path / "model.safetensors").is_file() or \
+            weights_digest(path / "model.safetensors") != digest:
+        raise RunError(f"{path / 'model.safetensors'} is not the file that was exported (its "
+                       "SHA-256 differs from config.json's): damaged or tampered with; "
+                       "download or export it again")
+
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    p = Path(run_dir) / "metrics.jsonl"
+    p = place(run_dir).source / "metrics.jsonl"
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] \
         if p.is_file() else []
 
@@ -157,7 +225,7 @@ def write_result(run_dir: str | Path, name: str, key: str, value) -> Path:
     of an evaluation); other keys are kept. Atomic: an interrupted write loses nothing."""
     if name not in RESULTS:
         raise ValueError(f"unknown result {name!r}; one of {RESULTS}")
-    path = Path(run_dir) / f"{name}.json"
+    path = workdir(run_dir) / f"{name}.json"
     entries = _read_result(path) if path.is_file() else {}
     entries[key] = value
     atomic_write(path, (json.dumps(entries, indent=1) + "\n").encode())
@@ -165,10 +233,16 @@ def write_result(run_dir: str | Path, name: str, key: str, value) -> Path:
 
 
 def read_results(run_dir: str | Path) -> dict[str, dict]:
-    """The results recorded in a run directory: ``{name: {key: value}}`` for each file that
-    exists. A file that is not valid JSON raises a RunError naming it."""
-    paths = {name: Path(run_dir) / f"{name}.json" for name in RESULTS}
-    return {name: _read_result(p) for name, p in paths.items() if p.is_file()}
+    """The results recorded for a run: ``{name: {key: value}}`` for each file that exists
+    (for a downloaded model, those it came with and those the user's commands added). A
+    file that is not valid JSON raises a RunError naming it."""
+    where = place(run_dir)
+    out: dict[str, dict] = {}
+    for d in dict.fromkeys([where.source, where.workdir]):
+        for name in RESULTS:
+            if (d / f"{name}.json").is_file():
+                out.setdefault(name, {}).update(_read_result(d / f"{name}.json"))
+    return out
 
 
 def _read_result(path: Path) -> dict:

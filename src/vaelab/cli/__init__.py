@@ -8,6 +8,7 @@ new module, one import here). The commands print; the library computes.
     studies.py    evaluate, posterior, baselines
     pages.py      sample, report, compare, datasets
     coding.py     compress, decompress
+    sharing.py    export, push
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import sys
 from ..config import ConfigError
 from ..distributed import current_world, leave
 from .common import COMMANDS, Command
-from . import training, studies, coding, pages  # noqa: F401,E402 (each registers its commands)
+from . import training, studies, coding, sharing, pages  # noqa: F401,E402 (each registers its commands)
 
 __all__ = ["main", "build_parser", "COMMANDS", "Command"]
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..config import ConfigError
 from .common import Command, add_run_args, at_least, command, load
@@ -23,10 +22,11 @@ class Sample(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from ..plots import sample_figures
+        from ..rundir import workdir
 
         at_least(args.n, 1, "--n")
         model, cfg, data = load(args)
-        figs = sample_figures(model, data, Path(args.run) / "figures", args.n, args.temperature,
+        figs = sample_figures(model, data, workdir(args.run) / "figures", args.n, args.temperature,
                               args.seed, samples_path=args.out)
         print(f"figure: {figs['samples']}")
         print(f"reconstructions: {figs['reconstructions']}")

@@ -87,6 +87,7 @@ class Posterior(Command):
         from ..data import data_examples
         from ..evaluate import posterior_study
         from ..plots import posterior_figure
+        from ..rundir import workdir
 
         model, cfg, data = load(args)
         if model.latent_dim != 2 or model.classes:
@@ -97,7 +98,7 @@ class Posterior(Command):
         x = data_examples(data, args.n, seed=args.seed).to(model.device)
         study = posterior_study(model, x, seed=args.seed)
         out = posterior_figure(x, study["grids"],
-                               args.out or Path(args.run) / "figures" / "posterior.png",
+                               args.out or workdir(args.run) / "figures" / "posterior.png",
                                study["elbo"])
         if args.json:
             print(json.dumps({"log_px": study["log_px"], "elbo": study["elbo"],
@@ -143,7 +144,9 @@ class Baselines(Command):
         if args.run and args.config:
             raise ConfigError("give --run or --config, not both")
         if args.run:
-            args.config = str(Path(args.run) / "config.toml")
+            from ..rundir import place
+
+            args.config = str(place(args.run).source / "config.toml")
             if not Path(args.config).is_file():
                 raise ConfigError(f"{args.run} is not a run directory (no config.toml)")
         cfg = config_from_args(args)

@@ -150,7 +150,7 @@ class Classify(Command):
                 raise ConfigError("with --run the data and model come from the run; only "
                                   f"--epochs, --seed and --device may be given (got "
                                   f"{sorted(given)})")
-            run = Path(args.run)
+            run = args.run
         else:
             epochs = epochs or (cfg.train.epochs if args.config else 20)
             data = load_data(cfg.data, resolve_device(cfg.train.device))
@@ -168,7 +168,7 @@ class Classify(Command):
         return 0
 
 
-def _classify_table(r: dict, run: Path) -> str:
+def _classify_table(r: dict, run) -> str:
     n = r["n_train"]
     lines = [f"{r['dataset']}: {r['n_test']} test images; trained on all {n} labelled images",
              f"  {'classifier':40s} {'kind':14s} {'accuracy':>8s} {'log-loss':>8s} "
@@ -183,7 +183,9 @@ def _classify_table(r: dict, run: Path) -> str:
     for name in dict.fromkeys(x["model"] for x in r["rows"]):
         acc = {x["n"]: x["accuracy"] for x in r["rows"] if x["model"] == name}
         lines.append(f"  {name:40s} " + " ".join(f"{acc[s]:7.4f}" for s in subsets))
+    from ..rundir import workdir
+
     lines += [f"curve: {r['figures']['efficiency']} (and efficiency.json beside it)",
               f"features: {r['figures']['features']}",
-              f"results: {run / 'classify.json'} (shown by `vaelab report {run}`)"]
+              f"results: {workdir(run) / 'classify.json'} (shown by `vaelab report {run}`)"]
     return "\n".join(lines)
