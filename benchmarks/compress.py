@@ -60,7 +60,8 @@ def codec_sizes(x: np.ndarray, binary: bool) -> dict[str, int]:
             "WebP lossless (tiled)": len(webp.getvalue())}
 
 
-def bench(run: str, split: str, k: int, repeat: int, settings: CodingSettings) -> None:
+def bench(run: str, split: str, k: int, repeat: int, settings: CodingSettings,
+          device: str = "cpu") -> None:
     model, cfg = vaelab.load_run(run)
     data = vaelab.load_data(cfg.data)
     s = data.split(split)
@@ -74,7 +75,7 @@ def bench(run: str, split: str, k: int, repeat: int, settings: CodingSettings) -
     enc, dec, stats = [], [], {}
     for _ in range(repeat):
         t0 = time.perf_counter()
-        blob = compress(model, x, settings=settings, stats=stats)
+        blob = compress(model, x, settings=settings, stats=stats, device=device)
         enc.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         back = decompress(model, blob)
@@ -99,10 +100,13 @@ def bench(run: str, split: str, k: int, repeat: int, settings: CodingSettings) -
         if bpd is None:
             continue
         print(f"| {name} | {bpd:.4f} | {bpd / ev['bits_per_dim']:.3f} |")
+    elbo_bits = ev["bits_per_dim"] * pixels
+    body = 8 * len(blob) - 8 * stats["header_bytes"] - start
     print(f"\nfile: {len(blob):,} bytes for {pixels:,} pixels; size / -ELBO - 1 = "
-          f"{100 * (8 * len(blob) / pixels / ev['bits_per_dim'] - 1):+.2f} %; without header and "
-          f"initial words: {100 * ((8 * len(blob) - 8 * stats['header_bytes'] - start) / pixels / ev['bits_per_dim'] - 1):+.2f} %")
-    print(f"speed ({torch.get_num_threads()} threads): compress {n / min(enc):,.0f} images/s, "
+          f"{100 * (8 * len(blob) / elbo_bits - 1):+.2f} %; without header and initial "
+          f"words: {100 * (body / elbo_bits - 1):+.2f} %")
+    where = f"{device}, {torch.get_num_threads()} CPU threads"
+    print(f"speed ({where}): compress {n / min(enc):,.0f} images/s, "
           f"decompress {n / min(dec):,.0f} images/s (best of {repeat}; "
           f"{stats['batches']} batches of up to {settings.batch_size})")
 
@@ -115,10 +119,11 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--latent-bits", type=int, default=CodingSettings().latent_bits)
     p.add_argument("--batch-size", type=int, default=CodingSettings().batch_size)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = p.parse_args()
     settings = CodingSettings(latent_bits=args.latent_bits, batch_size=args.batch_size)
     for run in args.runs:
-        bench(run, args.split, args.k, args.repeat, settings)
+        bench(run, args.split, args.k, args.repeat, settings, args.device)
 
 
 if __name__ == "__main__":

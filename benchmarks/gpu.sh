@@ -12,3 +12,8 @@ python -m pytest -q -rs tests/test_fast.py tests/test_distributed.py -k "cuda or
 python benchmarks/train_speed.py --device cuda --epochs 5 2>&1 | tee "$out/train_speed.txt"
 python benchmarks/eval_speed.py --k 5000 --n 10000 --device cuda --skip-loop \
     2>&1 | tee "$out/eval_speed.txt"
+# lossless compression with the nets on the GPU (a 1-epoch Fashion-MNIST model; the
+# coding itself runs on the CPU, so this shows what the GPU takes off the nets)
+python -m vaelab -q train --config configs/fashion-mnist-mlp.toml --epochs 1 --out "$out/fm1" \
+    --no-progress
+python benchmarks/compress.py "$out/fm1" --k 0 --repeat 3 --device cuda 2>&1 | tee "$out/compress.txt"

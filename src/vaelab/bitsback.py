@@ -161,7 +161,7 @@ def _component_posterior(mix: GaussianMixture, z: Tensor) -> Tensor:
 
 def _pick(mix: GaussianMixture, k: np.ndarray) -> tuple[Tensor, Tensor]:
     base = mix.component_distribution.base_dist
-    idx = torch.as_tensor(k, dtype=torch.long)
+    idx = torch.as_tensor(k, dtype=torch.long, device=base.loc.device)
     return base.loc[idx], base.scale[idx]  # (B, L)
 
 
@@ -182,19 +182,24 @@ def encode_layer(coder, grid: Grid, d: Distribution, i: np.ndarray, z: Tensor) -
     coder.encode_reverse(i, grid.family(), *grid.params(*_gaussian(d, len(z))))
 
 
-def decode_layer(coder, grid: Grid, d: Distribution, batch: int, dim: int
+def decode_layer(coder, grid: Grid, d: Distribution, batch: int, dim: int, device
                  ) -> tuple[np.ndarray, Tensor]:
-    """Pop one layer's bins (B*L,) under ``d``; returns them and z (B, L)."""
+    """Pop one layer's bins (B*L,) under ``d``; returns them and z (B, L) on ``device``."""
     m = _model()
+
+    def values(i: np.ndarray) -> Tensor:
+        return torch.as_tensor(i, dtype=torch.float64, device=device).reshape(batch, dim) \
+            * grid.delta
+
     if isinstance(d, GaussianMixture):
         k = coder.decode(m.Categorical(perfect=False), _weights(d, batch))
         i = coder.decode(grid.family(), *grid.params(*_pick(d, k)))
-        z = torch.as_tensor(i, dtype=torch.float64).reshape(batch, dim) * grid.delta
+        z = values(i)
         coder.encode_reverse(k, m.Categorical(perfect=False),
                              _component_posterior(d, z).cpu().numpy())
         return i, z
     i = coder.decode(grid.family(), *grid.params(*_gaussian(d, batch)))
-    return i, torch.as_tensor(i, dtype=torch.float64).reshape(batch, dim) * grid.delta
+    return i, values(i)
 
 
 # ---------------------------------------------------------------------------------------
@@ -372,9 +377,9 @@ def decode_batch(coder, model, batch: int, shape: tuple[int, int, int], levels: 
     z = torch.zeros(batch, T * dim, dtype=torch.float64, device=model.device)
     bins = []
     for t in range(T):
-        i, zt = decode_layer(coder, grid, prior(z.clone())[t], batch, dim)
+        i, zt = decode_layer(coder, grid, prior(z.clone())[t], batch, dim, z.device)
         bins.append(i)
-        z[:, t * dim:(t + 1) * dim] = zt.to(z.device)
+        z[:, t * dim:(t + 1) * dim] = zt
     px = model.decode(z)
     x = pixel_code(model.likelihood.name).decode(coder, px, (batch, *shape), levels)
     layers = _layers(model.encode(_floats(x, levels, model.device)), model)(z)

@@ -86,13 +86,19 @@ def levels_of(model: VAE) -> int:
     return 2 if model.likelihood.binary else int(getattr(model.likelihood, "levels", 256))
 
 
-def _coding_copy(model: VAE) -> VAE:
-    """A float64 copy of the model on the CPU, for the probabilities both sides compute."""
+def _coding_copy(model: VAE, device: str) -> VAE:
+    """A float64 copy of the model on ``device`` ("cpu" or "cuda"), for the probabilities
+    both sides compute."""
     if model.classes:
         raise ConfigError("a conditional model needs each image's label to code it; compress "
                           "with an unconditional run")
     pixel_code(model.likelihood.name)  # refuses a density before any work
-    return copy.deepcopy(model).to("cpu", torch.float64).eval()
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"coding runs on 'cpu' or 'cuda', not {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CodingError("this needs a CUDA device (a file compressed on one decodes only on "
+                          "one: the probabilities must be computed the same way)")
+    return copy.deepcopy(model).to(device, torch.float64).eval()
 
 
 def _checked_images(images, shape: tuple[int, ...], levels: int) -> np.ndarray:
@@ -120,19 +126,20 @@ def _run_length(sizes: list[int]) -> list[list[int]]:
 
 
 def compress(model: VAE, images, *, settings: CodingSettings = CodingSettings(),
-             meta: dict | None = None, progress: bool = False,
-             stats: dict | None = None) -> bytes:
+             meta: dict | None = None, progress: bool = False, stats: dict | None = None,
+             device: str = "cpu") -> bytes:
     """Code uint8 images (N, C, H, W) of levels 0..K-1 (K: 2 for a Bernoulli model, the
     data's levels otherwise) losslessly with ``model``; returns the file's bytes. ``meta``
     (JSON-able) travels in the header (:func:`read_header`). ``stats``, if given, receives
     the ideal code length (the sum of -log2 p(x|z)p(z)/q(z|x) over the coded z, the
-    discretized -ELBO) and the sizes."""
+    discretized -ELBO) and the sizes. ``device``: where the nets run ("cuda" is faster;
+    the file then decodes on a CUDA device only)."""
     from tqdm.auto import tqdm
 
     constriction = entropy_coder()
     levels = levels_of(model)
     x = _checked_images(images, model.image_shape, levels)
-    m = _coding_copy(model)
+    m = _coding_copy(model, device)
     grid = settings.grid
     first = initial_words(m, settings)
     coder = constriction.stream.stack.AnsCoder(first)
@@ -154,7 +161,7 @@ def compress(model: VAE, images, *, settings: CodingSettings = CodingSettings(),
     words = coder.get_compressed().astype("<u4")
     header = {"format": FORMAT_VERSION, "model": fingerprint(model),
               "image_shape": list(model.image_shape), "count": int(len(x)), "levels": levels,
-              "settings": asdict(settings), "batches": _run_length(sizes),
+              "settings": asdict(settings), "device": device, "batches": _run_length(sizes),
               "sha256": hashlib.sha256(x.tobytes()).hexdigest(), "words": int(len(words)),
               "made_with": _versions(), "meta": meta or {}}
     data = _container(header, words.tobytes())
@@ -213,7 +220,7 @@ def unpack(model: VAE, data: bytes, *, progress: bool = False) -> tuple[np.ndarr
         raise CodingError(f"the file holds {levels}-level images of shape {shape}, which this "
                           "model does not code")
     settings = CodingSettings(**header["settings"])
-    m = _coding_copy(model)
+    m = _coding_copy(model, header.get("device", "cpu"))
     words = np.frombuffer(body, "<u4").astype(np.uint32)
     coder = constriction.stream.stack.AnsCoder(words)
     sizes = [s for s, r in header["batches"] for _ in range(r)]

@@ -41,6 +41,9 @@ class Compress(Command):
                        help="latent bins 2^-BITS wide (default 8)")
         p.add_argument("--batch-size", type=int, default=500,
                        help="images coded at once (default 500)")
+        p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                       help="where the nets run (default cpu); a file made on cuda decodes "
+                       "on cuda only")
         _run_args(p)
 
     def run(self, args: argparse.Namespace) -> int:
@@ -55,7 +58,7 @@ class Compress(Command):
         stats: dict = {}
         t0 = time.perf_counter()
         data = compress(model, images.images, settings=settings, meta=images.meta,
-                        progress=not args.no_progress, stats=stats)
+                        progress=not args.no_progress, stats=stats, device=args.device)
         seconds = time.perf_counter() - t0
         from ..fetch import atomic_write
 
