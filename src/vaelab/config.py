@@ -11,6 +11,7 @@ activation) are looked up in a :class:`Registry`; an unknown name raises
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import types
 import typing
@@ -72,6 +73,9 @@ class DataConfig:
         _check_choice("stream", self.stream, SWITCHES)
         if self.val_size is not None and self.val_size < 0:
             raise ConfigError(f"val_size must be >= 0, got {self.val_size}")
+        if self.image_size is not None and self.image_size < 1:
+            raise ConfigError(f"image_size must be >= 1 (or unset: no resizing), got "
+                              f"{self.image_size}")
 
 
 @dataclass(frozen=True)
@@ -237,6 +241,12 @@ class Config:
             d = tomllib.loads(path.read_text())
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{path} is a directory; give a TOML file") from None
+        except OSError as e:
+            raise ConfigError(f"cannot read {path} ({e.strerror or e})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path} is not a text file; give a TOML file") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path} is not valid TOML: {e}") from None
         return cls.from_dict(d, source=str(path))
@@ -300,11 +310,20 @@ def coerce(tp: Any, value: Any, name: str = "value") -> Any:
             if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
                 return False
             raise ValueError
+        if tp in (int, float) and isinstance(value, bool):
+            raise ValueError  # TOML's true is not a number
         if tp is int and isinstance(value, float) and not value.is_integer():
             raise ValueError
         if tp is int and isinstance(value, str):
             return int(float(value)) if "e" in value.lower() else int(value)
+        if tp is float:
+            number = float(value)
+            if not math.isfinite(number):
+                raise ConfigError(f"{name} must be a finite number, got {value!r}")
+            return number
         return tp(value)
+    except ConfigError:
+        raise
     except (TypeError, ValueError):
         raise ConfigError(f"{name} must be of type {getattr(tp, '__name__', tp)}, "
                           f"got {value!r}") from None

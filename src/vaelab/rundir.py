@@ -23,6 +23,7 @@ about in the user's own folder, never in that cache.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from .hub import cache_key, download, is_hub
 from .model import VAE
 
 FORMAT = "vaelab-run-1"
+log = logging.getLogger(__name__)
 
 
 class RunError(RuntimeError):
@@ -74,6 +76,7 @@ def _meta(model: VAE, **extra) -> dict[str, str]:
 
 
 def save_weights(path: Path, model: VAE, **extra) -> None:
+    check_finite(model, str(path))
     atomic_write(path, st_save({k: v.contiguous() for k, v in model.state_dict().items()},
                                metadata=_meta(model, **extra)))
 
@@ -158,6 +161,7 @@ class TrainState:
 
 def save_checkpoint(run_dir: Path, model: VAE, opt: torch.optim.Optimizer,
                     gen: torch.Generator, state: TrainState) -> None:
+    check_finite(model, str(run_dir / "checkpoint.safetensors"))
     tensors = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
     opt_tensors, opt_meta = _optimizer_tensors(opt)
     tensors.update(opt_tensors)
@@ -172,14 +176,70 @@ def save_checkpoint(run_dir: Path, model: VAE, opt: torch.optim.Optimizer,
 
 def restore_checkpoint(run_dir: Path, model: VAE, opt: torch.optim.Optimizer,
              gen: torch.Generator) -> TrainState:
-    tensors, meta = read_safetensors(run_dir / "checkpoint.safetensors")
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    opt.load_state_dict(_optimizer_state(tensors, meta["optimizer"]))
-    torch.set_rng_state(tensors["rng.cpu"])
-    gen.set_state(tensors["rng.data"])
-    if "rng.cuda" in tensors and model.device.type == "cuda":
-        torch.cuda.set_rng_state(tensors["rng.cuda"], model.device)
-    return TrainState(**json.loads(meta["state"]))
+    path = run_dir / "checkpoint.safetensors"
+    tensors, meta = read_safetensors(path)
+    try:
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    except RuntimeError as e:
+        raise RunError(f"{path} does not fit {run_dir / 'config.toml'} (was the config edited "
+                       f"after training?): {str(e).splitlines()[0]}") from None
+    try:
+        opt.load_state_dict(_optimizer_state(tensors, meta["optimizer"]))
+        torch.set_rng_state(tensors["rng.cpu"])
+        gen.set_state(tensors["rng.data"])
+        if "rng.cuda" in tensors and model.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng.cuda"], model.device)
+        state = TrainState(**json.loads(meta["state"]))
+        if not isinstance(state.epoch, int) or state.epoch < 1:
+            raise ValueError(f"epoch {state.epoch!r}")
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:
+        raise RunError(f"{path} is damaged ({type(e).__name__}: {e}); the run cannot be "
+                       "resumed from it (its best weights, model.safetensors, are intact)") \
+            from None
+    return state
+
+
+def check_finite(model: VAE, what: str) -> None:
+    """Refuse to write weights that are not all finite."""
+    bad = [n for n, p in model.state_dict().items()
+           if p.is_floating_point() and not torch.isfinite(p).all()]
+    if bad:
+        raise RunError(f"not writing {what}: the weights {', '.join(bad[:3])}"
+                       f"{' ...' if len(bad) > 3 else ''} are not finite")
+
+
+class RunLock:
+    """An exclusive lock on a run directory while a process trains in it (``RUN/.lock``,
+    an advisory ``flock``: the system releases it when the holder dies, however it dies).
+    A second trainer is refused with the holder's process id."""
+
+    def __init__(self, run_dir: Path):
+        self.path, self.fd = run_dir / ".lock", None
+
+    def __enter__(self) -> "RunLock":
+        import fcntl
+        import os
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise RunError(f"{self.path.parent} is in use: process {holder} is training in it "
+                           "(wait for it to finish, or stop it; then --resume)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import os
+
+        if self.fd is not None:
+            os.close(self.fd)  # releases the lock
+            self.fd = None
 
 
 EXPORT = "config.json"  # what makes a folder an exported model
@@ -212,9 +272,26 @@ def check_export(path: Path, cfg: Config) -> None:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The epochs' metrics. A last line torn by a crash during its append is left out,
+    with a warning (resuming rewrites the log from the checkpoint's epochs)."""
     p = place(run_dir).source / "metrics.jsonl"
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] \
-        if p.is_file() else []
+    if not p.is_file():
+        return []
+    lines = [line for line in p.read_text(errors="replace").splitlines() if line.strip()]
+    out = []
+    for i, line in enumerate(lines):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
+                raise ValueError("not an epoch's metrics")
+            out.append(row)
+        except ValueError:
+            if i < len(lines) - 1:
+                raise RunError(f"{p}, line {i + 1}, is damaged; delete the damaged lines (the "
+                               "checkpoint holds the training state)") from None
+            log.warning("%s: the last line is incomplete (a crash while it was written); "
+                        "left out", p)
+    return out
 
 
 RESULTS = ("evaluate", "baselines", "classify")  # RUN/<name>.json, written by those commands

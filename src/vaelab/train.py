@@ -8,6 +8,7 @@ import logging
 import math
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,13 +17,13 @@ import torch
 from .config import Config, ConfigError
 from .data import Data, load_data
 from .devices import resolve_device
-from .distributed import World, join
+from .distributed import World, current_world, join
 from .images import image_grid
 from .model import VAE
 from .noise import seeded
 from .objectives import bits_per_dim, elbo_over, unpack
 from .step import Stepper, make_optimizer
-from .rundir import (RunError, TrainState, load_run, read_metrics, read_safetensors,
+from .rundir import (RunError, RunLock, TrainState, load_run, read_metrics, read_safetensors,
                      restore_checkpoint, save_checkpoint, save_weights)
 
 log = logging.getLogger(__name__)
@@ -160,8 +161,22 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, data: Data 
     ends cleanly and ``resume`` goes on from there (``TrainResult.stopped`` is then True).
 
     Started by ``torchrun`` as one of several processes, each trains on its shard of every
-    batch (see :mod:`vaelab.distributed`); rank 0 writes the run directory."""
-    s = start(cfg, Path(run_dir), resume, data)
+    batch (see :mod:`vaelab.distributed`); rank 0 writes the run directory, and holds its
+    lock (a second trainer in the same directory is refused).
+
+    A loss that is not finite stops training at once with a :class:`Diverged` error; the
+    checkpoint and best weights of the last good epoch stay as they were."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"{run_dir} is a file, not a run directory; choose another "
+                       f"{'--resume' if resume else '--out'}")
+    with RunLock(run_dir) if current_world().main else nullcontext():
+        return _train(cfg, run_dir, resume, data, progress, tensorboard, time_limit)
+
+
+def _train(cfg: Config, run_dir: Path, resume: bool, data: Data | None, progress: bool,
+           tensorboard: bool, time_limit: float | None) -> TrainResult:
+    s = start(cfg, run_dir, resume, data)
     tc = s.cfg.train
     stepper = Stepper(s.model, s.opt, tc, s.device, s.world)
 
@@ -177,6 +192,8 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, data: Data 
             bar.set_description(f"epoch {epoch}/{tc.epochs}")
             m = train_epoch(s, stepper, epoch, bar)
             val, n_val = validate(s)
+            if n_val and not math.isfinite(val["val_elbo"]):
+                raise _diverged(s, epoch, None, "the validation ELBO")
             record(s, {**m, **val}, n_val > 0, board)
             if time_limit is not None and epoch < tc.epochs and \
                     out_of_time(s, time.perf_counter() - started, epoch - first, time_limit):
@@ -199,12 +216,7 @@ def start(cfg: Config, run_dir: Path, resume: bool, data: Data | None) -> Sessio
     metrics so far."""
     tc = cfg.train
     world, device = join(resolve_device(tc.device))
-    if resume:
-        if not (run_dir / "checkpoint.safetensors").is_file():
-            raise RunError(f"cannot resume: {run_dir} has no checkpoint.safetensors")
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        raise RunError(f"{run_dir} already exists and is not empty; pass --resume to continue "
-                       "that run, or choose another --out")
+    check_run_dir(run_dir, resume, tc.epochs)
     world.barrier()  # every rank has checked the directory before rank 0 fills it
     torch.manual_seed(tc.seed)
     data = data if data is not None else load_data(cfg.data, device)
@@ -234,6 +246,63 @@ def start(cfg: Config, run_dir: Path, resume: bool, data: Data | None) -> Sessio
     return Session(cfg, run_dir, data, model, opt, gen, state, history, world, device)
 
 
+OWN_FILES = {"config.toml", "metrics.jsonl", ".lock", "figures", "tensorboard"}
+
+
+def check_run_dir(run_dir: Path, resume: bool, epochs: int) -> None:
+    """A new run starts in an empty directory, or in one that holds only what a run that
+    died before its first epoch left; a resumed run has its checkpoint and best weights and
+    fewer epochs than asked for."""
+    done = run_dir / "checkpoint.safetensors"
+    if resume:
+        if not done.is_file():
+            raise RunError(f"cannot resume: {run_dir} has no checkpoint.safetensors (no epoch "
+                           f"was finished); start it anew with `vaelab train --out {run_dir}`"
+                           " and the same settings")
+        if not (run_dir / "model.safetensors").is_file():
+            raise RunError(f"cannot resume: {run_dir / 'model.safetensors'} (the best weights "
+                           "so far) is missing; restore it, or start a new run")
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(done), "pt") as f:
+                trained = json.loads((f.metadata() or {}).get("state", "{}")).get("epoch", 0)
+        except Exception:  # a damaged checkpoint: restore_checkpoint says so
+            trained = 0
+        if isinstance(trained, int) and trained >= epochs:
+            raise RunError(f"{run_dir} has trained {trained} epochs already; give --epochs "
+                           f"greater than {trained} to train on")
+        return
+    if not run_dir.exists():
+        return
+    contents = {p.name for p in run_dir.iterdir()} - {".lock"}
+    if contents and (done.is_file() or not contents <= OWN_FILES):
+        raise RunError(f"{run_dir} already exists and is not empty; pass --resume to continue "
+                       "that run, or choose another --out")
+    if contents:
+        log.info("%s holds no finished epoch (a run that stopped before its first): "
+                 "starting it anew", run_dir)
+
+
+class Diverged(RunError):
+    """Training produced a loss that is not finite."""
+
+
+def _diverged(s: Session, epoch: int, step: int | None, what: str) -> Diverged:
+    tc = s.cfg.train
+    where = f"epoch {epoch}" + (f", batch {step + 1}" if step is not None else "")
+    kept = (f"the checkpoint of epoch {s.state.epoch} is kept (`vaelab train --resume "
+            f"{s.run_dir}` continues from it, with the same settings)") if s.state.epoch else \
+        "no epoch was saved"
+    tips = [f"a smaller --lr (now {tc.lr:g})"]
+    if not tc.kl_warmup and not tc.autoencoder:
+        tips.append("--kl-warmup 10")
+    if tc.precision == "bf16":
+        tips.append("--precision fp32")
+    return Diverged(f"training diverged at {where}: {what} is not finite. Nothing of this "
+                    f"epoch was written; {kept}. Try {' or '.join(tips)}.")
+
+
 def train_epoch(s: Session, stepper: Stepper, epoch: int, bar) -> dict:
     """One pass over the training split: the epoch's mean loss, ELBO, reconstruction and KL
     (over every rank's examples), its seconds and images per second."""
@@ -248,11 +317,16 @@ def train_epoch(s: Session, stepper: Stepper, epoch: int, bar) -> dict:
         beta = 0.0 if tc.autoencoder else kl_weight(tc, epoch, step, s.n_batches)  # none for an AE
         batch_sums = stepper(x, y, beta, n_global)
         sums += batch_sums
+        if (s.device.type == "cpu" or step % 20 == 0) and \
+                not bool(torch.isfinite(batch_sums).all()):  # (a sync: on CUDA every 20th)
+            raise _diverged(s, epoch, step, "the training loss")
         bar.update()
         if not bar.disable and step % 20 == 0:
             bar.set_postfix(elbo=f"{batch_sums[1].item() / max(1, x.shape[0]):.2f}",
                             refresh=False)
     loss, elbo_m, recon, kl = (s.world.sum(sums) / n_train).tolist()
+    if not all(map(math.isfinite, (loss, elbo_m))):
+        raise _diverged(s, epoch, None, "the training loss")
     seconds = time.perf_counter() - t0
     return {"epoch": epoch, "train_loss": loss, "train_elbo": elbo_m, "train_recon": recon,
             "train_kl": kl, "seconds": seconds, "images_per_s": n_train / seconds}

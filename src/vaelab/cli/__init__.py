@@ -54,8 +54,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(cmd.interrupted(args), file=sys.stderr)
         return 130
+    except OSError as e:  # the file system said no: no space, no permission, ...
+        print(f"vaelab {args.command}: error: {_os_error(e)}", file=sys.stderr)
+        return 1
     finally:
         leave()
+
+
+def _os_error(e: OSError) -> str:
+    import errno
+
+    where = f" ({e.filename})" if e.filename else ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return (f"no space left on the device{where}; free some space and run the command "
+                "again (an interrupted training run continues with --resume)")
+    return f"{e.strerror or e}{where}"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,6 +3,7 @@ config field, the arguments of a command that reads a run, and small parsers."""
 from __future__ import annotations
 
 import argparse
+import math
 import typing
 
 from ..config import Config, ConfigError, field_specs
@@ -129,6 +130,13 @@ def load(args: argparse.Namespace):
 def at_least(value: int, least: int, flag: str) -> int:
     if value < least:
         raise ConfigError(f"{flag} must be >= {least}, got {value}")
+    return value
+
+
+def positive(value: float, flag: str) -> float:
+    """A finite number > 0 (nan and inf are refused)."""
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{flag} must be a finite number > 0, got {value}")
     return value
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import ConfigError
-from .common import Command, add_run_args, at_least, command, load
+from .common import Command, add_run_args, at_least, command, load, positive
 
 
 @command("sample")
@@ -25,6 +25,7 @@ class Sample(Command):
         from ..rundir import workdir
 
         at_least(args.n, 1, "--n")
+        positive(args.temperature, "--temperature")
         model, cfg, data = load(args)
         figs = sample_figures(model, data, workdir(args.run) / "figures", args.n, args.temperature,
                               args.seed, samples_path=args.out)

@@ -29,8 +29,9 @@ class Evaluate(Command):
         from ..evaluate import evaluate
         from ..rundir import write_result
 
-        model, cfg, data = load(args)
         at_least(args.k, 0, "--k")
+        at_least(args.batch_size, 1, "--batch-size")
+        model, cfg, data = load(args)
         world = current_world()
         r = evaluate(model, data, args.split, args.batch_size, args.seed, args.k,
                      progress=not (args.json or args.no_progress), world=world)

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..config import Config, ConfigError
 from ..distributed import current_world
 from .common import (Command, add_config_flags, add_progress_flag, at_least, command,
-                     config_from_args, given_settings, names, sizes)
+                     config_from_args, given_settings, names, positive, sizes)
 
 
 @command("train")
@@ -36,8 +36,8 @@ class Train(Command):
         from ..train import train
 
         cfg, run_dir = self._settings(args)
-        if args.time_limit is not None and args.time_limit <= 0:
-            raise ConfigError(f"--time-limit must be > 0 minutes, got {args.time_limit}")
+        if args.time_limit is not None:
+            positive(args.time_limit, "--time-limit (minutes)")
         result = train(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress,
                        tensorboard=args.tensorboard,
                        time_limit=None if args.time_limit is None else 60 * args.time_limit)
