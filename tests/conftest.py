@@ -18,6 +18,7 @@ def _isolate(monkeypatch, tmp_path_factory):
     monkeypatch.delenv("VAELAB_MIRRORS", raising=False)
     monkeypatch.delenv("VAELAB_DATA", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.setenv("VAELAB_HOME", str(tmp_path_factory.mktemp("home")))
     torch.manual_seed(0)
 
 

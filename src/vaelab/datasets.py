@@ -19,7 +19,8 @@ import numpy as np
 
 from .config import DataConfig
 from .registry import Registry
-from .fetch import DataError, RemoteFile, atomic_path, fetch_file, mirrors_from_env
+from .fetch import (DataError, RemoteFile, atomic_path, atomic_write, fetch_file,
+                    mirrors_from_env)
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +123,20 @@ class IdxDataset:
         return Path(root) / self.name
 
     def locate(self, data_dir: str | None) -> dict[str, Path] | None:
+        """The first directory that holds the four files, which must verify (MD5, checked
+        once and remembered by size and modification time). Files of these names that are
+        not this data set's are a DataError, even if a later directory has the real ones:
+        they are never trained on, never passed over in silence, and never replaced."""
         for d in self.search_dirs(data_dir):
             found = {k: _find(d, f.name) for k, f in self.files.items()}
             if all(found.values()):
+                wrong = [p for k, p in found.items() if not _verified(self.files[k], p)]
+                if wrong:
+                    raise DataError(
+                        f"{', '.join(map(str, wrong))}: not the {self.name} files (their MD5 "
+                        "differs from the published one). If they are your own data in the "
+                        f"MNIST format, train on them with --dataset idx --data-dir {d}; "
+                        "otherwise remove them and vaelab finds or downloads the real ones")
                 return found  # type: ignore[return-value]
         return None
 
@@ -159,6 +171,29 @@ class IdxDataset:
         xte, yte = read_idx_pair(paths["test_images"], paths["test_labels"])
         return RawData(self.name, xtr, ytr, xte, yte, 255, self.classes, default_val_size=10_000,
                        default_binarize="dynamic")
+
+
+def _verified(remote: RemoteFile, path: Path) -> bool:
+    """Whether ``path`` is ``remote`` by its MD5; the answer is remembered (in the cache
+    directory, by path, size and modification time), so a file is read once."""
+    import json
+
+    st = path.stat()
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{remote.md5}"
+    memo = cache_dir() / "verified.json"
+    try:
+        known = json.loads(memo.read_text()) if memo.is_file() else {}
+    except ValueError:
+        known = {}
+    if key in known:
+        return known[key]
+    ok = remote.verify_file(path)
+    known[key] = ok
+    try:
+        atomic_write(memo, json.dumps(known).encode())
+    except OSError:  # a read-only cache: verify again next time
+        pass
+    return ok
 
 
 def _find(directory: Path, gz_name: str) -> Path | None:
@@ -200,8 +235,8 @@ FASHION_MNIST = DATASETS.register("fashion-mnist")(IdxDataset(
                                "8181f5470baa50b63fa0f6fddb340f0a"),
      "test_labels": RemoteFile("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310",
                                "15d484375f8d13e6eb1aabb0c3f46965")},
-    mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-             "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/"),
+    mirrors=("https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+             "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"),
     classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
              "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
     system_dirs=("/usr/share/datasets/fashion-mnist",),
@@ -247,6 +282,29 @@ def digits(cfg: DataConfig) -> RawData:
 DATASETS.register("digits")(LocalDataset(
     digits, "bundled with scikit-learn (offline, 1,797 8x8 images)"))
 
+def own_idx(cfg: DataConfig) -> RawData:
+    """Your own data in the MNIST format: the four IDX files under MNIST's names
+    (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-...``, raw or
+    ``.gz``) in ``--data-dir``. They are yours, so nothing is checksummed; the labels are
+    mapped to classes in sorted order; grey values (no binarization) unless asked."""
+    if not cfg.data_dir:
+        raise DataError("the idx data set needs --data-dir DIR holding the four IDX files "
+                        f"({', '.join(f.name for f in MNIST.files.values())}, or uncompressed)")
+    d = Path(cfg.data_dir)
+    found = {k: _find(d, f.name) for k, f in MNIST.files.items()}
+    missing = [MNIST.files[k].name for k, p in found.items() if p is None]
+    if missing:
+        raise DataError(f"{d} lacks {', '.join(missing)} (or their uncompressed forms)")
+    xtr, ytr = read_idx_pair(found["train_images"], found["train_labels"])
+    xte, yte = read_idx_pair(found["test_images"], found["test_labels"])
+    values = np.union1d(np.unique(ytr), np.unique(yte))
+    return RawData(f"idx:{d.resolve().name}", xtr, np.searchsorted(values, ytr), xte,
+                   np.searchsorted(values, yte), 255, tuple(str(v) for v in values))
+
+
+DATASETS.register("idx")(LocalDataset(
+    own_idx, "your own MNIST-format files: --dataset idx --data-dir DIR"))
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 
@@ -265,7 +323,8 @@ def folder(cfg: DataConfig) -> RawData:
     root = Path(cfg.data_dir)
     if not root.is_dir():
         raise DataError(f"--data-dir {root} is not a directory")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in root.rglob("*")  # regular files only: a FIFO would hang
+                   if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise DataError(f"no PNG or JPEG images found under {root}")
     train, test = _holdout(len(files), TEST_FRACTION, seed=0)
@@ -291,7 +350,7 @@ def folder(cfg: DataConfig) -> RawData:
 
 DECODE_THREADS = min(8, os.cpu_count() or 1)
 SMALL_IMAGE_BYTES = 8192  # decoded images smaller than this are decoded in one thread
-FOLDER_CACHE_FORMAT = 2  # 2: the training part first, memory-mapped
+FOLDER_CACHE_FORMAT = 3  # 2: the training part first, memory-mapped; 3: 16-bit scaled
 
 
 DATASETS.register("folder")(LocalDataset(
@@ -340,6 +399,21 @@ def _create(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     return out
 
 
+def eight_bit(im, path: Path):
+    """An image with 8-bit channels: 16-bit grey (``I;16``) scaled by 255/65535 (Pillow's
+    own conversion would clip it); 32-bit integer and float images, whose range is unknown,
+    are refused."""
+    from PIL import Image
+
+    if im.mode.startswith("I;16"):
+        a = np.asarray(im, np.uint16).astype(np.uint32)
+        return Image.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8), "L")
+    if im.mode in ("I", "F"):
+        raise DataError(f"{path} holds {'32-bit integer' if im.mode == 'I' else 'floating-point'}"
+                        " pixels, whose range is unknown; save it with 8 or 16 bits per channel")
+    return im
+
+
 def _decode(root: Path, files: list[Path], cfg: DataConfig, target: Path) -> None:
     """Every image, converted and resized as ``cfg`` says, into the ``.npy`` file ``target``
     (uint8 ``(N, C, H, W)``), written beside it and renamed when complete."""
@@ -351,10 +425,12 @@ def _decode(root: Path, files: list[Path], cfg: DataConfig, target: Path) -> Non
     def decode(p: Path) -> np.ndarray:
         try:
             with Image.open(p) as im:
-                im = im.convert(mode)
+                im = eight_bit(im, p).convert(mode)
                 if cfg.image_size:
                     im = im.resize((cfg.image_size, cfg.image_size), Image.Resampling.LANCZOS)
                 a = np.asarray(im, np.uint8).reshape(im.height, im.width, cfg.channels)
+        except Image.DecompressionBombError as e:
+            raise DataError(f"{p} is too large to decode safely ({e}); remove it") from None
         except (UnidentifiedImageError, OSError) as e:
             raise DataError(f"cannot read image {p}: {e}; remove or repair it") from None
         return a.transpose(2, 0, 1)  # (C, H, W)
