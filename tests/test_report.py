@@ -187,3 +187,42 @@ def test_report_renders_in_chromium(runs, browser, width):
     overflow = browser.execute_script(
         "return document.documentElement.scrollWidth - window.innerWidth;")
     assert overflow <= 0  # nothing wider than a phone's screen: wide tables scroll in place
+
+
+HOSTILE = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2">'
+
+
+def test_hostile_results_are_shown_as_text_not_run(runs, browser, tmp_path):
+    """A run directory's JSON reaches the page as text: a script in a recorded result
+    neither runs nor breaks the page; a result of the wrong shape is named."""
+    two, _ = runs
+    run = tmp_path / "hostile"
+    shutil.copytree(two, run)
+    ev = json.loads((run / "evaluate.json").read_text())
+    entry = next(iter(ev.values()))
+    entry["warnings"] = [HOSTILE]
+    entry["active_units"] = HOSTILE
+    ev[HOSTILE] = {**entry, "k": HOSTILE, "elbo": HOSTILE}  # wrong types
+    (run / "evaluate.json").write_text(json.dumps(ev))
+    (run / "baselines.json").write_text(json.dumps({"test": [{"model": HOSTILE}]}))
+    assert main(["-q", "report", str(run)]) == 0
+    page = (run / "report" / "index.html").read_text()
+    assert "<script>window.pwned" not in page and "baselines.json is malformed" in page
+    browser.get((run / "report" / "index.html").as_uri())
+    assert browser.execute_script("return window.pwned === undefined;")
+    assert "<script>window.pwned = 1</script>" in browser.execute_script(
+        "return document.body.innerText;")
+
+
+def test_a_link_in_the_run_directory_is_replaced_not_written_through(runs, tmp_path):
+    two, _ = runs
+    run = tmp_path / "linked"
+    shutil.copytree(two, run)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (run / "figures" / "samples.png").unlink()
+    (run / "figures" / "samples.png").symlink_to(victim)
+    assert main(["-q", "sample", str(run)]) == 0
+    assert victim.read_text() == "keep me"
+    assert not (run / "figures" / "samples.png").is_symlink()
+    assert (run / "figures" / "samples.png").read_bytes().startswith(b"\x89PNG")

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -180,3 +181,63 @@ def test_no_space_left_is_a_clear_error(tmp_path):
     assert "no space left" in r.stderr and "Traceback" not in r.stderr, r.stderr
     r = _cli("train", "--epochs", "1", "--out", str(d), "--no-progress")
     assert r.returncode == 0, r.stderr  # the directory can be started again
+
+
+def test_a_model_file_claiming_a_huge_image_is_refused_before_building(run, tmp_path):
+    """The metadata is checked against the weights before anything is allocated."""
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    d = tmp_path / "copy"
+    shutil.copytree(run, d)
+    with safe_open(str(d / "model.safetensors"), "pt") as f:
+        meta = dict(f.metadata())
+    meta["image_shape"] = "[1, 100000, 100000]"
+    save_file({"x": torch.zeros(1)}, str(d / "model.safetensors"), metadata=meta)
+    r = _cli("evaluate", str(d))
+    assert r.returncode == 2 and "image shape" in r.stderr, r.stderr
+    meta["image_shape"] = "[1, 64, 64]"
+    save_file({"x": torch.zeros(1)}, str(d / "model.safetensors"), metadata=meta)
+    r = _cli("evaluate", str(d))
+    assert r.returncode == 2 and "do not fit" in r.stderr, r.stderr
+
+
+def test_an_edited_model_setting_of_the_same_shapes_is_refused(run, tmp_path):
+    import shutil
+
+    d = tmp_path / "copy"
+    shutil.copytree(run, d)
+    cfg = d / "config.toml"
+    cfg.write_text(cfg.read_text().replace('activation = "relu"', 'activation = "tanh"'))
+    for argv in (["evaluate", str(d)], ["train", "--resume", str(d), "--epochs", "3",
+                                         "--no-progress"]):
+        r = _cli(*argv)
+        assert r.returncode == 2 and "'relu' -> 'tanh'" in r.stderr, r.stderr
+
+
+def test_a_relative_data_dir_is_stored_resolved(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "imgs").mkdir()
+    for i in range(12):
+        Image.fromarray(np.full((8, 8), 20 * i, np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+    r = _cli("train", "--dataset", "folder", "--data-dir", "imgs", "--epochs", "1", "--out",
+             "r", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    saved = Config.load(tmp_path / "r" / "config.toml").data.data_dir
+    assert saved == str((tmp_path / "imgs").resolve())
+    r = _cli("sample", str(tmp_path / "r"), cwd="/")  # from anywhere
+    assert r.returncode == 0, r.stderr
+
+
+def test_stale_partial_files_are_removed_when_a_run_resumes(run, tmp_path):
+    import shutil
+
+    d = tmp_path / "copy"
+    shutil.copytree(run, d)
+    (d / ".checkpoint.safetensors.abc123.part").write_bytes(b"half")
+    r = _cli("train", "--resume", str(d), "--epochs", "3", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert not list(d.glob(".*.part"))

@@ -17,6 +17,7 @@ from .classifiers import CLASSIFIERS, SIZES, Task, fresh_run, nested_subsets, sc
 from .config import ConfigError
 from .data import Data, binarize_once, load_data
 from .devices import resolve_device
+from .fetch import atomic_write
 from .model import VAE
 from .noise import seeded
 from .plots import efficiency_figure, features_figure
@@ -128,7 +129,7 @@ def classify_run(run_dir: str | Path, *, epochs: int | None = None, min_steps: i
     result = {"dataset": data.name, "n_train": len(data.train), "n_test": len(data.test),
               "classes": list(data.classes), "k": k, "epochs": epochs, "min_steps": min_steps,
               "seed": seed, "rows": rows}
-    (out / "efficiency.json").write_text(json.dumps(result, indent=1) + "\n")
+    atomic_write(out / "efficiency.json", (json.dumps(result, indent=1) + "\n").encode())
     result["figures"] = {
         "efficiency": str(efficiency_figure(rows, out / "efficiency.png", data.name)),
         "features": str(features_figure(

@@ -213,7 +213,9 @@ class Config:
         return tomli_w.dumps(self.to_dict())
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_toml())
+        from .fetch import atomic_write  # replaces a link, never writes through it
+
+        atomic_write(Path(path), self.to_toml().encode())
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> "Config":

@@ -79,7 +79,8 @@ def recorded_evaluation(results: dict) -> dict | None:
     """The recorded test evaluation of the best weights with the most importance samples
     (the ELBO-only one if no k was used); None if none was recorded."""
     ev = [r for r in results.get("evaluate", {}).values()
-          if isinstance(r, dict) and r.get("split") == "test" and r.get("which", "best") == "best"]
+          if isinstance(r, dict) and r.get("split") == "test" and r.get("which", "best") == "best"
+          and isinstance(r.get("k", 0), int) and isinstance(r.get("elbo"), float)]
     return max(ev, key=lambda r: r.get("k") or 0) if ev else None
 
 

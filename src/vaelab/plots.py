@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from .data import Data, class_examples, data_examples
+from .fetch import atomic_path
 from .images import image_grid
 from .model import VAE
 from .sample import imagine, reconstruct
@@ -30,7 +31,8 @@ def _save(fig, path: str | Path, suptitle: str | None = None) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    with atomic_path(path) as tmp:  # replaces a link at ``path``, never writes through it
+        fig.savefig(tmp, format="png")
     return path
 
 

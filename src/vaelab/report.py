@@ -23,6 +23,7 @@ from .evaluate import ACTIVE_THRESHOLD, latent_diagnostics
 from .plots import (data_examples, interpolation_figure, latent_figure, manifold_figure,
                     sample_figures, training_curves, traversal_figure)
 from .sample import interpolate, latent_means, manifold, prior_interpolate, traverse
+from .fetch import atomic_write
 from .rundir import load_run, place, read_metrics, read_results, workdir
 from .train import best_epoch, resolve_device
 
@@ -71,7 +72,8 @@ class RunSummary:
     def best_nll(self) -> dict | None:
         """The test evaluation with the most importance samples, if any."""
         ev = [r for r in self.results.get("evaluate", {}).values()
-              if r.get("split") == "test" and r.get("k")]
+              if isinstance(r, dict) and r.get("split") == "test"
+              and isinstance(r.get("k"), int) and r["k"] > 0]
         return max(ev, key=lambda r: r["k"]) if ev else None
 
 
@@ -159,9 +161,23 @@ def _img(path: Path, alt: str) -> str:
 
 
 def _num(v, fmt: str = ".2f") -> str:
+    """A number as ``fmt`` says; anything else (a recorded file may hold anything) escaped."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
-    return format(v, fmt) if isinstance(v, (int, float)) else _esc(v)
+    try:
+        return format(v, fmt) if isinstance(v, (int, float)) and not isinstance(v, bool) \
+            else _esc(v)
+    except (ValueError, TypeError):
+        return _esc(v)
+
+
+def _section(render, s: "RunSummary", name: str) -> str:
+    """A results section; a recorded file of the wrong shape is named, not a traceback."""
+    try:
+        return render(s)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        return (f'<p class="missing">{_esc(name)}.json is malformed ({_esc(type(e).__name__)}: '
+                f"{_esc(e)}); run <code>vaelab {_esc(name)}</code> again</p>")
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -218,7 +234,7 @@ def _evaluate_section(s: RunSummary) -> str:
     rows = [[_esc(f"{r['split']}, {r.get('which', 'best')}"), _num(r.get("k") or None, "d"),
              _num(r["elbo"]), _num(r.get("nll")), _num(r.get("nll_stderr")),
              _num(r.get("nll_bits_per_dim") or r.get("bits_per_dim"), ".4f"),
-             _num(r.get("gap")), f"{r['active_units']} of {r['latent_dim']}"]
+             _num(r.get("gap")), f"{_num(r['active_units'], 'd')} of {_num(r['latent_dim'], 'd')}"]
             for r in ev.values()]
     html_ = _table(["split, weights", "k", "ELBO", "−log p(x)", "± s.e.", "bits/dim",
                     "log p(x) − ELBO", "active units"], rows)
@@ -233,13 +249,13 @@ def _baselines_section(s: RunSummary) -> str:
     out, ev = "", s.best_nll()
     for split, rows in bl.items():
         table = [[_esc(r["model"]), _num(r["nll"]), _num(r["nll_stderr"]),
-                  _num(r["bits_per_dim"], ".4f"), f"{r['params']:,}", _esc(r["note"])]
+                  _num(r["bits_per_dim"], ".4f"), _num(r["params"], ","), _esc(r["note"])]
                  for r in rows]
         if ev and split == "test":
             table.append(["<b>this VAE</b>", f"<b>{_num(ev['nll'])}</b>",
                           _num(ev["nll_stderr"]), _num(ev.get("nll_bits_per_dim"), ".4f"),
                           f"{s.params:,}", _esc(f"importance-sampled, k = {ev['k']}")])
-        out += (f"<p>{_esc(split)} set, n = {rows[0]['n'] if rows else 0}</p>" +
+        out += (f"<p>{_esc(split)} set, n = {_num(rows[0]['n'] if rows else 0, 'd')}</p>" +
                 _table(["model", "−log p(x)", "± s.e.", "bits/dim", "parameters", "note"],
                        table))
     return out
@@ -255,7 +271,8 @@ def _classify_section(s: RunSummary) -> str:
         rows = [[_esc(r["model"]), _esc(r["kind"]), _num(r["accuracy"], ".4f"),
                  _num(r["log_loss"], ".4f"), _num(r["ece"], ".4f"), _num(r["seconds"], ".1f")]
                 for r in res["rows"] if r["n"] == n]
-        out += (f"<p>{_esc(split)} set, n = {res['n_test']}; trained on all {n} labelled "
+        out += (f"<p>{_esc(split)} set, n = {_num(res['n_test'], 'd')}; trained on all "
+                f"{_num(n, 'd')} labelled "
                 "images (log-loss in nats; ECE: expected calibration error)</p>" +
                 _table(["classifier", "kind", "accuracy", "log-loss", "ECE", "train s"], rows))
         sizes = sorted({r["n"] for r in res["rows"]})
@@ -283,9 +300,11 @@ def report_html(s: RunSummary) -> str:
     for key in FIGURES:
         if key in s.figures:
             body.append(f"<h2>{_esc(FIGURES[key][0])}</h2>" + _figure_html(s, key))
-    body += ["<h2>Log-likelihood (vaelab evaluate)</h2>", _evaluate_section(s),
-             "<h2>Maximum-likelihood baselines (vaelab baselines)</h2>", _baselines_section(s),
-             "<h2>Classifiers (vaelab classify)</h2>", _classify_section(s)]
+    body += ["<h2>Log-likelihood (vaelab evaluate)</h2>",
+             _section(_evaluate_section, s, "evaluate"),
+             "<h2>Maximum-likelihood baselines (vaelab baselines)</h2>",
+             _section(_baselines_section, s, "baselines"),
+             "<h2>Classifiers (vaelab classify)</h2>", _section(_classify_section, s, "classify")]
     return _page(f"vaelab report: {s.run_dir.name}", "\n".join(body))
 
 
@@ -306,7 +325,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, **kw) -> Pa
     """``RUN/report/index.html`` (or ``out``) with the PNGs beside it."""
     out = Path(out) if out else workdir(run_dir) / "report" / "index.html"
     s = make_figures(run_dir, out.parent, **kw)
-    out.write_text(report_html(s), encoding="utf-8")
+    atomic_write(out, report_html(s).encode())
     return out
 
 
@@ -315,5 +334,5 @@ def write_comparison(run_dirs: list[str | Path], out: str | Path, **kw) -> Path:
     runs = [make_figures(r, workdir(r) / "report", **kw) for r in run_dirs]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(compare_html(runs), encoding="utf-8")
+    atomic_write(out, compare_html(runs).encode())
     return out

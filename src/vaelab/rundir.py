@@ -115,14 +115,70 @@ def load_run(path: str | Path, which: str = "best", device: str | torch.device =
     if (path / EXPORT).is_file():
         check_export(path, cfg)
     tensors, meta = read_safetensors(path / files[which])
-    model = VAE.from_config(cfg.model, tuple(json.loads(meta["image_shape"])))
     weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")} \
         if which == "last" else tensors
+    shape = _image_shape(meta, path / files[which])
+    check_settings(meta, cfg, path / files[which])
+    with torch.device("meta"):  # the model's shapes, before any memory is spent on it
+        skeleton = VAE.from_config(cfg.model, shape)
+    _check_shapes(skeleton, weights, path / files[which])
+    model = VAE.from_config(cfg.model, shape)
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:
         raise RunError(f"weights in {path / files[which]} do not fit config.toml: {e}") from None
     return model.to(device).eval(), cfg
+
+
+MAX_SIDE = 16384  # pixels; an image side beyond this is not a vaelab model's
+
+
+def _image_shape(meta: dict, path: Path) -> tuple[int, int, int]:
+    try:
+        shape = json.loads(meta["image_shape"])
+        ok = isinstance(shape, list) and len(shape) == 3 and \
+            all(isinstance(v, int) and not isinstance(v, bool) for v in shape) and \
+            shape[0] in (1, 3) and 1 <= shape[1] <= MAX_SIDE and 1 <= shape[2] <= MAX_SIDE
+    except (KeyError, ValueError, TypeError):
+        ok = False
+    if not ok:
+        raise RunError(f"{path}: its metadata names no valid image shape "
+                       f"({meta.get('image_shape')!r}); the file is damaged or not vaelab's")
+    return tuple(shape)
+
+
+def _check_shapes(skeleton: VAE, weights: dict, path: Path) -> None:
+    want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in weights.items()}
+    if want != have:
+        diff = sorted(set(want) ^ set(have)) or \
+            [k for k in want if want[k] != have[k]]
+        raise RunError(f"the weights in {path} do not fit config.toml and its image shape "
+                       f"(first differences: {', '.join(diff[:3])}); the config was edited, or "
+                       "the file belongs to another run")
+
+
+def model_settings(cfg: Config) -> str:
+    """The [model] settings that weights are trained under, as saved beside them."""
+    return json.dumps(cfg.to_dict()["model"], sort_keys=True)
+
+
+def check_settings(meta: dict, cfg: Config, path: Path) -> None:
+    """The weights' recorded [model] settings equal config.toml's (when recorded: runs
+    from before this check have none). Edits that keep the shapes (an activation) would
+    otherwise change the model silently."""
+    if "model_settings" not in meta:
+        return
+    try:
+        saved = json.loads(json.loads(meta["model_settings"]))
+    except (ValueError, TypeError):
+        raise RunError(f"{path}: damaged metadata (model_settings)") from None
+    now = cfg.to_dict()["model"]
+    if saved != now:
+        changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        raise RunError(f"{path.parent / 'config.toml'} was edited after training: "
+                       + ", ".join(f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
+                       + "; the weights were trained with the first; restore config.toml")
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:
@@ -160,7 +216,7 @@ class TrainState:
 
 
 def save_checkpoint(run_dir: Path, model: VAE, opt: torch.optim.Optimizer,
-                    gen: torch.Generator, state: TrainState) -> None:
+                    gen: torch.Generator, state: TrainState, **extra) -> None:
     check_finite(model, str(run_dir / "checkpoint.safetensors"))
     tensors = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
     opt_tensors, opt_meta = _optimizer_tensors(opt)
@@ -169,15 +225,17 @@ def save_checkpoint(run_dir: Path, model: VAE, opt: torch.optim.Optimizer,
     tensors["rng.data"] = gen.get_state()
     if torch.cuda.is_available() and model.device.type == "cuda":
         tensors["rng.cuda"] = torch.cuda.get_rng_state(model.device)
-    meta = _meta(model, state=state.__dict__)
+    meta = _meta(model, state=state.__dict__, **extra)
     meta["optimizer"] = opt_meta
     atomic_write(run_dir / "checkpoint.safetensors", st_save(tensors, metadata=meta))
 
 
 def restore_checkpoint(run_dir: Path, model: VAE, opt: torch.optim.Optimizer,
-             gen: torch.Generator) -> TrainState:
+             gen: torch.Generator, cfg: Config | None = None) -> TrainState:
     path = run_dir / "checkpoint.safetensors"
     tensors, meta = read_safetensors(path)
+    if cfg is not None:
+        check_settings(meta, cfg, path)
     try:
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     except RuntimeError as e:

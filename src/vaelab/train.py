@@ -18,13 +18,14 @@ from .config import Config, ConfigError
 from .data import Data, load_data
 from .devices import resolve_device
 from .distributed import World, current_world, join
+from .fetch import atomic_write
 from .images import image_grid
 from .model import VAE
 from .noise import seeded
 from .objectives import bits_per_dim, elbo_over, unpack
 from .step import Stepper, make_optimizer
-from .rundir import (RunError, RunLock, TrainState, load_run, read_metrics, read_safetensors,
-                     restore_checkpoint, save_checkpoint, save_weights)
+from .rundir import (RunError, RunLock, TrainState, load_run, model_settings, read_metrics,
+                     read_safetensors, restore_checkpoint, save_checkpoint, save_weights)
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -64,8 +65,10 @@ def resolve(cfg: Config, data: Data) -> Config:
     if cfg.model.conditional:
         data.require_labels("a conditional model")
         classes = len(data.classes)
+    extra = {"data_dir": str(Path(cfg.data.data_dir).resolve())} if cfg.data.data_dir else {}
     return cfg.override(binarize=data.binarize, likelihood=likelihood,
-                        levels=2 if data.binary else data.train.max_value + 1, classes=classes)
+                        levels=2 if data.binary else data.train.max_value + 1, classes=classes,
+                        **extra)  # a relative data_dir stored resolved: it means one place
 
 
 def selection(tc) -> tuple[str, str]:
@@ -233,8 +236,11 @@ def start(cfg: Config, run_dir: Path, resume: bool, data: Data | None) -> Sessio
         log.info("starting from the weights of %s", tc.init)
     opt = make_optimizer(model, tc.lr)
     gen = torch.Generator(device).manual_seed(tc.seed)
+    if world.main:  # what a killed write left behind (the lock says no one writes now)
+        for part in run_dir.glob(".*.part") if run_dir.is_dir() else ():
+            part.unlink(missing_ok=True)
     if resume:
-        state = restore_checkpoint(run_dir, model, opt, gen)
+        state = restore_checkpoint(run_dir, model, opt, gen, cfg)
         history = [m for m in read_metrics(run_dir) if m["epoch"] <= state.epoch]
         log.info("resuming %s after epoch %d", run_dir, state.epoch)
     else:
@@ -242,7 +248,8 @@ def start(cfg: Config, run_dir: Path, resume: bool, data: Data | None) -> Sessio
     if world.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.toml")
-        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in history))
+        atomic_write(run_dir / "metrics.jsonl",
+                     "".join(json.dumps(m) + "\n" for m in history).encode())
     return Session(cfg, run_dir, data, model, opt, gen, state, history, world, device)
 
 
@@ -368,8 +375,10 @@ def record(s: Session, m: dict, has_val: bool, board: "TensorBoard | None") -> N
         with open(s.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(m) + "\n")
         if better:
-            save_weights(s.run_dir / "model.safetensors", s.model, epoch=m["epoch"])
-        save_checkpoint(s.run_dir, s.model, s.opt, s.gen, state)
+            save_weights(s.run_dir / "model.safetensors", s.model, epoch=m["epoch"],
+                         model_settings=model_settings(s.cfg))
+        save_checkpoint(s.run_dir, s.model, s.opt, s.gen, state,
+                        model_settings=model_settings(s.cfg))
         if board:
             board.log(m, s.model)
     world.barrier()  # the epoch's files are written before any rank goes on
