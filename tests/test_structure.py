@@ -19,9 +19,9 @@ LAYERS = [
     ("objectives", {"objectives"}),
     ("train", {"rundir", "step", "train"}),
     ("studies", {"evaluate", "sample", "baselines", "classifiers", "bitsback", "compress",
-                 "export"}),
+                 "export", "explore"}),
     ("figures and pages", {"plots", "report", "classify"}),
-    ("faces", {"cli"}),
+    ("faces", {"cli", "serve"}),
 ]
 ENTRY = {"__init__", "__main__"}  # the package's front door imports everything
 MAX_LINES = 400

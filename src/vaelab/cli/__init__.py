@@ -9,6 +9,7 @@ new module, one import here). The commands print; the library computes.
     pages.py      sample, report, compare, datasets
     coding.py     compress, decompress
     sharing.py    export, push
+    serving.py    serve
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import sys
 from ..config import ConfigError
 from ..distributed import current_world, leave
 from .common import COMMANDS, Command
-from . import training, studies, coding, sharing, pages  # noqa: F401,E402 (each registers its commands)
+from . import training, studies, coding, sharing, serving, pages  # noqa: F401,E402
 
 __all__ = ["main", "build_parser", "COMMANDS", "Command"]
 
