@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 import vaelab.datasets
+import vaelab.folders
 from vaelab.config import DataConfig
 from vaelab.data import load_data
 
@@ -81,9 +82,9 @@ def main():
         print("|---|---:|---:|---:|---:|")
         rows, data = [], None
         rss_before, anon_before = proc_status("VmRSS"), proc_status("RssAnon")
-        for threads in (1, vaelab.datasets.DECODE_THREADS):
+        for threads in (1, vaelab.folders.DECODE_THREADS):
             os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(dir=tmp)  # an empty cache
-            vaelab.datasets.DECODE_THREADS = threads
+            vaelab.folders.DECODE_THREADS = threads
             data, *r = timed(lambda: load_data(cfg))
             rows.append((f"decode (DECODE_THREADS = {threads}) and load", *r))
         n = len(data.train) + len(data.val) + len(data.test)

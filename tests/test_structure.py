@@ -14,10 +14,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vaelab"
 LAYERS = [
     ("base", {"registry", "config", "fetch", "hub", "distributed", "noise", "devices",
               "images"}),
-    ("data", {"datasets", "data", "imagefiles"}),
+    ("data", {"datasets", "folders", "data", "imagefiles"}),
     ("model", {"nets", "distributions", "likelihoods", "priors", "model", "hierarchical"}),
     ("objectives", {"objectives"}),
-    ("train", {"rundir", "step", "train"}),
+    ("train", {"rundir", "runlock", "step", "train"}),
     ("studies", {"evaluate", "sample", "baselines", "classifiers", "bitsback", "compress",
                  "export", "explore"}),
     ("figures and pages", {"plots", "report", "classify"}),

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .config import ConfigError, DataConfig
+from . import folders  # noqa: F401 (registers the folder data set)
 from .datasets import DATASETS
 from .distributed import SINGLE, World
 from .fetch import DataError

@@ -266,40 +266,6 @@ def check_finite(model: VAE, what: str) -> None:
                        f"{' ...' if len(bad) > 3 else ''} are not finite")
 
 
-class RunLock:
-    """An exclusive lock on a run directory while a process trains in it (``RUN/.lock``,
-    an advisory ``flock``: the system releases it when the holder dies, however it dies).
-    A second trainer is refused with the holder's process id."""
-
-    def __init__(self, run_dir: Path):
-        self.path, self.fd = run_dir / ".lock", None
-
-    def __enter__(self) -> "RunLock":
-        import fcntl
-        import os
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise RunError(f"{self.path.parent} is in use: process {holder} is training in it "
-                           "(wait for it to finish, or stop it; then --resume)") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self.fd = fd
-        return self
-
-    def __exit__(self, *exc) -> None:
-        import os
-
-        if self.fd is not None:
-            os.close(self.fd)  # releases the lock
-            self.fd = None
-
-
 EXPORT = "config.json"  # what makes a folder an exported model
 
 

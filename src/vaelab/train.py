@@ -24,8 +24,9 @@ from .model import VAE
 from .noise import seeded
 from .objectives import bits_per_dim, elbo_over, unpack
 from .step import Stepper, make_optimizer
-from .rundir import (RunError, RunLock, TrainState, load_run, model_settings, read_metrics,
+from .rundir import (RunError, TrainState, load_run, model_settings, read_metrics,
                      read_safetensors, restore_checkpoint, save_checkpoint, save_weights)
+from .runlock import RunLock, check_run_dir
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -251,44 +252,6 @@ def start(cfg: Config, run_dir: Path, resume: bool, data: Data | None) -> Sessio
         atomic_write(run_dir / "metrics.jsonl",
                      "".join(json.dumps(m) + "\n" for m in history).encode())
     return Session(cfg, run_dir, data, model, opt, gen, state, history, world, device)
-
-
-OWN_FILES = {"config.toml", "metrics.jsonl", ".lock", "figures", "tensorboard"}
-
-
-def check_run_dir(run_dir: Path, resume: bool, epochs: int) -> None:
-    """A new run starts in an empty directory, or in one that holds only what a run that
-    died before its first epoch left; a resumed run has its checkpoint and best weights and
-    fewer epochs than asked for."""
-    done = run_dir / "checkpoint.safetensors"
-    if resume:
-        if not done.is_file():
-            raise RunError(f"cannot resume: {run_dir} has no checkpoint.safetensors (no epoch "
-                           f"was finished); start it anew with `vaelab train --out {run_dir}`"
-                           " and the same settings")
-        if not (run_dir / "model.safetensors").is_file():
-            raise RunError(f"cannot resume: {run_dir / 'model.safetensors'} (the best weights "
-                           "so far) is missing; restore it, or start a new run")
-        try:
-            from safetensors import safe_open
-
-            with safe_open(str(done), "pt") as f:
-                trained = json.loads((f.metadata() or {}).get("state", "{}")).get("epoch", 0)
-        except Exception:  # a damaged checkpoint: restore_checkpoint says so
-            trained = 0
-        if isinstance(trained, int) and trained >= epochs:
-            raise RunError(f"{run_dir} has trained {trained} epochs already; give --epochs "
-                           f"greater than {trained} to train on")
-        return
-    if not run_dir.exists():
-        return
-    contents = {p.name for p in run_dir.iterdir()} - {".lock"}
-    if contents and (done.is_file() or not contents <= OWN_FILES):
-        raise RunError(f"{run_dir} already exists and is not empty; pass --resume to continue "
-                       "that run, or choose another --out")
-    if contents:
-        log.info("%s holds no finished epoch (a run that stopped before its first): "
-                 "starting it anew", run_dir)
 
 
 class Diverged(RunError):
