@@ -50,7 +50,7 @@ class Explorer:
         with torch.no_grad():
             mu = latent_means(self.model, sub).double()  # (N, L)
         self.labels = sub.labels.tolist() if sub.labels is not None else []
-        self.examples = sub.batch(slice(0, min(n, 64))).cpu()  # images for the page
+        self.examples = sub.batch(slice(0, min(n, 100))).cpu()  # images for the page
         diag = latent_diagnostics(self.model, sub)
         kl = np.nan_to_num(np.array(diag["kl_per_dim"], dtype=float), nan=0.0)
         self.order = [int(i) for i in np.argsort(-kl)]  # most informative first
