@@ -23,3 +23,11 @@ def test_readme_figures_exist():
     text = (ROOT / "README.md").read_text()
     for path in re.findall(r"\]\((docs/[^)]+\.png)\)", text):
         assert (ROOT / path).is_file(), path
+
+
+def test_every_command_is_in_the_readme_table():
+    from vaelab.cli import COMMANDS
+
+    text = (ROOT / "README.md").read_text()
+    for name, _ in COMMANDS.items():
+        assert f"`vaelab {name}" in text, name
