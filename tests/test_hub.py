@@ -165,3 +165,12 @@ def test_hf_errors_are_clear(exported, tmp_path):
     assert r.returncode == 2 and "Hugging Face Hub" in r.stderr and "Traceback" not in r.stderr
     r = _vaelab(["sample", "hf://not a name"], cache, home)
     assert r.returncode == 2 and "hf://USER/REPO" in r.stderr
+
+
+def test_push_without_the_hub_is_a_clear_error(run, tmp_path):
+    pytest.importorskip("huggingface_hub")
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    r = _vaelab(["push", str(run), "someone/digits-vae"], tmp_path / "c", tmp_path / "h")
+    assert r.returncode == 2 and "cannot upload to someone/digits-vae" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before  # nothing left behind
