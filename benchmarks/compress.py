@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import bz2
+import dataclasses
 import gzip
 import io
 import lzma
@@ -61,10 +62,12 @@ def codec_sizes(x: np.ndarray, binary: bool) -> dict[str, int]:
 
 
 def bench(run: str, split: str, k: int, repeat: int, settings: CodingSettings,
-          device: str = "cpu") -> None:
+          device: str = "cpu", first: int | None = None) -> None:
     model, cfg = vaelab.load_run(run)
     data = vaelab.load_data(cfg.data)
     s = data.split(split)
+    if first:  # the first images only (speed measurements)
+        s = s.subset(slice(0, first))
     x = s.stored().cpu().numpy()
     n, dims = len(x), x[0].size
     pixels = n * dims
@@ -81,7 +84,7 @@ def bench(run: str, split: str, k: int, repeat: int, settings: CodingSettings,
         back = decompress(model, blob)
         dec.append(time.perf_counter() - t0)
         assert np.array_equal(back, x), "round trip failed"
-    ev = vaelab.evaluate(model, data, split, k=k, seed=0)
+    ev = vaelab.evaluate(model, dataclasses.replace(data, **{split: s}), split, k=k, seed=0)
     start = 32 * len(initial_words(model, settings))
     rows = [("vaelab compress (the file)", 8 * len(blob) / pixels),
             ("  of which header and checksum", 8 * stats["header_bytes"] / pixels),
@@ -90,7 +93,7 @@ def bench(run: str, split: str, k: int, repeat: int, settings: CodingSettings,
             ("model -ELBO (vaelab evaluate)", ev["bits_per_dim"]),
             (f"model -log p(x), importance-sampled, k = {k}", ev.get("nll_bits_per_dim"))]
     base = "bernoulli" if levels == 2 else "gaussian"
-    b = run_baselines(data, [base], split)[0]
+    b = run_baselines(dataclasses.replace(data, **{split: s}), [base], split)[0]
     rows.append((f"factorized {base} (MLE, vaelab baselines)", b["bits_per_dim"]))
     for name, size in codec_sizes(x, levels == 2).items():
         rows.append((name, 8 * size / pixels))
@@ -120,10 +123,11 @@ def main() -> None:
     p.add_argument("--latent-bits", type=int, default=CodingSettings().latent_bits)
     p.add_argument("--batch-size", type=int, default=CodingSettings().batch_size)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--n", type=int, help="the first N images of the split only")
     args = p.parse_args()
     settings = CodingSettings(latent_bits=args.latent_bits, batch_size=args.batch_size)
     for run in args.runs:
-        bench(run, args.split, args.k, args.repeat, settings, args.device)
+        bench(run, args.split, args.k, args.repeat, settings, args.device, args.n)
 
 
 if __name__ == "__main__":
