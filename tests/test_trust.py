@@ -133,7 +133,7 @@ def test_bad_inputs_are_clear_errors(run, tmp_path):
 
 @pytest.mark.parametrize("damage, words", [
     (lambda d: (d / "config.toml").write_text((d / "config.toml").read_text().replace(
-        "latent_dim = 3", "latent_dim = 5")), "does not fit"),
+        "latent_dim = 3", "latent_dim = 5")), "latent_dim 3 -> 5"),
     (lambda d: (d / "model.safetensors").unlink(), "model.safetensors"),
 ])
 def test_a_damaged_run_is_refused_before_training(run, tmp_path, damage, words):

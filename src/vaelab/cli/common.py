@@ -133,10 +133,10 @@ def at_least(value: int, least: int, flag: str) -> int:
     return value
 
 
-def positive(value: float, flag: str) -> float:
+def positive(value: float, flag: str, unit: str = "") -> float:
     """A finite number > 0 (nan and inf are refused)."""
     if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{flag} must be a finite number > 0, got {value}")
+        raise ConfigError(f"{flag} must be > 0{unit} (a finite number), got {value}")
     return value
 
 

@@ -37,7 +37,7 @@ class Train(Command):
 
         cfg, run_dir = self._settings(args)
         if args.time_limit is not None:
-            positive(args.time_limit, "--time-limit (minutes)")
+            positive(args.time_limit, "--time-limit", " minutes")
         result = train(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress,
                        tensorboard=args.tensorboard,
                        time_limit=None if args.time_limit is None else 60 * args.time_limit)
