@@ -245,25 +245,34 @@ class BernoulliCode(PixelCode):
                             _np(px.base_dist.probs)).reshape(shape)
 
 
-def _tables(log_prob: Callable[[Tensor], Tensor], n: int, levels: int, device) -> np.ndarray:
-    """(n, levels) probabilities P(x = k) of n independent symbols, from ``log_prob`` of
-    the level values k / (levels - 1) (each (n,) -> (n,))."""
-    v = torch.arange(levels, dtype=torch.float64, device=device) / (levels - 1)
-    return torch.stack([log_prob(v[k]).reshape(-1) for k in range(levels)], -1).exp() \
-        .cpu().numpy()
+def bin_masses(cdf: Callable[[Tensor], Tensor], loc: Tensor, levels: int) -> Tensor:
+    """(..., levels) probabilities of the levels k / (levels - 1) under a continuous
+    distribution cut at the midpoints between levels, the outer bins open to -inf and +inf
+    (as vaelab's discretized likelihoods define them): differences of ``cdf`` (standardized
+    position -> CDF, e.g. ``ndtr``) at the inner edges, taken from the lower tail below
+    ``loc`` and from the upper tail above it, where each is precise."""
+    k = torch.arange(levels, dtype=loc.dtype, device=loc.device)
+    edges = (k[1:] - 0.5) / (levels - 1)  # (K-1,)
+    lo, hi = cdf(edges - loc[..., None]), cdf(loc[..., None] - edges)  # F(e), 1 - F(e)
+    zero, one = torch.zeros_like(lo[..., :1]), torch.ones_like(lo[..., :1])
+    from_below = torch.cat([lo, one], -1) - torch.cat([zero, lo], -1)
+    from_above = torch.cat([one, hi], -1) - torch.cat([hi, zero], -1)
+    return torch.where(k / (levels - 1) > loc[..., None], from_above, from_below).clamp_min(0)
 
 
 @PIXEL_CODES.register("dgaussian")
 class DiscretizedGaussianCode(PixelCode):
-    """A discretized Gaussian per pixel: a table over the levels from its log_prob."""
+    """A discretized Gaussian per pixel (``DiscretizedNormal``): a table over the levels,
+    the Gaussian's mass in each level's bin."""
 
     def _each(self, px, levels):
         base = px.base_dist
         loc, scale = base.loc.reshape(-1), base.scale.reshape(-1)
         step = max(1, TABLE_FLOATS // levels)
         for a in range(0, len(loc), step):
-            d = type(base)(loc[a:a + step], scale[a:a + step], levels)
-            yield a, _tables(d.log_prob, len(d.loc), levels, loc.device)
+            lo, sc = loc[a:a + step], scale[a:a + step, None]
+            p = bin_masses(lambda t: torch.special.ndtr(t / sc), lo, levels)
+            yield a, p.cpu().numpy()
 
     def encode(self, coder, px, x, levels):
         flat = x.reshape(-1).astype(np.int32)
@@ -302,13 +311,11 @@ class LogisticMixtureCode(PixelCode):
                 mu = px._channel_loc(loc, coeffs, before, j)
                 log_w = log_w + px_lp(before[j], mu, log_scale[..., j, :, :], levels)
             log_w = torch.log_softmax(log_w, 0)
-            mu = px._channel_loc(loc, coeffs, before, ch)
-            ls = log_scale[..., ch, :, :]
-
-            def log_prob(v, log_w=log_w, mu=mu, ls=ls):
-                return torch.logsumexp(log_w + px_lp(v.expand_as(mu), mu, ls, levels), 0)
-
-            tables.append(_tables(log_prob, log_w[0].numel(), levels, x.device))
+            mu = px._channel_loc(loc, coeffs, before, ch)  # (M, b, H, W)
+            inv_s = torch.exp(-log_scale[..., ch, :, :])[..., None]
+            masses = bin_masses(lambda t: torch.sigmoid(t * inv_s), mu, levels)  # (M,b,H,W,K)
+            p = (log_w.exp()[..., None] * masses).sum(0)  # the mixture: (b, H, W, K)
+            tables.append(p.reshape(-1, levels).cpu().numpy())
         return np.concatenate(tables)
 
     def encode(self, coder, px, x, levels):
