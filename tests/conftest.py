@@ -56,3 +56,32 @@ def http_root(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium through WebDriver, for the pages vaelab writes and serves. Skipped
+    where Chromium is missing, except in CI (`.ci/run` installs Debian's chromium and
+    chromium-driver)."""
+    import os
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    try:
+        from selenium import webdriver
+    except ImportError:
+        webdriver = None
+    if not (chromium and driver and webdriver):
+        msg = "needs chromium, chromedriver and selenium (apt-get install chromium chromium-driver)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking"):
+        opts.add_argument(arg)
+    b = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver), options=opts)
+    yield b
+    b.quit()

@@ -1,7 +1,6 @@
 """`vaelab report` and `vaelab compare`: the pages, their numbers, and a real browser."""
 import base64
 import json
-import os
 import re
 import shutil
 
@@ -146,30 +145,6 @@ def test_tensorboard_logs_the_epoch_metrics(tmp_path):
 
 
 # ---- a real browser ----------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def browser():
-    """Headless Chromium through WebDriver. Skipped where Chromium is missing, except in CI
-    (`.ci/run` installs Debian's chromium and chromium-driver)."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    try:
-        from selenium import webdriver
-    except ImportError:
-        webdriver = None
-    if not (chromium and driver and webdriver):
-        msg = "needs chromium, chromedriver and selenium (apt-get install chromium chromium-driver)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        opts.add_argument(arg)
-    b = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver), options=opts)
-    yield b
-    b.quit()
-
-
 IMAGES_JS = "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth]);"
 
 

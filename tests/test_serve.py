@@ -3,7 +3,6 @@ serving), 32 concurrent clients, and the page in headless Chromium."""
 from __future__ import annotations
 
 import concurrent.futures as cf
-import os
 import signal
 import socket
 import subprocess
@@ -143,32 +142,6 @@ def test_32_concurrent_clients_get_no_error(server):
 
 
 # ---- the page in Chromium ----------------------------------------------------------------
-@pytest.fixture(scope="module")
-def browser():
-    import shutil
-
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    try:
-        from selenium import webdriver
-    except ImportError:
-        webdriver = None
-    if not (chromium and driver and webdriver):
-        msg = "needs chromium, chromedriver and selenium (apt-get install chromium chromium-driver)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking"):
-        opts.add_argument(arg)
-    b = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver), options=opts)
-    b.set_window_size(1280, 1800)
-    yield b
-    b.quit()
-
-
 def _wait(browser, script, timeout=30):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -180,6 +153,7 @@ def _wait(browser, script, timeout=30):
 
 
 def test_the_page_moves_draws_and_switches(server, browser):
+    browser.set_window_size(1280, 1800)
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
