@@ -37,7 +37,8 @@ import numpy as np
 import torch
 from torch.distributions import Distribution
 
-from .distributions import CoupledLogisticMixture, GaussianMixture
+from .distributions import (CoupledLogisticMixture, GaussianMixture,
+                            discretized_logistic_log_prob)
 from .registry import ConfigError, Registry
 
 Tensor = torch.Tensor
@@ -94,6 +95,11 @@ class Grid:
             w = int(math.ceil(2.0 ** (int(kk) / 4)))
             c = np.clip(np.round(mean[at]), -self.n + w, self.n - w)
             yield at, c.astype(np.int64), _model().QuantizedGaussian(-w, w), mean[at] - c, std[at]
+
+    def values(self, i: np.ndarray, batch: int, dim: int, device) -> Tensor:
+        """Bins (batch * dim,) -> the codes z = i * delta they stand for, (batch, dim)."""
+        return torch.as_tensor(i, dtype=torch.float64, device=device).reshape(batch, dim) \
+            * self.delta
 
     def draw(self, coder, loc: Tensor, scale: Tensor) -> np.ndarray:
         """Pop bins (flat) from a posterior N(loc, scale^2)."""
@@ -186,20 +192,15 @@ def decode_layer(coder, grid: Grid, d: Distribution, batch: int, dim: int, devic
                  ) -> tuple[np.ndarray, Tensor]:
     """Pop one layer's bins (B*L,) under ``d``; returns them and z (B, L) on ``device``."""
     m = _model()
-
-    def values(i: np.ndarray) -> Tensor:
-        return torch.as_tensor(i, dtype=torch.float64, device=device).reshape(batch, dim) \
-            * grid.delta
-
     if isinstance(d, GaussianMixture):
         k = coder.decode(m.Categorical(perfect=False), _weights(d, batch))
         i = coder.decode(grid.family(), *grid.params(*_pick(d, k)))
-        z = values(i)
+        z = grid.values(i, batch, dim, device)
         coder.encode_reverse(k, m.Categorical(perfect=False),
                              _component_posterior(d, z).cpu().numpy())
         return i, z
     i = coder.decode(grid.family(), *grid.params(*_gaussian(d, batch)))
-    return i, values(i)
+    return i, grid.values(i, batch, dim, device)
 
 
 # ---------------------------------------------------------------------------------------
@@ -309,7 +310,8 @@ class LogisticMixtureCode(PixelCode):
             log_w = torch.log_softmax(logits, 0)  # (M, b, H, W)
             for j in range(ch):  # the mixture's posterior after the channels before
                 mu = px._channel_loc(loc, coeffs, before, j)
-                log_w = log_w + px_lp(before[j], mu, log_scale[..., j, :, :], levels)
+                log_w = log_w + discretized_logistic_log_prob(before[j], mu,
+                                                              log_scale[..., j, :, :], levels)
             log_w = torch.log_softmax(log_w, 0)
             mu = px._channel_loc(loc, coeffs, before, ch)  # (M, b, H, W)
             inv_s = torch.exp(-log_scale[..., ch, :, :])[..., None]
@@ -335,12 +337,6 @@ class LogisticMixtureCode(PixelCode):
         return x
 
 
-def px_lp(v: Tensor, mu: Tensor, log_scale: Tensor, levels: int) -> Tensor:
-    from .distributions import discretized_logistic_log_prob
-
-    return discretized_logistic_log_prob(v, mu, log_scale, levels)
-
-
 # ---------------------------------------------------------------------------------------
 # A batch
 # ---------------------------------------------------------------------------------------
@@ -361,8 +357,7 @@ def encode_batch(coder, model, x: np.ndarray, levels: int, grid: Grid, tally: Ta
         d = post(z.clone())[t]  # (a new tensor: a hierarchy caches the walk of the last)
         i = grid.draw(coder, *_gaussian(d, B))
         bins.append(i)
-        z[:, t * dim:(t + 1) * dim] = torch.as_tensor(i, dtype=torch.float64,
-                                                      device=z.device).reshape(B, dim) * grid.delta
+        z[:, t * dim:(t + 1) * dim] = grid.values(i, B, dim, z.device)
     exhausted = coder.num_bits() == 0  # Q's draws took more bits than the stack held
     px = model.decode(z)
     pixel_code(model.likelihood.name).encode(coder, px, x, levels)

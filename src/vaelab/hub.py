@@ -5,6 +5,7 @@
 safetensors, TOML and JSON, PNGs, the card): nothing that could execute."""
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -39,8 +40,10 @@ def _library():
     return huggingface_hub
 
 
+@functools.lru_cache(maxsize=16)
 def download(spec: str) -> Path:
-    """The local folder (in huggingface_hub's cache) that holds the model ``spec``."""
+    """The local folder (in huggingface_hub's cache) that holds the model ``spec``; asked
+    of the Hub once per process (a command reads the model, its metrics and results)."""
     hub = _library()
     repo, revision = parse(spec)
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import IDX_TYPES, read_idx_bytes
+from .datasets import parse_idx, read_idx_bytes
 from .fetch import DataError, atomic_write
 
 PNG_MODES = {"L": 1, "1": 1, "RGB": 3}  # Pillow modes whose pixels are kept exactly
@@ -98,21 +98,12 @@ def _from_layout(images: np.ndarray, layout: str) -> np.ndarray:
 
 def _read_idx(path: Path, image_shape) -> ImageFile:
     data = read_idx_bytes(path)
-    if len(data) < 4 or data[:2] != b"\0\0" or data[2] not in IDX_TYPES:
-        raise DataError(f"{path} is neither a .npy file nor an IDX file (its first bytes are "
-                        f"{data[:4].hex()}); give an IDX file, a .npy file or a folder of PNGs")
-    if data[2] != 0x08:
-        raise DataError(f"{path} holds IDX values of type {IDX_TYPES[data[2]]}; only uint8 "
-                        "images can be coded")
-    ndim = data[3]
-    head = 4 + 4 * ndim
-    dims = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4)) \
-        if len(data) >= head else ()
-    if not dims or len(data) != head + int(np.prod(dims)):
-        raise DataError(f"{path} is a truncated or damaged IDX file ({len(data)} bytes for "
-                        f"dimensions {dims})")
-    layout = _layout(dims[1:], image_shape, path)
-    values = np.frombuffer(data, np.uint8, offset=head).reshape(dims)
+    values = parse_idx(data, str(path))  # checks the magic, the dimensions, the length
+    if values.dtype != np.uint8:
+        raise DataError(f"{path} holds IDX values of type {values.dtype}; only uint8 images "
+                        "can be coded")
+    head = 4 + 4 * values.ndim
+    layout = _layout(values.shape[1:], image_shape, path)
     return ImageFile(_to_chw(values, layout),
                      {"kind": "idx", "layout": layout,
                       "header": base64.b64encode(data[:head]).decode()})

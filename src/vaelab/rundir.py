@@ -59,13 +59,18 @@ def place(spec: str | Path) -> RunPlace:
     ``hf://USER/REPO[@REVISION]`` (downloaded; written about in
     ``$VAELAB_HOME/hub/USER--REPO[@REVISION]``, by default in the user data folder)."""
     if is_hub(spec):
-        return RunPlace(download(str(spec)), user_dir() / "hub" / cache_key(str(spec)))
+        return RunPlace(download(str(spec)), _workdir(spec))
     return RunPlace(Path(spec), Path(spec))
 
 
+def _workdir(spec: str | Path) -> Path:
+    return user_dir() / "hub" / cache_key(str(spec)) if is_hub(spec) else Path(spec)
+
+
 def workdir(spec: str | Path) -> Path:
-    """Where commands write about the run ``spec`` (created if needed)."""
-    d = place(spec).workdir
+    """Where commands write about the run ``spec`` (created if needed; nothing is
+    downloaded to know it)."""
+    d = _workdir(spec)
     d.mkdir(parents=True, exist_ok=True)
     return d
 

@@ -5,8 +5,12 @@ import argparse
 import time
 from pathlib import Path
 
+from ..compress import CodingSettings
 from ..config import ConfigError
 from .common import Command, add_progress_flag, command
+
+
+DEFAULTS = CodingSettings()
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
@@ -37,10 +41,10 @@ class Compress(Command):
         p.add_argument("--dataset", metavar="NAME",
                        help="with --split: another data set of the same shape, prepared by the "
                        "run's protocol (default: the run's)")
-        p.add_argument("--latent-bits", type=int, default=8,
-                       help="latent bins 2^-BITS wide (default 8)")
-        p.add_argument("--batch-size", type=int, default=500,
-                       help="images coded at once (default 500)")
+        p.add_argument("--latent-bits", type=int, default=DEFAULTS.latent_bits,
+                       help=f"latent bins 2^-BITS wide (default {DEFAULTS.latent_bits})")
+        p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
+                       help=f"images coded at once (default {DEFAULTS.batch_size})")
         p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                        help="where the nets run (default cpu); a file made on cuda decodes "
                        "on cuda only")
