@@ -48,7 +48,7 @@ class Explorer:
         self.levels = 2 if data.binary else split.max_value + 1
         sub = split.subset(torch.arange(n, device=split.images.device))
         with torch.no_grad():
-            mu = latent_means(self.model, sub).double()  # (N, L)
+            mu = latent_means(self.model, sub).double().cpu()  # (N, L), the map lives on the CPU
         self.labels = sub.labels.tolist() if sub.labels is not None else []
         self.examples = sub.batch(slice(0, min(n, 100))).cpu()  # images for the page
         diag = latent_diagnostics(self.model, sub)
