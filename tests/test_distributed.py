@@ -79,6 +79,26 @@ def test_a_last_batch_smaller_than_the_ranks(tmp_path):
     _assert_same(_weights(tmp_path / "one"), _weights(tmp_path / "two"))
 
 
+def test_schedule_average_and_clipping_under_torchrun(tmp_path):
+    """Cosine schedule with warm-up, AdamW, gradient clipping and the weights' moving
+    average: two processes land on the one process's weights and average (every rank
+    clips the same all-reduced gradients and keeps the same average)."""
+    args = [*ARGS, "--epochs", "2", "--lr-schedule", "cosine", "--lr-warmup", "1",
+            "--weight-decay", "1e-3", "--grad-clip", "5", "--ema", "0.9"]
+    _run([sys.executable, "-m", "vaelab", "train", *args, "--out", "one"], tmp_path)
+    _torchrun(["train", *args, "--out", "two"], tmp_path)
+    one = load_file(tmp_path / "one" / "checkpoint.safetensors")
+    two = load_file(tmp_path / "two" / "checkpoint.safetensors")
+    ema = {k: v for k, v in one.items() if k.startswith("ema.")}
+    assert ema and ema.keys() == {k for k in two if k.startswith("ema.")}
+    _assert_same(ema, {k: two[k] for k in ema})
+    _assert_same(_weights(tmp_path / "one"), _weights(tmp_path / "two"))
+    m1, m2 = ([json.loads(line) for line in (tmp_path / r / "metrics.jsonl").read_text()
+               .splitlines()] for r in ("one", "two"))
+    assert [m["lr"] for m in m1] == pytest.approx([m["lr"] for m in m2])
+    assert m2[-1]["clipped"] == pytest.approx(m1[-1]["clipped"])
+
+
 def test_sharded_evaluation_covers_every_image_once(tmp_path):
     _run([sys.executable, "-m", "vaelab", "train", *ARGS, "--epochs", "1", "--out", "run"],
          tmp_path)

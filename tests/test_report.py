@@ -69,8 +69,21 @@ def test_compare_puts_runs_side_by_side(runs, tmp_path):
     page = out.read_text()
     assert all(f"<th>{r.name}</th>" in page for r in runs)
     assert page.count('class="cols"') == len(FIGURES)  # manifold: one run has it
-    assert len(_images(page)) == 2 * len(FIGURES) - 1
+    assert len(_images(page)) == 2 * len(FIGURES) - 1 + 1  # and the time-to-quality figure
+    assert "<h2>Time to quality</h2>" in page
+    assert (tmp_path / "cmp-time-to-quality.png").read_bytes().startswith(b"\x89PNG")
     assert main(["compare", str(runs[0])]) == 2
+
+
+def test_time_to_quality_draws_each_runs_bound_against_its_minutes(tmp_path):
+    from vaelab.plots import time_to_quality
+
+    fast = [{"epoch": e, "seconds": 30.0, "val_elbo": -100.0 + e} for e in range(1, 6)]
+    slow = [{"epoch": e, "seconds": 60.0, "val_elbo": -100.0 + e / 2} for e in range(1, 6)]
+    path = time_to_quality({"fast": fast, "slow": slow}, tmp_path / "t.png")
+    import matplotlib.image
+
+    assert matplotlib.image.imread(path).shape[0] > 200
 
 
 def test_results_keep_other_keys_and_refuse_corrupt_files(tmp_path):

@@ -17,7 +17,7 @@ LAYERS = [
     ("data", {"datasets", "folders", "data", "imagefiles"}),
     ("model", {"nets", "distributions", "likelihoods", "priors", "model", "hierarchical"}),
     ("objectives", {"objectives"}),
-    ("train", {"rundir", "runlock", "step", "train"}),
+    ("train", {"rundir", "runlock", "schedule", "step", "board", "train"}),
     ("studies", {"evaluate", "sample", "baselines", "classifiers", "bitsback", "compress",
                  "export", "explore"}),
     ("figures and pages", {"plots", "report", "classify"}),

@@ -34,6 +34,7 @@ SWITCHES = ("auto", "no", "yes")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16")
 OBJECTIVES = ("elbo", "iwae")
+LR_SCHEDULES = ("constant", "cosine", "iwae", "plateau")
 
 
 def _help(text: str, **kw: Any) -> dict:
@@ -128,7 +129,31 @@ class ModelConfig:
 class TrainConfig:
     epochs: int = field(default=100, metadata=_help("number of passes over the training set"))
     batch_size: int = field(default=128, metadata=_help("training mini-batch size"))
-    lr: float = field(default=1e-3, metadata=_help("Adam learning rate"))
+    lr: float = field(default=1e-3, metadata=_help("Adam learning rate (the peak of a schedule)"))
+    lr_schedule: str = field(default="constant", metadata=_help(
+        "learning rate over training: constant; cosine, annealed from lr to min_lr over the "
+        "run's epochs (per step); iwae, the IWAE paper's steps, lr * 10^(-i/7) for 3^i "
+        "epochs, i = 0..7 (Burda et al. 2016); plateau, times plateau_factor whenever the "
+        "validation bound has not improved for plateau_patience epochs",
+        choices=LR_SCHEDULES))
+    lr_warmup: float = field(default=0.0, metadata=_help(
+        "epochs (fractions allowed) over which the learning rate rises linearly from 0 to its "
+        "schedule, per step; 0: none"))
+    min_lr: float = field(default=0.0, metadata=_help(
+        "the cosine schedule's final learning rate; the floor of the plateau schedule"))
+    plateau_patience: int = field(default=10, metadata=_help(
+        "plateau schedule: epochs without a better validation bound before the cut"))
+    plateau_factor: float = field(default=0.5, metadata=_help(
+        "plateau schedule: the learning rate's factor at each cut"))
+    weight_decay: float = field(default=0.0, metadata=_help(
+        "decoupled weight decay of the weight matrices (AdamW, Loshchilov & Hutter 2019; "
+        "biases are not decayed); 0: Adam"))
+    grad_clip: float = field(default=0.0, metadata=_help(
+        "clip the global gradient norm to this value before each step; 0: none"))
+    ema: float = field(default=0.0, metadata=_help(
+        "decay of an exponential moving average of the weights (Polyak averaging, e.g. "
+        "0.999): the average is validated, kept as the best model and checkpointed; "
+        "0: none"))
     beta: float = field(default=1.0, metadata=_help(
         "weight of the KL term in the training loss (reported ELBOs always use 1)"))
     kl_warmup: int = field(default=0, metadata=_help(
@@ -178,6 +203,18 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
+        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if not 0 <= self.min_lr < self.lr:
+            raise ConfigError(f"min_lr must be >= 0 and below lr ({self.lr:g}), got "
+                              f"{self.min_lr:g}")
+        if not 0 < self.plateau_factor < 1:
+            raise ConfigError(f"plateau_factor must be between 0 and 1, got "
+                              f"{self.plateau_factor:g}")
+        if not 0 <= self.ema < 1:
+            raise ConfigError(f"ema is a decay in [0, 1) (e.g. 0.999; 0: none), got {self.ema:g}")
+        for name in ("lr_warmup", "weight_decay", "grad_clip", "plateau_patience"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.beta < 0:
             raise ConfigError(f"beta must be >= 0, got {self.beta}")
         if self.kl_warmup < 0:

@@ -134,14 +134,24 @@ def posterior_figure(images: Tensor, grids: list[dict], path: str | Path,
 
 
 def training_curves(history: list[dict], path: str | Path, title: str | None = None) -> Path:
-    """ELBO, reconstruction term and KL per epoch, training and validation (nats)."""
-    fig = _figure(12, 3.6)
+    """ELBO, reconstruction term and KL per epoch, training and validation (nats); the
+    trained weights' validation ELBO beside their moving average's when the run keeps one,
+    and the learning rate when it changes over the run."""
     epochs = [m["epoch"] for m in history]
+    lrs = [m.get("lr") for m in history]
+    scheduled = None not in lrs and len(set(lrs)) > 1
+    fig = _figure(16 if scheduled else 12, 3.6)
+    panels = 4 if scheduled else 3
     for i, (key, label) in enumerate([("elbo", "ELBO"), ("recon", "E_q log p(x|z)"),
                                       ("kl", "KL(q(z|x) || p(z))")]):
-        ax = fig.add_subplot(1, 3, i + 1)
+        ax = fig.add_subplot(1, panels, i + 1)
         ax.plot(epochs, [m[f"train_{key}"] for m in history], label="train")
-        ax.plot(epochs, [m[f"val_{key}"] for m in history], label="validation")
+        online = key == "elbo" and all("val_elbo_online" in m for m in history)
+        ax.plot(epochs, [m[f"val_{key}"] for m in history],
+                label="validation, moving average" if online else "validation")
+        if online:
+            ax.plot(epochs, [m["val_elbo_online"] for m in history], "--", lw=1,
+                    label="validation, trained weights")
         lo, hi = (min(m[f"val_{key}"] for m in history[len(history) // 10:]),
                   max(m[f"val_{key}"] for m in history[len(history) // 10:]))
         pad = 0.5 * (hi - lo) + 1e-3
@@ -151,6 +161,38 @@ def training_curves(history: list[dict], path: str | Path, title: str | None = N
         ax.grid(alpha=0.3)
         if i == 0:
             ax.legend()
+    if scheduled:
+        ax = fig.add_subplot(1, panels, 4)
+        ax.plot(epochs, lrs, color="C3")
+        ax.set_yscale("log")
+        ax.set_title("learning rate (last step of each epoch)", fontsize=11)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    return _save(fig, path, title)
+
+
+def time_to_quality(runs: dict[str, list[dict]], path: str | Path,
+                    title: str | None = None) -> Path:
+    """The validation ELBO of several runs against their cumulative training minutes, on
+    one axis: which settings reach a bound first."""
+    fig = _figure(7.5, 4.6)
+    ax = fig.add_subplot(1, 1, 1)
+    tails = []
+    for label, history in runs.items():
+        rows = [m for m in history if m.get("val_elbo") is not None]
+        if not rows:
+            continue
+        minutes = np.cumsum([m.get("seconds", 0.0) for m in history]) / 60
+        at = {m["epoch"]: t for m, t in zip(history, minutes)}
+        ax.plot([at[m["epoch"]] for m in rows], [m["val_elbo"] for m in rows], label=label)
+        tails += [m["val_elbo"] for m in rows[len(rows) // 10:]]
+    if tails:
+        lo, hi = min(tails), max(tails)
+        ax.set_ylim(lo - 0.1 * (hi - lo) - 0.5, hi + 0.1 * (hi - lo) + 0.5)
+    ax.set_xlabel("training minutes (the epochs' own seconds)")
+    ax.set_ylabel("validation ELBO (nats)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return _save(fig, path, title)
 
 

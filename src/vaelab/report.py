@@ -308,10 +308,15 @@ def report_html(s: RunSummary) -> str:
     return _page(f"vaelab report: {s.run_dir.name}", "\n".join(body))
 
 
-def compare_html(runs: list[RunSummary]) -> str:
+def compare_html(runs: list[RunSummary], time_figure: Path | None = None) -> str:
     labels = [_esc(r.run_dir.name) for r in runs]
     rows = [[label] + [dict(run_rows(r))[label] for r in runs] for label, _ in run_rows(runs[0])]
     body = ["<h1>vaelab: runs compared</h1>", _table(["", *labels], rows)]
+    if time_figure is not None:
+        body.append("<h2>Time to quality</h2><figure>" + _img(time_figure, "time to quality")
+                    + "<figcaption>Validation ELBO against cumulative training minutes (each "
+                    "epoch's own seconds, validation excluded): which settings reach a bound "
+                    "first.</figcaption></figure>")
     for key in FIGURES:
         if any(key in r.figures for r in runs):
             cols = "".join(f"<div><p><b>{lab}</b></p>" +
@@ -331,8 +336,13 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, **kw) -> Pa
 
 def write_comparison(run_dirs: list[str | Path], out: str | Path, **kw) -> Path:
     """One page, the runs side by side; each run's PNGs go to RUN/report/."""
+    from .plots import time_to_quality
+
     runs = [make_figures(r, workdir(r) / "report", **kw) for r in run_dirs]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, compare_html(runs).encode())
+    timed = {str(r.spec or r.run_dir): r.history for r in runs if r.history}
+    figure = time_to_quality(timed, out.parent / f"{out.stem}-time-to-quality.png") \
+        if timed else None
+    atomic_write(out, compare_html(runs, figure).encode())
     return out

@@ -120,8 +120,10 @@ def load_run(path: str | Path, which: str = "best", device: str | torch.device =
     if (path / EXPORT).is_file():
         check_export(path, cfg)
     tensors, meta = read_safetensors(path / files[which])
-    weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")} \
-        if which == "last" else tensors
+    if which == "last":  # the moving average is the model of a run that keeps one
+        weights = _prefixed(tensors, "ema.") or _prefixed(tensors, "model.")
+    else:
+        weights = tensors
     shape = _image_shape(meta, path / files[which])
     check_settings(meta, cfg, path / files[which])
     with torch.device("meta"):  # the model's shapes, before any memory is spent on it
@@ -218,12 +220,19 @@ class TrainState:
     epoch: int = 0
     best_val_elbo: float = -math.inf
     best_epoch: int = 0
+    schedule: dict | None = None  # the learning-rate schedule's state (vaelab.schedule)
 
 
 def save_checkpoint(run_dir: Path, model: VAE, opt: torch.optim.Optimizer,
-                    gen: torch.Generator, state: TrainState, **extra) -> None:
+                    gen: torch.Generator, state: TrainState, average: VAE | None = None,
+                    **extra) -> None:
+    """The training state: weights, optimizer, random streams, counters, and the weights'
+    moving average (``ema.*``) when the run keeps one."""
     check_finite(model, str(run_dir / "checkpoint.safetensors"))
     tensors = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
+    if average is not None:
+        check_finite(average, str(run_dir / "checkpoint.safetensors"))
+        tensors.update({f"ema.{k}": v.contiguous() for k, v in average.state_dict().items()})
     opt_tensors, opt_meta = _optimizer_tensors(opt)
     tensors.update(opt_tensors)
     tensors["rng.cpu"] = torch.get_rng_state()
@@ -236,13 +245,19 @@ def save_checkpoint(run_dir: Path, model: VAE, opt: torch.optim.Optimizer,
 
 
 def restore_checkpoint(run_dir: Path, model: VAE, opt: torch.optim.Optimizer,
-             gen: torch.Generator, cfg: Config | None = None) -> TrainState:
+                       gen: torch.Generator, cfg: Config | None = None,
+                       average: VAE | None = None) -> TrainState:
     path = run_dir / "checkpoint.safetensors"
     tensors, meta = read_safetensors(path)
     if cfg is not None:
         check_settings(meta, cfg, path)
     try:
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        model.load_state_dict(_prefixed(tensors, "model."))
+        if average is not None:
+            if not any(k.startswith("ema.") for k in tensors):
+                raise RuntimeError("it holds no moving average of the weights (ema.*), "
+                                   "which config.toml's ema asks for")
+            average.load_state_dict(_prefixed(tensors, "ema."))
     except RuntimeError as e:
         raise RunError(f"{path} does not fit {run_dir / 'config.toml'} (was the config edited "
                        f"after training?): {str(e).splitlines()[0]}") from None
@@ -260,6 +275,10 @@ def restore_checkpoint(run_dir: Path, model: VAE, opt: torch.optim.Optimizer,
                        "resumed from it (its best weights, model.safetensors, are intact)") \
             from None
     return state
+
+
+def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def check_finite(model: VAE, what: str) -> None:

@@ -1,6 +1,7 @@
 """One optimisation step of the training loop: the loss as a module (:class:`Loss`), and
 :class:`Stepper`: forward and backward under the chosen precision, gradients averaged over
-ranks by DistributedDataParallel, the step compiled where asked, then Adam."""
+ranks by DistributedDataParallel, the step compiled where asked, then the gradients' norm
+clipped (if asked) and Adam or AdamW (:func:`make_optimizer`)."""
 from __future__ import annotations
 
 import logging
@@ -19,11 +20,21 @@ log = logging.getLogger(__name__)
 Tensor = torch.Tensor
 
 
-def make_optimizer(model: VAE, lr: float) -> torch.optim.Adam:
-    try:  # fused Adam: one kernel for all parameters (CUDA, and CPU on recent PyTorch)
-        return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+def make_optimizer(model: VAE, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """Adam; AdamW when ``weight_decay`` > 0, decaying the weight matrices and kernels
+    only (not biases, scales or the prior's parameters of one dimension)."""
+    if weight_decay > 0:
+        decay = [p for p in model.parameters() if p.ndim >= 2]
+        rest = [p for p in model.parameters() if p.ndim < 2]
+        groups = [{"params": decay, "weight_decay": weight_decay},
+                  {"params": rest, "weight_decay": 0.0}]
+        make = torch.optim.AdamW
+    else:
+        groups, make = [{"params": list(model.parameters())}], torch.optim.Adam
+    try:  # fused: one kernel for all parameters (CUDA, and CPU on recent PyTorch)
+        return make(groups, lr=lr, fused=True)
     except (RuntimeError, TypeError):
-        return torch.optim.Adam(model.parameters(), lr=lr)
+        return make(groups, lr=lr)
 
 
 class Loss(nn.Module):
@@ -74,6 +85,9 @@ class Stepper:
     def __init__(self, model: VAE, opt: torch.optim.Optimizer, tc: TrainConfig,
                  device: torch.device, world: World, backend: str | Callable = "inductor"):
         self.opt, self.world, self.device = opt, world, device
+        self.model, self.clip = model, tc.grad_clip
+        # the global gradient norms before clipping, and how many steps were clipped
+        self.norms = torch.zeros(2, device=device)
         paths = fast_paths(tc, model, device)
         self.channels_last = paths["channels_last"]
         if self.channels_last:
@@ -113,7 +127,7 @@ class Stepper:
                         "here on (--compile no skips the attempt)", type(e).__name__, why)
             self.net = self.eager
             sums = self._gradients(self.net, x, y, beta, share)
-        self.opt.step()
+        self._step()
         return sums
 
     def _empty_share(self, x: Tensor, y: Tensor | None, beta: float, n_global: int) -> Tensor:
@@ -124,8 +138,20 @@ class Stepper:
         y1 = None if y is None else torch.zeros(1, dtype=y.dtype, device=y.device)
         with batch_shard(0, 1, n_global):
             self._gradients(self.eager, dummy, y1, beta, 0.0)
-        self.opt.step()
+        self._step()
         return torch.zeros(4, device=self.device)
+
+    def _step(self) -> None:
+        if self.clip:  # the gradients are the global batch's here (DDP has averaged them)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+            self.norms += torch.stack([norm, (norm > self.clip).float()])
+        self.opt.step()
+
+    def take_norms(self) -> tuple[float, float]:
+        """(sum of the gradient norms, steps clipped) since the last call."""
+        total, clipped = self.norms.tolist()
+        self.norms.zero_()
+        return total, clipped
 
     def _gradients(self, net, x: Tensor, y: Tensor | None, beta: float, share: float) -> Tensor:
         self.opt.zero_grad(set_to_none=True)

@@ -19,10 +19,10 @@ from .data import Data, load_data
 from .devices import resolve_device
 from .distributed import World, current_world, join
 from .fetch import atomic_write
-from .images import image_grid
 from .model import VAE
-from .noise import seeded
 from .objectives import bits_per_dim, elbo_over, unpack
+from .board import TensorBoard
+from .schedule import Schedule, WeightAverage, set_lr
 from .step import Stepper, make_optimizer
 from .rundir import (RunError, TrainState, load_run, model_settings, read_metrics,
                      read_safetensors, restore_checkpoint, save_checkpoint, save_weights)
@@ -89,36 +89,6 @@ def best_epoch(history: list[dict], tc) -> dict | None:
     return max(rows, key=lambda m: m[key]) if rows else None
 
 
-class TensorBoard:
-    """Optional TensorBoard log in RUN/tensorboard: per-epoch scalars and a grid of mean
-    samples from fixed prior draws."""
-
-    def __init__(self, run_dir: Path, model: VAE):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as e:
-            raise RunError("--tensorboard needs the tensorboard package: "
-                           "pip install 'vaelab[tensorboard]'") from e
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"))
-        with seeded(0, model.device):
-            self.z = model.prior().sample((64,)).to(model.device)  # the same codes every epoch
-
-    @torch.no_grad()
-    def log(self, m: dict, model: VAE) -> None:
-        for key, value in m.items():
-            group, _, name = key.partition("_")
-            if key != "epoch" and value is not None:  # train_elbo -> elbo/train
-                tag = f"{name}/{group}" if group in ("train", "val") else key
-                self.writer.add_scalar(tag, value, m["epoch"])
-        g = image_grid(model.decode(self.z).mean, 8)
-        self.writer.add_image("mean samples", g, m["epoch"],
-                              dataformats="HW" if g.ndim == 2 else "HWC")
-        self.writer.flush()
-
-    def close(self) -> None:
-        self.writer.close()
-
-
 # ---------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------
@@ -145,6 +115,13 @@ class Session:
     history: list[dict]
     world: World
     device: torch.device
+    schedule: Schedule
+    average: WeightAverage | None  # the weights' moving average, when cfg.train.ema
+
+    @property
+    def evaluated(self) -> VAE:
+        """The model that is validated and kept: the moving average when there is one."""
+        return self.average.model if self.average else self.model
 
     @property
     def labelled(self) -> bool:  # a conditional model trains on (x, y)
@@ -183,6 +160,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, data: Data | None, progress
     s = start(cfg, run_dir, resume, data)
     tc = s.cfg.train
     stepper = Stepper(s.model, s.opt, tc, s.device, s.world)
+    if s.average and stepper.channels_last:
+        s.average.model.to(memory_format=torch.channels_last)
 
     from tqdm.auto import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
@@ -208,7 +187,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, data: Data | None, progress
         board.close()
     if s.state.epoch == 0:
         raise RunError("no epoch was trained (epochs must be >= 1)")
-    model = s.model
+    model = s.evaluated
     if s.state.best_epoch != s.state.epoch:
         model, _ = load_run(s.run_dir, "best", s.device)
     return TrainResult(s.run_dir, model.eval(), s.data, s.history, stopped)
@@ -235,13 +214,15 @@ def start(cfg: Config, run_dir: Path, resume: bool, data: Data | None) -> Sessio
             raise RunError(f"--init {tc.init}: its weights do not fit this model's settings "
                            f"(give the same [model] settings as that run): {e}") from None
         log.info("starting from the weights of %s", tc.init)
-    opt = make_optimizer(model, tc.lr)
+    opt = make_optimizer(model, tc.lr, tc.weight_decay)
+    average = WeightAverage(model, tc.ema) if tc.ema else None
     gen = torch.Generator(device).manual_seed(tc.seed)
     if world.main:  # what a killed write left behind (the lock says no one writes now)
         for part in run_dir.glob(".*.part") if run_dir.is_dir() else ():
             part.unlink(missing_ok=True)
     if resume:
-        state = restore_checkpoint(run_dir, model, opt, gen, cfg)
+        state = restore_checkpoint(run_dir, model, opt, gen, cfg,
+                                   average.model if average else None)
         history = [m for m in read_metrics(run_dir) if m["epoch"] <= state.epoch]
         log.info("resuming %s after epoch %d", run_dir, state.epoch)
     else:
@@ -251,7 +232,10 @@ def start(cfg: Config, run_dir: Path, resume: bool, data: Data | None) -> Sessio
         cfg.save(run_dir / "config.toml")
         atomic_write(run_dir / "metrics.jsonl",
                      "".join(json.dumps(m) + "\n" for m in history).encode())
-    return Session(cfg, run_dir, data, model, opt, gen, state, history, world, device)
+    n_batches = math.ceil(len(data.train) / tc.batch_size)
+    schedule = Schedule.restore(tc, n_batches, state.schedule, tc.epochs)
+    return Session(cfg, run_dir, data, model, opt, gen, state, history, world, device,
+                   schedule, average)
 
 
 class Diverged(RunError):
@@ -269,6 +253,8 @@ def _diverged(s: Session, epoch: int, step: int | None, what: str) -> Diverged:
         tips.append("--kl-warmup 10")
     if tc.precision == "bf16":
         tips.append("--precision fp32")
+    if not tc.grad_clip:
+        tips.append("--grad-clip 200")
     return Diverged(f"training diverged at {where}: {what} is not finite. Nothing of this "
                     f"epoch was written; {kept}. Try {' or '.join(tips)}.")
 
@@ -280,12 +266,17 @@ def train_epoch(s: Session, stepper: Stepper, epoch: int, bar) -> dict:
     s.model.train()
     t0 = time.perf_counter()
     sums = torch.zeros(4, device=s.device)
+    lr = tc.lr
     for step, batch in enumerate(s.data.train.batches(
             tc.batch_size, shuffle=True, generator=s.gen, labels=s.labelled, world=s.world)):
         x, y = unpack(batch)
         n_global = min(tc.batch_size, n_train - step * tc.batch_size)
         beta = 0.0 if tc.autoencoder else kl_weight(tc, epoch, step, s.n_batches)  # none for an AE
+        lr = s.schedule.lr(epoch, step)
+        set_lr(s.opt, lr)
         batch_sums = stepper(x, y, beta, n_global)
+        if s.average:
+            s.average.update((epoch - 1) * s.n_batches + step)
         sums += batch_sums
         if (s.device.type == "cpu" or step % 20 == 0) and \
                 not bool(torch.isfinite(batch_sums).all()):  # (a sync: on CUDA every 20th)
@@ -298,23 +289,37 @@ def train_epoch(s: Session, stepper: Stepper, epoch: int, bar) -> dict:
     if not all(map(math.isfinite, (loss, elbo_m))):
         raise _diverged(s, epoch, None, "the training loss")
     seconds = time.perf_counter() - t0
-    return {"epoch": epoch, "train_loss": loss, "train_elbo": elbo_m, "train_recon": recon,
-            "train_kl": kl, "seconds": seconds, "images_per_s": n_train / seconds}
+    m = {"epoch": epoch, "train_loss": loss, "train_elbo": elbo_m, "train_recon": recon,
+         "train_kl": kl, "seconds": seconds, "images_per_s": n_train / seconds, "lr": lr}
+    if tc.grad_clip:  # the mean gradient norm before clipping, the share of steps clipped
+        total, clipped = stepper.take_norms()
+        m.update(grad_norm=total / s.n_batches, clipped=clipped / s.n_batches)
+    return m
 
 
 def validate(s: Session) -> tuple[dict, int]:
     """The validation ELBO, its terms and bits/dim (and the IWAE bound the run trains), and
     the number of validation images."""
     tc = s.cfg.train
-    s.model.eval()
     iwae_k = tc.samples if tc.objective == "iwae" else 0
-    val = elbo_over(s.model, s.data.val.batches(tc.eval_batch_size, labels=s.labelled,
-                                                world=s.world),
-                    sample=not tc.autoencoder, iwae_k=iwae_k, world=s.world)
+
+    def bound(model: VAE, k: int) -> dict:
+        model.eval()
+        return elbo_over(model, s.data.val.batches(tc.eval_batch_size, labels=s.labelled,
+                                                   world=s.world),
+                         sample=not tc.autoencoder, iwae_k=k, world=s.world)
+
+    val = bound(s.evaluated, iwae_k)
     dims = math.prod(s.data.image_shape)
-    return {"val_elbo": val["elbo"], "val_recon": val["recon"], "val_kl": val["kl"],
-            "val_bits_per_dim": bits_per_dim(-val["elbo"], dims, s.model.likelihood.discrete),
-            **({f"val_iwae{iwae_k}": val["iwae"]} if iwae_k else {})}, val["n"]
+    out = {"val_elbo": val["elbo"], "val_recon": val["recon"], "val_kl": val["kl"],
+           "val_bits_per_dim": bits_per_dim(-val["elbo"], dims, s.model.likelihood.discrete),
+           **({f"val_iwae{iwae_k}": val["iwae"]} if iwae_k else {})}
+    if s.average and val["n"]:  # the weights being trained, beside their average
+        online = bound(s.model, iwae_k)
+        out["val_elbo_online"] = online["elbo"]
+        if iwae_k:
+            out[f"val_iwae{iwae_k}_online"] = online["iwae"]
+    return out, val["n"]
 
 
 def record(s: Session, m: dict, has_val: bool, board: "TensorBoard | None") -> None:
@@ -334,22 +339,29 @@ def record(s: Session, m: dict, has_val: bool, board: "TensorBoard | None") -> N
     better = score > state.best_val_elbo or state.best_epoch == 0
     if better:
         state.best_val_elbo, state.best_epoch = score, m["epoch"]
+    s.schedule.end_epoch(m["epoch"], score)
+    state.schedule = s.schedule.state()
     if world.main:
         with open(s.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(m) + "\n")
         if better:
-            save_weights(s.run_dir / "model.safetensors", s.model, epoch=m["epoch"],
+            save_weights(s.run_dir / "model.safetensors", s.evaluated, epoch=m["epoch"],
                          model_settings=model_settings(s.cfg))
         save_checkpoint(s.run_dir, s.model, s.opt, s.gen, state,
+                        s.average.model if s.average else None,
                         model_settings=model_settings(s.cfg))
         if board:
-            board.log(m, s.model)
+            board.log(m, s.evaluated)
     world.barrier()  # the epoch's files are written before any rank goes on
     bpd = m["val_bits_per_dim"]
     shown = (f"val ELBO {m['val_elbo']:.3f} nats"
              + ("" if bpd is None else f" ({bpd:.4f} bits/dim)")
              + f"  KL {m['val_kl']:.2f}") if has_val else \
         f"KL {m['train_kl']:.2f} (no validation set)"
+    if s.average and has_val:
+        shown += f"  (trained weights {m['val_elbo_online']:.3f})"
+    if tc.lr_schedule != "constant" or tc.lr_warmup:
+        shown += f"  lr {m['lr']:.3g}"
     log.info("epoch %d/%d  train ELBO %.3f  %s  %.1fs  %.0f img/s", m["epoch"], tc.epochs,
              m["train_elbo"], shown, m["seconds"], m["images_per_s"])
 

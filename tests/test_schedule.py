@@ -1,0 +1,172 @@
+"""Learning-rate schedules, the weights' moving average, AdamW and gradient clipping:
+each checked against its formula, and a run using all of them resumed exactly."""
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from vaelab.config import Config, ConfigError, TrainConfig
+from vaelab.distributed import World
+from vaelab.model import VAE
+from vaelab.rundir import load_run, read_metrics
+from vaelab.schedule import PlateauState, Schedule, WeightAverage, iwae_stage
+from vaelab.step import Stepper, make_optimizer
+from vaelab.train import train
+
+
+def small(**kw) -> Config:
+    base = dict(dataset="digits", latent_dim=8, hidden="64", epochs=3, batch_size=64,
+                device="cpu", binarize="dynamic")
+    return Config().override(**{**base, **kw})
+
+
+def test_cosine_with_warmup_follows_its_formula():
+    tc = TrainConfig(lr=1e-3, min_lr=1e-5, lr_schedule="cosine", lr_warmup=2, epochs=10)
+    s = Schedule(tc, n_batches=5, horizon=10)
+    assert s.lr(1, 0) == pytest.approx(1e-3 / 10)  # step 1 of 10 warm-up steps
+    assert s.lr(2, 4) == pytest.approx(1e-3)  # the warm-up's last step: the peak
+    steps = [(e, b) for e in range(1, 11) for b in range(5)]
+    for t, (e, b) in enumerate(steps):
+        if t >= 10:
+            want = 1e-5 + (1e-3 - 1e-5) * 0.5 * (1 + math.cos(math.pi * (t - 10) / 40))
+            assert s.lr(e, b) == pytest.approx(want), (e, b)
+    assert s.lr(10, 4) > 1e-5 and s.lr(11, 0) == pytest.approx(1e-5)  # past the horizon
+    lrs = [s.lr(e, b) for e, b in steps[10:]]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # annealed monotonically
+
+
+def test_iwae_schedule_is_burda_et_al():
+    """lr * 10^(-i/7) for 3^i epochs, i = 0..7: epoch 1, then 3, 9, 27 ... epochs."""
+    stages = [iwae_stage(e) for e in range(1, 3281)]
+    assert [stages.count(i) for i in range(8)] == [3 ** i for i in range(8)]
+    assert stages == sorted(stages) and iwae_stage(5000) == 7
+    s = Schedule(TrainConfig(lr=1e-3, lr_schedule="iwae"), n_batches=3, horizon=3280)
+    assert s.lr(1, 2) == pytest.approx(1e-3)
+    assert s.lr(4, 0) == pytest.approx(1e-3 * 10 ** (-1 / 7))
+    assert s.lr(5, 0) == pytest.approx(1e-3 * 10 ** (-2 / 7))
+    assert s.lr(3280, 0) == pytest.approx(1e-3 * 10 ** (-1))
+
+
+def test_plateau_cuts_after_patience_and_stops_at_the_floor():
+    tc = TrainConfig(lr=1e-3, lr_schedule="plateau", plateau_patience=2, plateau_factor=0.5,
+                     min_lr=2e-4)
+    s = Schedule(tc, n_batches=1, horizon=100)
+    lrs = []
+    for epoch, score in enumerate([-10, -9, -9.5, -9.2, -9.1, -9.3, -9.4, -9.5, -9.6,
+                                   -9.7, -9.8, -9.9, -9.9, -9.9], 1):
+        lrs.append(s.lr(epoch, 0))
+        s.end_epoch(epoch, score)
+    # better at 2; 3 bad epochs (3, 4, 5) -> cut after epoch 5; 3 more -> after epoch 8
+    assert lrs[:6] == [1e-3] * 5 + [5e-4]
+    assert lrs[8] == 2.5e-4 and lrs[-1] == 2e-4  # 1.25e-4 is below the floor: held there
+    assert s.plateau == PlateauState(factor=0.125, best=-9, bad_epochs=s.plateau.bad_epochs)
+    again = Schedule.restore(tc, 1, s.state(), 100)
+    assert again.plateau == s.plateau and again.lr(20, 0) == s.lr(20, 0)
+
+
+def test_weight_average_is_the_exponential_moving_average():
+    net = nn.Linear(3, 2)
+    avg = WeightAverage(net, decay=0.9)
+    want = [p.detach().clone() for p in net.parameters()]
+    for n in range(30):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+        avg.update(n)
+        d = min(0.9, (1 + n) / (10 + n))
+        want = [d * w + (1 - d) * p.detach() for w, p in zip(want, net.parameters())]
+    for w, a in zip(want, avg.model.parameters()):
+        torch.testing.assert_close(a, w)
+        assert not a.requires_grad
+
+
+def test_adamw_decays_matrices_only():
+    model = VAE.from_config(small(likelihood="bernoulli").model, (1, 8, 8))
+    opt = make_optimizer(model, 0.1, weight_decay=0.5)
+    assert isinstance(opt, torch.optim.AdamW)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()  # zero gradients: Adam moves nothing, the decay shrinks by lr * wd
+    for n, p in model.named_parameters():
+        factor = 1 - 0.1 * 0.5 if p.ndim >= 2 else 1.0
+        torch.testing.assert_close(p.detach(), before[n] * factor, msg=n)
+    assert type(make_optimizer(model, 0.1)) is torch.optim.Adam
+
+
+def test_gradients_are_clipped_to_the_norm():
+    cfg = small(grad_clip=0.5, likelihood="bernoulli")
+    model = VAE.from_config(cfg.model, (1, 8, 8))
+    opt = make_optimizer(model, 1e-3)
+    step = Stepper(model, opt, cfg.train, torch.device("cpu"), World())
+    x = (torch.rand(16, 1, 8, 8) > 0.5).float()
+    step(x, None, 1.0, 16)
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+    assert norm.item() == pytest.approx(0.5, rel=1e-4)  # an untrained VAE's is far larger
+    total, clipped = step.take_norms()
+    assert total > 0.5 and clipped == 1 and step.take_norms() == (0.0, 0.0)
+
+
+def test_a_run_with_schedule_average_decay_and_clipping_resumes_exactly(tmp_path):
+    """3 epochs in one go == 1 epoch, stopped by the time limit, resumed: the same weights, moving
+    average, optimizer state and metrics (learning rates included)."""
+    kw = dict(lr_schedule="cosine", lr_warmup=0.5, min_lr=1e-5, ema=0.9,
+              weight_decay=1e-3, grad_clip=20.0)
+    full = train(small(**kw), tmp_path / "full", progress=False)
+    cut = train(small(**kw), tmp_path / "part", progress=False, time_limit=1e-3)
+    assert cut.stopped and len(cut.history) == 1
+    cfg = Config.load(tmp_path / "part" / "config.toml")
+    assert cfg.train.lr_schedule == "cosine" and cfg.train.ema == 0.9  # recorded
+    train(cfg, tmp_path / "part", resume=True, progress=False)
+    a = load_file(tmp_path / "full" / "checkpoint.safetensors")
+    b = load_file(tmp_path / "part" / "checkpoint.safetensors")
+    assert a.keys() == b.keys() and any(k.startswith("ema.") for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ma, mb = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "part")
+    for k in ("lr", "train_elbo", "val_elbo", "val_elbo_online", "grad_norm", "clipped"):
+        assert [m[k] for m in ma] == [m[k] for m in mb], k
+    # the learning rate is cosine-annealed over the whole run, not restarted on resume
+    assert ma[0]["lr"] > ma[1]["lr"] > ma[2]["lr"] > 1e-5 > ma[2]["lr"] - 1e-6  # last step
+    # the average is what is validated and kept; the trained weights are validated beside it
+    assert all(m["val_elbo"] != m["val_elbo_online"] for m in ma)
+    best = max(ma, key=lambda m: m["val_elbo"])
+    model, _ = load_run(tmp_path / "full")
+    ema = {k[4:]: v for k, v in a.items() if k.startswith("ema.")}
+    if best["epoch"] == 3:
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, ema[k]), k
+    last, _ = load_run(tmp_path / "full", "last")
+    for k, v in last.state_dict().items():
+        assert torch.equal(v, ema[k]), k
+    x = full.data.val.batch(slice(0, 8))
+    assert torch.equal(full.model.encode(x).mean, model.encode(x).mean)
+
+
+def test_plateau_run_resumes_exactly(tmp_path):
+    kw = dict(lr_schedule="plateau", plateau_patience=0, plateau_factor=0.5, lr=3e-3,
+              epochs=4)
+    train(small(**kw), tmp_path / "full", progress=False)
+    train(small(**{**kw, "epochs": 2}), tmp_path / "part", progress=False)
+    cfg = Config.load(tmp_path / "part" / "config.toml").override(epochs=4)
+    train(cfg, tmp_path / "part", resume=True, progress=False)
+    ma, mb = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "part")
+    assert [m["lr"] for m in ma] == [m["lr"] for m in mb]
+    assert [m["val_elbo"] for m in ma] == [m["val_elbo"] for m in mb]
+
+
+@pytest.mark.parametrize("bad, words", [
+    (dict(lr_schedule="linear"), "invalid lr_schedule 'linear'"),
+    (dict(ema=1.0), "ema is a decay in [0, 1)"),
+    (dict(plateau_factor=1.5), "plateau_factor must be between 0 and 1"),
+    (dict(min_lr=0.01), "min_lr must be >= 0 and below lr"),
+    (dict(grad_clip=-1), "grad_clip must be >= 0"),
+    (dict(weight_decay=-0.1), "weight_decay must be >= 0"),
+    (dict(lr_warmup=-2), "lr_warmup must be >= 0"),
+])
+def test_bad_settings_are_refused(bad, words):
+    with pytest.raises(ConfigError, match=words.replace("[", r"\[").replace("(", r"\(")
+                       .replace(")", r"\)")):
+        Config().override(**bad)
