@@ -95,8 +95,8 @@ class ExamplesVAE(nn.Module):
         return torch.sigmoid(self.fc4(F.relu(self.fc3(z)))), mu, logvar
 
 
-MODELS = {"mlp": dict(hidden="400", latent_dim=20),
-          "conv": dict(net="conv", conv_widths="32,64", latent_dim=20)}
+MODELS = {"mlp": dict(hidden="400", latent_dim=20, activation="relu"),
+          "conv": dict(net="conv", conv_widths="32,64", latent_dim=20, activation="relu")}
 
 
 def config(model: str, **train) -> vaelab.Config:
@@ -167,6 +167,10 @@ def contenders(model: str, device: torch.device) -> dict[str, dict | None]:
     loops = {base: None, "vaelab": {}, "vaelab, --precision bf16": {"precision": "bf16"}}
     if model == "mlp":  # a conv net is not compiled under bf16 on a CPU (see train.py)
         loops["vaelab, --precision bf16 --compile yes"] = {"precision": "bf16", "compile": "yes"}
+        # what the optimiser's extras cost per step: the schedule, the moving average,
+        # AdamW and clipping (the average's own validation is not in the epoch's seconds)
+        loops["vaelab, cosine + EMA + AdamW + clipping"] = {
+            "lr_schedule": "cosine", "ema": 0.999, "weight_decay": 1e-4, "grad_clip": 1000.0}
     return loops
 
 

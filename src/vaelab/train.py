@@ -129,7 +129,11 @@ class Session:
 
     @property
     def n_batches(self) -> int:
-        return math.ceil(len(self.data.train) / self.cfg.train.batch_size)
+        return batches_per_epoch(self.data, self.cfg.train.batch_size)
+
+
+def batches_per_epoch(data: Data, batch_size: int) -> int:
+    return math.ceil(len(data.train) / batch_size)
 
 
 def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, data: Data | None = None,
@@ -232,8 +236,8 @@ def start(cfg: Config, run_dir: Path, resume: bool, data: Data | None) -> Sessio
         cfg.save(run_dir / "config.toml")
         atomic_write(run_dir / "metrics.jsonl",
                      "".join(json.dumps(m) + "\n" for m in history).encode())
-    n_batches = math.ceil(len(data.train) / tc.batch_size)
-    schedule = Schedule.restore(tc, n_batches, state.schedule, tc.epochs)
+    schedule = Schedule.restore(tc, batches_per_epoch(data, tc.batch_size), state.schedule,
+                                tc.epochs)
     return Session(cfg, run_dir, data, model, opt, gen, state, history, world, device,
                    schedule, average)
 
