@@ -170,3 +170,38 @@ def test_bad_settings_are_refused(bad, words):
     with pytest.raises(ConfigError, match=words.replace("[", r"\[").replace("(", r"\(")
                        .replace(")", r"\)")):
         Config().override(**bad)
+
+
+def test_a_run_from_before_the_moving_average_resumes_without_one(tmp_path):
+    """Its config.toml has no `ema` (the setting did not exist): it resumes as it ran,
+    though the default now keeps an average."""
+    assert Config().train.ema > 0
+    train(small(epochs=1, ema=0.0), tmp_path / "old", progress=False)
+    path = tmp_path / "old" / "config.toml"
+    path.write_text("\n".join(line for line in path.read_text().splitlines()
+                              if not line.startswith("ema")) + "\n")
+    cfg = Config.load(path).override(epochs=2)
+    assert cfg.train.ema > 0  # what a reader of the file alone would think
+    r = train(cfg, tmp_path / "old", resume=True, progress=False)
+    assert [m["epoch"] for m in r.history] == [1, 2]
+    assert "val_elbo_online" not in r.history[-1]
+    assert Config.load(path).train.ema == 0.0  # said in the file from now on
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_the_average_of_a_vampprior_model_encodes_with_its_own_weights(layers):
+    """The VampPrior holds its model's encoder by reference, not as a submodule: the
+    averaged copy's prior must use the averaged encoder, not the trained one."""
+    cfg = small(likelihood="bernoulli", prior="vamp", prior_components=5, layers=layers)
+    model = VAE.from_config(cfg.model, (1, 8, 8))
+    avg = WeightAverage(model, 0.9)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)  # the trained weights move; the average has not been updated
+    z = torch.zeros(3, 8)
+    fresh = VAE.from_config(cfg.model, (1, 8, 8))
+    fresh.load_state_dict(avg.model.state_dict())
+    def vamp(m):  # the VampPrior: the prior, or a hierarchy's top prior
+        return m.prior.top if layers > 1 else m.prior
+
+    torch.testing.assert_close(vamp(avg.model)().log_prob(z), vamp(fresh)().log_prob(z))

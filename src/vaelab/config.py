@@ -91,7 +91,8 @@ class ModelConfig:
     conv_widths: tuple[int, ...] = field(default=(32, 64), metadata=_help(
         "conv net: channels of each stage (each halves the image), comma separated"))
     res_blocks: int = field(default=1, metadata=_help("conv net: residual blocks per stage"))
-    activation: str = field(default="relu", metadata=_help("hidden activation"))
+    activation: str = field(default="gelu", metadata=_help(
+        "hidden activation (gelu: chosen on validation data, docs/quality.md)"))
     likelihood: str = field(default="auto", metadata=_help(
         "decoder distribution p(x|z); auto: bernoulli for binary data, dgaussian for grey"))
     prior: str = field(default="normal", metadata=_help(
@@ -150,10 +151,9 @@ class TrainConfig:
         "biases are not decayed); 0: Adam"))
     grad_clip: float = field(default=0.0, metadata=_help(
         "clip the global gradient norm to this value before each step; 0: none"))
-    ema: float = field(default=0.0, metadata=_help(
-        "decay of an exponential moving average of the weights (Polyak averaging, e.g. "
-        "0.999): the average is validated, kept as the best model and checkpointed; "
-        "0: none"))
+    ema: float = field(default=0.999, metadata=_help(
+        "decay of an exponential moving average of the weights (Polyak averaging): the "
+        "average is validated, kept as the best model and checkpointed; 0: none"))
     beta: float = field(default=1.0, metadata=_help(
         "weight of the KL term in the training loss (reported ELBOs always use 1)"))
     kl_warmup: int = field(default=0, metadata=_help(

@@ -277,6 +277,24 @@ def restore_checkpoint(run_dir: Path, model: VAE, opt: torch.optim.Optimizer,
     return state
 
 
+# [train] settings added since runs were first written, with what runs without them did:
+# a run's config.toml names every setting of its time, so a missing one means "before it"
+LEGACY_TRAIN = {"ema": 0.0}
+
+
+def legacy_settings(cfg: Config, run_dir: Path) -> Config:
+    """``cfg`` with the settings that ``run_dir``'s config.toml predates set to what the run
+    did then (a run written before the moving average became the default has none)."""
+    from .config import tomllib
+
+    try:
+        saved = tomllib.loads((run_dir / "config.toml").read_text()).get("train", {})
+    except (OSError, ValueError):
+        return cfg  # no readable config.toml: nothing to resume, said elsewhere
+    missing = {k: v for k, v in LEGACY_TRAIN.items() if k not in saved}
+    return cfg.override(**missing) if missing else cfg
+
+
 def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 

@@ -24,8 +24,9 @@ from .objectives import bits_per_dim, elbo_over, unpack
 from .board import TensorBoard
 from .schedule import Schedule, WeightAverage, set_lr
 from .step import Stepper, make_optimizer
-from .rundir import (RunError, TrainState, load_run, model_settings, read_metrics,
-                     read_safetensors, restore_checkpoint, save_checkpoint, save_weights)
+from .rundir import (RunError, TrainState, legacy_settings, load_run, model_settings,
+                     read_metrics, read_safetensors, restore_checkpoint, save_checkpoint,
+                     save_weights)
 from .runlock import RunLock, check_run_dir
 
 log = logging.getLogger(__name__)
@@ -201,6 +202,8 @@ def start(cfg: Config, run_dir: Path, resume: bool, data: Data | None) -> Sessio
     """Check the run directory, load the data, build the model and optimizer (from the
     checkpoint when resuming, from ``--init`` weights if given), write config.toml and the
     metrics so far."""
+    if resume:
+        cfg = legacy_settings(cfg, run_dir)
     tc = cfg.train
     world, device = join(resolve_device(tc.device))
     check_run_dir(run_dir, resume, tc.epochs)
