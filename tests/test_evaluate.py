@@ -59,7 +59,10 @@ def test_bounds_are_ordered_for_a_trained_2d_model(tmp_path):
     with torch.no_grad():
         e = elbo(r.model, x, k=2000)[1].elbo.mean().item()
         i10 = torch.stack([iwae_bound(r.model, x, 10) for _ in range(200)]).mean().item()
-        i1000 = log_likelihood(r.model, x, k=1000).mean().item()
+        # the estimate is below log p(x) in expectation, not each time: averaged over 8 draws
+        # (one draw landed 0.021 above the grid for a tight GELU + moving-average model)
+        i1000 = torch.stack([log_likelihood(r.model, x, k=1000, seed=s)
+                             for s in range(8)]).mean().item()
     exact = sum(g["log_px"] for g in posterior_grid(r.model, x)) / len(x)
     assert e < i10 < i1000 < exact + 0.02, (e, i10, i1000, exact)
     assert exact - i1000 < 0.5 * (exact - e)  # k = 1000 closes most of the gap

@@ -87,7 +87,7 @@ def test_export_then_load_gives_identical_outputs(run, exported):
     (lambda d: (d / "model.safetensors").write_bytes(
         (d / "model.safetensors").read_bytes()[:-8] + b"\0" * 8), "tampered"),
     (lambda d: (d / "config.toml").write_text(
-        (d / "config.toml").read_text().replace('activation = "relu"',
+        (d / "config.toml").read_text().replace('activation = "gelu"',
                                                 'activation = "tanh"')), "different models"),
     (lambda d: (d / "config.json").write_text("{"), "damaged"),
 ])

@@ -210,11 +210,11 @@ def test_an_edited_model_setting_of_the_same_shapes_is_refused(run, tmp_path):
     d = tmp_path / "copy"
     shutil.copytree(run, d)
     cfg = d / "config.toml"
-    cfg.write_text(cfg.read_text().replace('activation = "relu"', 'activation = "tanh"'))
+    cfg.write_text(cfg.read_text().replace('activation = "gelu"', 'activation = "tanh"'))
     for argv in (["evaluate", str(d)], ["train", "--resume", str(d), "--epochs", "3",
                                          "--no-progress"]):
         r = _cli(*argv)
-        assert r.returncode == 2 and "'relu' -> 'tanh'" in r.stderr, r.stderr
+        assert r.returncode == 2 and "'gelu' -> 'tanh'" in r.stderr, r.stderr
 
 
 def test_a_relative_data_dir_is_stored_resolved(tmp_path):
