@@ -57,13 +57,15 @@ def test_plateau_cuts_after_patience_and_stops_at_the_floor():
     for epoch, score in enumerate([-10, -9, -9.5, -9.2, -9.1, -9.3, -9.4, -9.5, -9.6,
                                    -9.7, -9.8, -9.9, -9.9, -9.9], 1):
         lrs.append(s.lr(epoch, 0))
-        s.end_epoch(epoch, score)
+        s.end_epoch(score)
     # better at 2; 3 bad epochs (3, 4, 5) -> cut after epoch 5; 3 more -> after epoch 8
     assert lrs[:6] == [1e-3] * 5 + [5e-4]
     assert lrs[8] == 2.5e-4 and lrs[-1] == 2e-4  # 1.25e-4 is below the floor: held there
     assert s.plateau == PlateauState(factor=0.125, best=-9, bad_epochs=s.plateau.bad_epochs)
-    again = Schedule.restore(tc, 1, s.state(), 100)
+    saved = s.state()
+    again = Schedule.restore(tc, 1, saved, 100)
     assert again.plateau == s.plateau and again.lr(20, 0) == s.lr(20, 0)
+    assert saved == s.state()  # restoring reads the checkpoint's state, does not consume it
 
 
 def test_weight_average_is_the_exponential_moving_average():
@@ -182,6 +184,7 @@ def test_a_run_from_before_the_moving_average_resumes_without_one(tmp_path):
                               if not line.startswith("ema")) + "\n")
     cfg = Config.load(path).override(epochs=2)
     assert cfg.train.ema > 0  # what a reader of the file alone would think
+    assert load_run(tmp_path / "old")[1].train.ema == 0.0  # what the run did (export, pages)
     r = train(cfg, tmp_path / "old", resume=True, progress=False)
     assert [m["epoch"] for m in r.history] == [1, 2]
     assert "val_elbo_online" not in r.history[-1]

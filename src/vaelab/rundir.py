@@ -119,6 +119,7 @@ def load_run(path: str | Path, which: str = "best", device: str | torch.device =
                        "(use --which best)")
     if (path / EXPORT).is_file():
         check_export(path, cfg)
+    cfg = legacy_settings(cfg, path)  # what the run did, for all who read or re-export it
     tensors, meta = read_safetensors(path / files[which])
     if which == "last":  # the moving average is the model of a run that keeps one
         weights = _prefixed(tensors, "ema.") or _prefixed(tensors, "model.")

@@ -68,7 +68,7 @@ class Schedule:
             lr = tc.lr
         return lr * min(1.0, (t + 1) / warm) if t < warm else lr
 
-    def end_epoch(self, epoch: int, score: float) -> None:
+    def end_epoch(self, score: float) -> None:
         """The reduce-on-plateau rule, after each epoch's validation (higher is better)."""
         p = self.plateau
         if self.tc.lr_schedule != "plateau" or not math.isfinite(score):
@@ -94,11 +94,12 @@ class Schedule:
         """From a checkpoint's state (None: a new run, annealed over ``epochs``)."""
         if not state:
             return cls(tc, n_batches, epochs)
-        horizon = int(state.pop("horizon"))
+        plateau = {k: v for k, v in state.items() if k != "horizon"}
+        horizon = int(state["horizon"])
         if tc.lr_schedule == "cosine" and epochs > horizon:
             log.warning("the cosine schedule of this run anneals over %d epochs; epochs %d-%d "
                         "run at min_lr = %g", horizon, horizon + 1, epochs, tc.min_lr)
-        return cls(tc, n_batches, horizon, PlateauState(**state))
+        return cls(tc, n_batches, horizon, PlateauState(**plateau))
 
 
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:

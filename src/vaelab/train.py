@@ -346,7 +346,7 @@ def record(s: Session, m: dict, has_val: bool, board: "TensorBoard | None") -> N
     better = score > state.best_val_elbo or state.best_epoch == 0
     if better:
         state.best_val_elbo, state.best_epoch = score, m["epoch"]
-    s.schedule.end_epoch(m["epoch"], score)
+    s.schedule.end_epoch(score)
     state.schedule = s.schedule.state()
     if world.main:
         with open(s.run_dir / "metrics.jsonl", "a") as f:
