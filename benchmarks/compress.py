@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 import vaelab
-from vaelab.baselines import run_baselines
-from vaelab.compress import CodingSettings, compress, decompress, initial_words, levels_of
+from vaelab.coding.compress import CodingSettings, compress, decompress, initial_words, levels_of
+from vaelab.studies.baselines import run_baselines
 
 
 def tiled(x: np.ndarray, binary: bool):

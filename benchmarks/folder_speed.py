@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-import vaelab.datasets
-import vaelab.folders
+import vaelab.data.datasets
+import vaelab.data.folders
 from vaelab.config import DataConfig
-from vaelab.data import load_data
+from vaelab.data.splits import load_data
 
 sys.path.insert(0, os.path.dirname(__file__))
 from common import PeakMemory, hardware, proc_status  # noqa: E402
@@ -82,9 +82,9 @@ def main():
         print("|---|---:|---:|---:|---:|")
         rows, data = [], None
         rss_before, anon_before = proc_status("VmRSS"), proc_status("RssAnon")
-        for threads in (1, vaelab.folders.DECODE_THREADS):
+        for threads in (1, vaelab.data.folders.DECODE_THREADS):
             os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(dir=tmp)  # an empty cache
-            vaelab.folders.DECODE_THREADS = threads
+            vaelab.data.folders.DECODE_THREADS = threads
             data, *r = timed(lambda: load_data(cfg))
             rows.append((f"decode (DECODE_THREADS = {threads}) and load", *r))
         n = len(data.train) + len(data.val) + len(data.test)

@@ -40,11 +40,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import vaelab
-from vaelab.data import Data, load_data
-from vaelab.model import VAE
+from vaelab.data.splits import Data, load_data, resolve
+from vaelab.models.vae import VAE
 from vaelab.objectives import elbo
-from vaelab.step import Loss
-from vaelab.train import resolve
+from vaelab.training.step import Loss
 
 sys.path.insert(0, os.path.dirname(__file__))
 from common import PeakMemory, flops, hardware, matmul_rate, sync  # noqa: E402

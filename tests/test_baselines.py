@@ -5,17 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from vaelab.baselines import (
-    PPCA,
-    BernoulliMixture,
-    FactorizedBernoulli,
-    FactorizedGaussian,
-    run_baselines,
-)
 from vaelab.config import DataConfig
-from vaelab.data import load_data
-from vaelab.datasets import read_idx
-from vaelab.distributions import discretized_normal_log_prob
+from vaelab.data.idx import read_idx
+from vaelab.data.splits import load_data
+from vaelab.models.distributions import discretized_normal_log_prob
+from vaelab.studies.baselines import (BernoulliMixture, FactorizedBernoulli, FactorizedGaussian,
+                                      PPCA, run_baselines)
 
 
 def test_mle_of_factorized_models_is_the_data_mean():

@@ -10,16 +10,17 @@ from torch import nn
 from torch.distributions import MultivariateNormal
 
 from test_objectives import LinearGaussian, softplus_inv
-from vaelab.classifiers import (CLASSIFIERS, Classifier, Task, bayes_posterior, budget_epochs,
-                                class_log_likelihoods, class_prior, nested_subsets, scores)
-from vaelab.classify import run_classifiers
-from vaelab.cli import main
-from vaelab.config import Config, ModelConfig
-from vaelab.data import DataConfig, load_data
-from vaelab.likelihoods import GaussianLikelihood
-from vaelab.priors import StandardNormalPrior
-from vaelab.model import VAE
-from vaelab.nets import Labelled
+from vaelab.app.cli import main
+from vaelab.config import Config, DataConfig, ModelConfig
+from vaelab.data.splits import load_data
+from vaelab.models.likelihoods import GaussianLikelihood
+from vaelab.models.nets import Labelled
+from vaelab.models.priors import StandardNormalPrior
+from vaelab.models.vae import VAE
+from vaelab.studies.classifiers import (CLASSIFIERS, Classifier, Task, bayes_posterior,
+                                        budget_epochs, class_log_likelihoods, class_prior,
+                                        nested_subsets, scores)
+from vaelab.studies.classify import run_classifiers
 
 
 class ConditionalLinearGaussian(LinearGaussian):
@@ -149,6 +150,7 @@ def digits_classify(tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
 def test_classify_writes_table_curve_and_features(digits_classify):
     run = digits_classify
     r = json.loads((run / "classify.json").read_text())["test"]
@@ -169,6 +171,7 @@ def test_classify_writes_table_curve_and_features(digits_classify):
         assert row["log_loss"] is None or row["log_loss"] > 0
 
 
+@pytest.mark.slow
 def test_classify_shows_in_the_report(digits_classify):
     assert main(["-q", "report", str(digits_classify)]) == 0
     page = (digits_classify / "report" / "index.html").read_text()
@@ -177,12 +180,13 @@ def test_classify_shows_in_the_report(digits_classify):
         not in page
 
 
+@pytest.mark.slow
 def test_conditional_run_samples_one_row_per_class(tmp_path):
     out = tmp_path / "cvae"
     assert main(["-q", "train", "--conditional", "--epochs", "2", "--hidden", "64",
                  "--out", str(out), "--no-progress"]) == 0
     assert "classes = 10" in (out / "config.toml").read_text()
-    from vaelab.rundir import load_run
+    from vaelab.runs.rundir import load_run
 
     model, _ = load_run(out)
     z = torch.zeros(10, model.latent_dim)

@@ -22,6 +22,7 @@ def run_dir(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_train_writes_the_run_and_the_figure(run_dir):
     names = {p.name for p in run_dir.iterdir()}
     assert {"config.toml", "model.safetensors", "checkpoint.safetensors", "metrics.jsonl",
@@ -31,6 +32,7 @@ def test_train_writes_the_run_and_the_figure(run_dir):
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 3
 
 
+@pytest.mark.slow
 def test_evaluate_json(run_dir):
     p = vaelab("evaluate", run_dir, "--json")
     assert p.returncode == 0, p.stderr
@@ -40,6 +42,7 @@ def test_evaluate_json(run_dir):
     assert r["elbo"] == pytest.approx(r["recon"] - r["kl"], abs=1e-3)
 
 
+@pytest.mark.slow
 def test_sample_with_options(run_dir, tmp_path):
     out = tmp_path / "fig.png"
     p = vaelab("sample", run_dir, "--out", out, "--temperature", 0.7, "--seed", 3, "--n", 36)
@@ -47,6 +50,7 @@ def test_sample_with_options(run_dir, tmp_path):
     assert out.is_file() and f"figure: {out}" in p.stdout
 
 
+@pytest.mark.slow
 def test_resume_extends_a_run(run_dir, tmp_path):
     import shutil
 
@@ -69,6 +73,7 @@ def test_resume_extends_a_run(run_dir, tmp_path):
     (["train", "--time-limit", "0"], "--time-limit must be > 0 minutes"),
     (["train", "--compile", "always"], "invalid choice: 'always' (choose from 'auto', 'no'"),
 ])
+@pytest.mark.slow
 def test_errors_are_clear(args, message, tmp_path):
     p = vaelab(*args, cwd=tmp_path)
     assert p.returncode == 2
@@ -76,6 +81,7 @@ def test_errors_are_clear(args, message, tmp_path):
     assert "Traceback" not in p.stderr
 
 
+@pytest.mark.slow
 def test_datasets_lists_everything():
     p = vaelab("datasets")
     assert p.returncode == 0
@@ -83,6 +89,7 @@ def test_datasets_lists_everything():
         assert name in p.stdout
 
 
+@pytest.mark.slow
 def test_evaluate_importance_sampled(run_dir):
     p = vaelab("evaluate", run_dir, "--k", 50, "--json")
     assert p.returncode == 0, p.stderr
@@ -94,11 +101,13 @@ def test_evaluate_importance_sampled(run_dir):
     assert "importance-sampled, k = 50" in p.stdout and "active units" in p.stdout
 
 
+@pytest.mark.slow
 def test_posterior_needs_a_2d_latent(run_dir):
     p = vaelab("posterior", run_dir)
-    assert p.returncode == 2 and "latent_dim = 2" in p.stderr
+    assert p.returncode == 2 and "--latent-dim 2" in p.stderr
 
 
+@pytest.mark.slow
 def test_baselines_json():
     p = vaelab("baselines", "--dataset", "digits", "--binarize", "static", "--models",
                "bernoulli,mixture", "--components", 5, "--json")
@@ -110,6 +119,7 @@ def test_baselines_json():
     assert p.returncode == 2 and "unknown baseline 'kmeans'; choose one of: bernoulli" in p.stderr
 
 
+@pytest.mark.slow
 def test_colour_folder_end_to_end(tmp_path):
     """Your own RGB images: a conv VAE with PixelCNN++'s coupled logistic mixture, trained,
     evaluated in bits/dim, sampled and reported."""

@@ -16,10 +16,12 @@ import torch
 pytest.importorskip("constriction")
 
 import vaelab  # noqa: E402
-from vaelab.cli import main  # noqa: E402
-from vaelab.compress import (CodingError, CodingSettings, compress, decompress,  # noqa: E402
-                             fingerprint, initial_words, levels_of, read_header)
-from vaelab.config import Config, ConfigError  # noqa: E402
+from vaelab.app.cli import main  # noqa: E402
+from vaelab.coding.compress import (CodingSettings, compress, decompress, fingerprint,
+                                    initial_words, levels_of)
+from vaelab.coding.container import read_header
+from vaelab.config import Config  # noqa: E402
+from vaelab.errors import CodingError, ConfigError
 
 SMALL = dict(epochs=2, hidden=(64, 32), latent_dim=4, prior_components=5, seed=0)
 KINDS = {  # name: settings; digits have 17 grey levels, "static" makes them binary
@@ -117,6 +119,7 @@ def grey_files(runs, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["images-idx3-ubyte", "hw.npy", "hwc.npy"])
 def test_files_come_back_byte_for_byte_through_another_process(runs, grey_files, tmp_path,
                                                                name):
@@ -225,7 +228,7 @@ def test_a_decoder_that_computes_other_probabilities_is_caught_by_the_checksum(r
     with torch.no_grad():
         for p in model.decoder.parameters():
             p.copy_(torch.nextafter(p, torch.full_like(p, math.inf)))
-    monkeypatch.setattr(sys.modules["vaelab.compress"], "fingerprint", lambda m: genuine)
+    monkeypatch.setattr(sys.modules["vaelab.coding.compress"], "fingerprint", lambda m: genuine)
     with pytest.raises(CodingError, match="checksum|decoding failed"):
         decompress(model, packed)
 

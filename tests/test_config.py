@@ -1,6 +1,7 @@
 import pytest
 
-from vaelab.config import Config, ConfigError, field_specs
+from vaelab.config import Config, field_specs
+from vaelab.errors import ConfigError
 
 
 def test_toml_round_trip(tmp_path):

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from vaelab.config import DataConfig
-from vaelab.data import load_data
-from vaelab.datasets import FASHION_MNIST, MNIST, parse_idx, read_idx, read_idx_pair
-from vaelab.fetch import DataError
+from vaelab.data.datasets import FASHION_MNIST, MNIST
+from vaelab.data.idx import parse_idx, read_idx, read_idx_pair
+from vaelab.data.splits import load_data
+from vaelab.errors import DataError
 
 
 def idx_bytes(arr: np.ndarray) -> bytes:
@@ -79,6 +80,7 @@ def test_offline_download_error_says_where_to_put_files(tmp_path):
     assert not any((tmp_path / "mnist").glob("*")) if (tmp_path / "mnist").exists() else True
 
 
+@pytest.mark.slow
 def test_fashion_mnist_protocol_split(fashion_dir):
     data = load_data(DataConfig(dataset="fashion-mnist"))
     assert (len(data.train), len(data.val), len(data.test)) == (50_000, 10_000, 10_000)
@@ -147,7 +149,7 @@ def _all_images(data):
 
 
 def test_folder_is_decoded_once_and_again_when_a_file_changes(tmp_path, caplog):
-    from vaelab.datasets import cache_dir
+    from vaelab.data.datasets import cache_dir
 
     root = tmp_path / "imgs"
     _png_folder(root, [12] * 5)
@@ -178,7 +180,7 @@ def test_folder_is_decoded_once_and_again_when_a_file_changes(tmp_path, caplog):
     os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
     for p in kept:
         p.write_bytes(p.read_bytes()[:100])
-    with caplog.at_level(logging.WARNING, logger="vaelab.datasets"):
+    with caplog.at_level(logging.WARNING, logger="vaelab.data.datasets"):
         again = load_data(cfg)
     assert "decoding the images again" in caplog.text
     assert torch.equal(_all_images(again), first)
@@ -195,8 +197,8 @@ def _decoded_by_hand(root):
 
 @pytest.mark.parametrize("stream", ["no", "yes"])
 def test_folder_splits_share_the_memory_mapped_images(tmp_path, stream):
-    from vaelab.data import Split
-    from vaelab.datasets import DATASETS
+    from vaelab.data.datasets import DATASETS
+    from vaelab.data.splits import Split
 
     root = tmp_path / "imgs"
     _png_folder(root, [12] * 15)
@@ -271,8 +273,8 @@ import resource, signal
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, 2**20))
 from vaelab.config import DataConfig
-from vaelab.data import load_data
-from vaelab.fetch import DataError
+from vaelab.data.splits import load_data
+from vaelab.errors import DataError
 try:
     load_data(DataConfig(dataset="folder", data_dir={str(root)!r}, channels=3))
 except DataError as e:

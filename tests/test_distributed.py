@@ -10,9 +10,11 @@ import torch
 from safetensors.torch import load_file
 
 import vaelab
-from vaelab.data import load_data
-from vaelab.distributed import World
+from vaelab.data.splits import load_data
+from vaelab.devices import World
 from vaelab.noise import batch_shard as noise_shard, standard_normal, uniform
+
+pytestmark = pytest.mark.slow  # real processes, servers, browsers, trainings
 
 # dynamic binarization, 2 samples of z, KL warm-up, and a batch (101) that two ranks split
 # unevenly (51 + 50): every source of randomness and every weighting is exercised

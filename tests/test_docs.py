@@ -26,7 +26,7 @@ def test_readme_figures_exist():
 
 
 def test_every_command_is_in_the_readme_table():
-    from vaelab.cli import COMMANDS
+    from vaelab.app.cli import COMMANDS
 
     text = (ROOT / "README.md").read_text()
     for name, _ in COMMANDS.items():

@@ -4,7 +4,7 @@ import math
 import torch
 from test_objectives import LinearGaussian
 
-from vaelab.evaluate import log_likelihood
+from vaelab.studies.evaluate import log_likelihood
 
 
 def test_exact_posterior_gives_exact_log_likelihood():
@@ -31,7 +31,7 @@ def test_estimate_converges_to_closed_form_and_is_seeded():
 
 
 def test_grid_gives_the_exact_log_likelihood_of_a_linear_gaussian():
-    from vaelab.evaluate import posterior_grid
+    from vaelab.studies.posterior import posterior_grid
 
     lg = LinearGaussian(seed=2)
     model, x = lg.vae(scale_error=1.5), lg.data(n=4)
@@ -47,9 +47,9 @@ def test_grid_gives_the_exact_log_likelihood_of_a_linear_gaussian():
 def test_bounds_are_ordered_for_a_trained_2d_model(tmp_path):
     """ELBO <= IWAE(k=10) <= IWAE(k=1000) <= exact log p(x) by the grid, on real digits."""
     from vaelab.config import Config
-    from vaelab.evaluate import posterior_grid
     from vaelab.objectives import elbo, iwae_bound
-    from vaelab.train import train
+    from vaelab.studies.posterior import posterior_grid
+    from vaelab.training.loop import train
 
     cfg = Config().override(dataset="digits", binarize="static", latent_dim=2, hidden="128",
                             epochs=30, device="cpu")
@@ -69,7 +69,7 @@ def test_bounds_are_ordered_for_a_trained_2d_model(tmp_path):
 
 
 def test_active_units_and_collapse_warning():
-    from vaelab.evaluate import latent_diagnostics
+    from vaelab.studies.evaluate import latent_diagnostics
 
     lg = LinearGaussian()
     x = lg.data(n=300)

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 import vaelab
-from vaelab.data import load_data
-from vaelab.model import VAE
-from vaelab.step import Loss, Stepper, fast_paths, make_optimizer
-from vaelab.train import resolve
+from vaelab.data.splits import load_data, resolve
+from vaelab.devices import SINGLE
+from vaelab.models.vae import VAE
+from vaelab.training.step import Loss, Stepper, fast_paths, make_optimizer
 
 SETTINGS = {"mlp": dict(hidden="64", latent_dim=8),
             "conv": dict(net="conv", conv_widths="8,16", latent_dim=8),
@@ -38,6 +38,7 @@ def _loss_and_grads(loss_module, model, x, seed=1):
     return loss.detach().clone(), sums.clone(), [p.grad.clone() for p in model.parameters()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES)
 def test_compiled_step_matches_eager(monkeypatch, device):
     import torch._inductor.config as inductor
@@ -74,7 +75,7 @@ def test_channels_last_gives_the_same_elbo(device):
     dev = torch.device(device)
     plain = _loss_and_grads(Loss(model, cfg.train, dev), model, x)
     opt = make_optimizer(model, 1e-3)
-    step = Stepper(model, opt, cfg.train, dev, vaelab.distributed.SINGLE)
+    step = Stepper(model, opt, cfg.train, dev, SINGLE)
     assert step.channels_last
     convs = [p for p in model.parameters() if p.dim() == 4]
     assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
@@ -94,7 +95,7 @@ def test_bf16_compiled_conv_step_keeps_the_decoders_gradients(device):
     dev = torch.device(device)
     eager = _loss_and_grads(Loss(model, cfg.train, dev), model, x)
     step = Stepper(model, make_optimizer(model, 1e-3), cfg.train, dev,
-                   vaelab.distributed.SINGLE)
+                   SINGLE)
     fast = _loss_and_grads(step.net, model, x)
     for name, a, b in zip([n for n, _ in model.named_parameters()], fast[2], eager[2]):
         if name.startswith("decoder"):
@@ -109,10 +110,10 @@ def test_a_compiler_that_fails_falls_back_to_the_eager_step(caplog):
 
     cfg, model, x = _setup("mlp", compile="yes")
     step = Stepper(model, make_optimizer(model, 1e-3), cfg.train, torch.device("cpu"),
-                   vaelab.distributed.SINGLE, backend=broken)
+                   SINGLE, backend=broken)
     eager = _loss_and_grads(step.eager, model, x)
     torch.manual_seed(1)
-    with caplog.at_level(logging.WARNING, logger="vaelab.train"):
+    with caplog.at_level(logging.WARNING, logger="vaelab.training.loop"):
         sums = step(x, None, 1.0, len(x))
     assert "no compiler here" in caplog.text and "training eagerly" in caplog.text
     assert step.net is step.eager

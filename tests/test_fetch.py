@@ -3,8 +3,10 @@ import gzip
 
 import pytest
 
-from vaelab.datasets import MNIST, read_idx
-from vaelab.fetch import DataError, fetch_file
+from vaelab.data.datasets import MNIST
+from vaelab.data.fetch import fetch_file
+from vaelab.data.idx import read_idx
+from vaelab.errors import DataError
 
 NAME = "t10k-labels-idx1-ubyte.gz"
 REMOTE = MNIST.files["test_labels"]

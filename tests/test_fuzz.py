@@ -15,10 +15,9 @@ st = hypothesis.strategies
 given, settings = hypothesis.given, hypothesis.settings
 
 import vaelab  # noqa: E402
-from vaelab.config import Config, ConfigError  # noqa: E402
-from vaelab.datasets import parse_idx  # noqa: E402
-from vaelab.fetch import DataError  # noqa: E402
-from vaelab.rundir import RunError  # noqa: E402
+from vaelab.config import Config  # noqa: E402
+from vaelab.data.idx import parse_idx  # noqa: E402
+from vaelab.errors import ConfigError, DataError, RunError  # noqa: E402
 
 FAST = settings(max_examples=150, deadline=None,
                 suppress_health_check=list(hypothesis.HealthCheck))
@@ -111,7 +110,7 @@ def test_any_weights_metadata_is_a_model_or_a_run_error(run, tmp_path_factory, m
 @SLOW
 @given(st.binary(max_size=300), st.sampled_from(["x.npy", "x-idx3-ubyte", "x.gz"]))
 def test_any_file_given_to_compress_is_images_or_a_data_error(tmp_path_factory, data, name):
-    from vaelab.imagefiles import read_images
+    from vaelab.data.images import read_images
 
     p = tmp_path_factory.mktemp("in") / name
     p.write_bytes(data)

@@ -14,9 +14,11 @@ import pytest
 import torch
 
 import vaelab
-from vaelab.cli import main
+from vaelab.app.cli import main
 from vaelab.config import Config
-from vaelab.rundir import RunError
+from vaelab.errors import RunError
+
+pytestmark = pytest.mark.slow  # real processes, servers, browsers, trainings
 
 
 @pytest.fixture(scope="module")

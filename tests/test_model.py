@@ -2,10 +2,12 @@ import pytest
 import torch
 from torch.distributions import Independent
 
-from vaelab.config import ConfigError, ModelConfig
-from vaelab.likelihoods import LIKELIHOODS
-from vaelab.model import VAE
-from vaelab.sample import imagine, reconstruct
+from vaelab.config import ModelConfig
+from vaelab.errors import ConfigError
+from vaelab.models.likelihoods import LIKELIHOODS
+from vaelab.models.vae import VAE
+from vaelab.studies.posterior import posterior_grid
+from vaelab.studies.sample import imagine, manifold, reconstruct
 
 
 @pytest.mark.parametrize("likelihood", LIKELIHOODS.names())
@@ -44,7 +46,7 @@ def test_auto_likelihood_must_be_resolved():
 
 @pytest.mark.parametrize("levels", [2, 17, 256])
 def test_discretized_normal_is_a_pmf_with_finite_gradients(levels):
-    from vaelab.distributions import DiscretizedNormal
+    from vaelab.models.distributions import DiscretizedNormal
 
     x = torch.arange(levels, dtype=torch.float64) / (levels - 1)  # every level
     loc = torch.tensor([-3.0, 0.0, 0.37, 1.0, 5.0], dtype=torch.float64)[:, None]
@@ -64,3 +66,24 @@ def test_discretized_normal_is_a_pmf_with_finite_gradients(levels):
 
 def to_levels(x, levels):
     return torch.round(x * (levels - 1))
+
+
+@pytest.mark.parametrize("settings, planar", [
+    ({"latent_dim": 2}, True),
+    ({"latent_dim": 3}, False),
+    ({"latent_dim": 2, "conditional": True, "classes": 10}, False),
+    ({"latent_dim": 2, "layers": 2}, False),
+])
+def test_bayes_rule_on_a_grid_needs_one_unconditional_2d_layer(settings, planar):
+    """One check serves the posterior grid, the manifold, the report and the explorer."""
+    cfg = ModelConfig(hidden=(16,), likelihood="bernoulli", **settings)
+    model = VAE.from_config(cfg, (1, 6, 6))
+    assert model.planar is planar
+    if planar:
+        model.require_planar("anything")
+        assert manifold(model, 3).shape == (3, 3, 1, 6, 6)
+        return
+    for what in (lambda: posterior_grid(model, torch.zeros(1, 1, 6, 6)),
+                 lambda: manifold(model, 3)):
+        with pytest.raises(ConfigError, match="one 2-D latent layer .*--latent-dim 2"):
+            what()

@@ -8,13 +8,15 @@ import pytest
 import torch
 from torch.distributions import Independent, Normal
 
-from vaelab.config import Config, ConfigError, ModelConfig, TrainConfig
-from vaelab.distributions import (CoupledLogisticMixture, discretized_logistic_log_prob,
-                                  to_levels)
-from vaelab.model import VAE, seeded
+from vaelab.config import Config, ModelConfig, TrainConfig
+from vaelab.errors import ConfigError
+from vaelab.models.distributions import (CoupledLogisticMixture, discretized_logistic_log_prob,
+                                         to_levels)
+from vaelab.models.vae import VAE
+from vaelab.noise import seeded
 from vaelab.objectives import _analytic_kl, elbo, kl_divergence, log_weights
-from vaelab.rundir import load_run
-from vaelab.train import train
+from vaelab.runs.rundir import load_run
+from vaelab.training.loop import train
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 7, 9)]  # digits, MNIST-likes, odd-sized RGB
 COMBOS = [(net, lik, prior, cond)
@@ -119,7 +121,7 @@ def test_coupled_rgb_mixture_sums_to_one_and_samples_its_probabilities():
 
 
 def test_dlogistic_likelihood_on_rgb_has_pixelcnn_parameters_and_old_grey_layout():
-    from vaelab.likelihoods import DiscretizedLogisticLikelihood
+    from vaelab.models.likelihoods import DiscretizedLogisticLikelihood
 
     lik = DiscretizedLogisticLikelihood(ModelConfig(logistic_mixtures=5, likelihood="dlogistic"))
     assert lik.out_channels(3) == 50 and lik.out_channels(1) == 15  # 10 M and 3 M
@@ -302,6 +304,7 @@ def test_hierarchical_walks_are_normalized_densities_of_their_samplers(net, prio
         assert abs(v.mean().item() - 1) < 4 * v.std().item() / math.sqrt(len(v)) + 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("net, prior", HIERARCHIES)
 def test_hierarchical_bounds_are_ordered_and_layers_add_up(net, prior):
     model = _hvae(layers=3, latent=3, net=net, prior=prior)
@@ -319,10 +322,11 @@ def test_hierarchical_bounds_are_ordered_and_layers_add_up(net, prior):
     torch.testing.assert_close(kl.sum(-1).mean(), total.mean(), atol=0.05, rtol=0.02)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", [[], ["--net", "conv", "--conv-widths", "8,16", "--prior",
                                          "vamp", "--prior-components", "10"]])
 def test_hierarchical_vae_trains_evaluates_and_round_trips(tmp_path, extra):
-    from vaelab.cli import main
+    from vaelab.app.cli import main
 
     out = tmp_path / "hvae"
     assert main(["-q", "train", "--layers", "2", "--latent-dim", "4", "--hidden", "64,32",

@@ -14,9 +14,9 @@ from torch.distributions import (
 )
 
 from vaelab.config import ModelConfig
-from vaelab.likelihoods import GaussianLikelihood
-from vaelab.priors import StandardNormalPrior
-from vaelab.model import VAE
+from vaelab.models.likelihoods import GaussianLikelihood
+from vaelab.models.priors import StandardNormalPrior
+from vaelab.models.vae import VAE
 from vaelab.objectives import elbo, iwae_bound, kl_divergence, log_weights
 
 

@@ -7,10 +7,12 @@ import shutil
 import pytest
 import torch
 
-from vaelab.cli import main
-from vaelab.report import FIGURES
-from vaelab.sample import interpolate, prior_quantiles, slerp, traverse
-from vaelab.rundir import RunError, load_run, read_results, write_result
+from vaelab.app.cli import main
+from vaelab.app.report import FIGURES
+from vaelab.errors import RunError
+from vaelab.runs.records import read_results, write_result
+from vaelab.runs.rundir import load_run
+from vaelab.studies.sample import interpolate, prior_quantiles, slerp, traverse
 
 
 def _train(out, *flags):
@@ -37,6 +39,7 @@ def _images(page: str) -> list[bytes]:
     return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([^"]+)"', page)]
 
 
+@pytest.mark.slow
 def test_report_is_self_contained_and_complete(runs):
     two, eight = runs
     for run, latent in ((two, True), (eight, False)):
@@ -50,6 +53,7 @@ def test_report_is_self_contained_and_complete(runs):
         assert {p.name for p in (run / "report").glob("*.png")} == {f"{k}.png" for k in expected}
 
 
+@pytest.mark.slow
 def test_report_tables_hold_the_recorded_numbers(runs):
     two, eight = runs
     page = (two / "report" / "index.html").read_text()
@@ -63,6 +67,7 @@ def test_report_tables_hold_the_recorded_numbers(runs):
     assert f"vaelab baselines --run {eight}" in page
 
 
+@pytest.mark.slow
 def test_compare_puts_runs_side_by_side(runs, tmp_path):
     out = tmp_path / "cmp.html"
     assert main(["-q", "compare", *map(str, runs), "--out", str(out)]) == 0
@@ -76,7 +81,7 @@ def test_compare_puts_runs_side_by_side(runs, tmp_path):
 
 
 def test_time_to_quality_draws_each_runs_bound_against_its_minutes(tmp_path):
-    from vaelab.plots import time_to_quality
+    from vaelab.app.plots import time_to_quality
 
     fast = [{"epoch": e, "seconds": 30.0, "val_elbo": -100.0 + e} for e in range(1, 6)]
     slow = [{"epoch": e, "seconds": 60.0, "val_elbo": -100.0 + e / 2} for e in range(1, 6)]
@@ -109,7 +114,7 @@ def test_slerp_ends_at_its_endpoints_and_keeps_the_norm():
 
 def test_prior_quantiles_are_the_priors_marginal_quantiles():
     from vaelab.config import ModelConfig
-    from vaelab.model import VAE
+    from vaelab.models.vae import VAE
 
     normal = VAE.from_config(ModelConfig(latent_dim=3, likelihood="bernoulli"), (1, 8, 8))
     q = prior_quantiles(normal, 11)
@@ -145,6 +150,7 @@ def test_interpolations_and_traversals_decode_the_right_codes(runs):
 
 
 # ---- TensorBoard (optional extra) --------------------------------------------------------
+@pytest.mark.slow
 def test_tensorboard_logs_the_epoch_metrics(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -161,6 +167,7 @@ def test_tensorboard_logs_the_epoch_metrics(tmp_path):
 IMAGES_JS = "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth]);"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("width", [1280, 390])  # a desktop and a phone
 def test_report_renders_in_chromium(runs, browser, width):
     two, _ = runs

@@ -7,13 +7,15 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from vaelab.config import Config, ConfigError, TrainConfig
-from vaelab.distributed import World
-from vaelab.model import VAE
-from vaelab.rundir import load_run, read_metrics
-from vaelab.schedule import PlateauState, Schedule, WeightAverage, iwae_stage
-from vaelab.step import Stepper, make_optimizer
-from vaelab.train import train
+from vaelab.config import Config, TrainConfig
+from vaelab.devices import World
+from vaelab.errors import ConfigError
+from vaelab.models.vae import VAE
+from vaelab.runs.records import read_metrics
+from vaelab.runs.rundir import load_run
+from vaelab.training.loop import train
+from vaelab.training.schedule import PlateauState, Schedule, WeightAverage, iwae_stage
+from vaelab.training.step import Stepper, make_optimizer
 
 
 def small(**kw) -> Config:

@@ -18,6 +18,8 @@ httpx = pytest.importorskip("httpx")
 import vaelab  # noqa: E402
 from vaelab.config import Config  # noqa: E402
 
+pytestmark = pytest.mark.slow  # real processes, servers, browsers, trainings
+
 
 def _port() -> int:
     with socket.socket() as s:

@@ -4,10 +4,12 @@ import pytest
 import torch
 
 from vaelab.config import Config
-from vaelab.data import load_data
-from vaelab.evaluate import evaluate
-from vaelab.rundir import RunError, load_run, read_metrics
-from vaelab.train import GreyBernoulliWarning, train
+from vaelab.data.splits import load_data
+from vaelab.errors import RunError
+from vaelab.runs.records import read_metrics
+from vaelab.runs.rundir import load_run
+from vaelab.studies.evaluate import evaluate
+from vaelab.training.loop import GreyBernoulliWarning, train
 
 
 def small(**kw) -> Config:
@@ -119,7 +121,7 @@ def test_grey_data_with_bernoulli_warns(tmp_path):
 
 
 def test_kl_warmup_rises_linearly_to_beta():
-    from vaelab.train import kl_weight
+    from vaelab.training.loop import kl_weight
 
     tc = small(kl_warmup=2, beta=0.5).train
     n = 10

@@ -16,8 +16,10 @@ import torch
 
 import vaelab
 from vaelab.config import Config
-from vaelab.rundir import read_metrics
-from vaelab.train import Diverged
+from vaelab.runs.records import read_metrics
+from vaelab.training.loop import Diverged
+
+pytestmark = pytest.mark.slow  # real processes, servers, browsers, trainings
 
 QUICK = dict(epochs=2, hidden=(32,), latent_dim=3)
 

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from vaelab.config import DataConfig
-from vaelab.data import load_data
-from vaelab.datasets import MNIST
-from vaelab.fetch import DataError, RemoteFile, fetch_file
+from vaelab.data.datasets import MNIST
+from vaelab.data.fetch import RemoteFile, fetch_file
+from vaelab.data.splits import load_data
+from vaelab.errors import DataError
 
 
 def _idx(path, array):
@@ -50,7 +51,7 @@ def test_own_mnist_format_files_train_under_their_own_name(tmp_path):
 
 
 def test_the_real_files_verify_once_and_are_remembered(mnist_t10k, tmp_path, monkeypatch):
-    from vaelab import datasets
+    from vaelab.data import datasets
 
     calls = []
     real = datasets.RemoteFile.verify_file

@@ -26,7 +26,8 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 import tomli_w
 
-from .registry import ConfigError, Registry  # noqa: F401 (their home is registry)
+from .errors import ConfigError
+from .files import atomic_write  # replaces a link, never writes through it
 
 
 BINARIZE_MODES = ("auto", "none", "dynamic", "static")
@@ -250,8 +251,6 @@ class Config:
         return tomli_w.dumps(self.to_dict())
 
     def save(self, path: str | Path) -> None:
-        from .fetch import atomic_write  # replaces a link, never writes through it
-
         atomic_write(Path(path), self.to_toml().encode())
 
     @classmethod
@@ -275,20 +274,7 @@ class Config:
 
     @classmethod
     def load(cls, path: str | Path) -> "Config":
-        path = Path(path)
-        try:
-            d = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except IsADirectoryError:
-            raise ConfigError(f"{path} is a directory; give a TOML file") from None
-        except OSError as e:
-            raise ConfigError(f"cannot read {path} ({e.strerror or e})") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{path} is not a text file; give a TOML file") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path} is not valid TOML: {e}") from None
-        return cls.from_dict(d, source=str(path))
+        return cls.from_dict(read_toml(path), source=str(path))
 
     # ---- overrides --------------------------------------------------------------------
     def override(self, **values: Any) -> "Config":
@@ -302,6 +288,23 @@ class Config:
             sections[sec][key] = coerce(_field_types(SECTIONS[sec])[key], value, key)
         return Config(**{sec: replace(getattr(self, sec), **vals) if vals else getattr(self, sec)
                          for sec, vals in sections.items()})
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file's tables; a ConfigError says what is wrong with a file that is not one."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a directory; give a TOML file") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {path} ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text file; give a TOML file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from None
 
 
 def _check_choice(name: str, value: Any, choices: tuple) -> None:

@@ -1,9 +1,125 @@
-"""Which device a command computes on: ``auto`` picks CUDA, then MPS, then the CPU."""
+"""Where computation runs: one device, or one rank among several processes.
+
+A command computes on ``--device``: ``auto`` picks CUDA, then MPS, then the CPU
+(:func:`resolve_device`).
+
+Training and evaluation across processes, with ``torchrun`` and PyTorch's own engine:
+``torchrun --nproc-per-node N -m vaelab train ...`` starts N processes (ranks); each finds
+its place in the environment torchrun sets (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) and
+joins the group (NCCL between GPUs, gloo on CPUs). Then:
+
+* every rank holds the data set and walks the same seeded permutation of it; each global
+  batch of ``batch_size`` images is cut into ``WORLD_SIZE`` contiguous shards, one per
+  rank, so the global batch, and so the result, do not depend on the number of processes;
+* the random numbers of a batch (reparameterization noise, dynamic binarization) are drawn
+  for the whole global batch, from generators seeded alike on every rank, and each rank
+  takes its shard of them (:func:`vaelab.noise.batch_shard`): N processes follow the same
+  trajectory as one, up to the order of floating-point sums;
+* gradients are averaged by ``DistributedDataParallel``, each rank's loss weighted by its
+  share of the batch (uneven last batches stay exact);
+* metrics are summed over ranks; only rank 0 writes files.
+
+A single process (no torchrun) is a world of size 1 and none of this costs anything.
+"""
 from __future__ import annotations
 
-import torch
+import os
+from dataclasses import dataclass
 
-from .registry import ConfigError
+import torch
+import torch.distributed as dist
+
+from .errors import ConfigError
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the ranks of a run."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """Whether this rank writes files and prints (rank 0)."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    def sum(self, t: Tensor) -> Tensor:
+        """``t`` summed over ranks (in place), for metrics."""
+        if self.distributed:
+            dist.all_reduce(t)
+        return t
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def part(self, n: int) -> tuple[int, int]:
+        """(start, stop) of this rank's contiguous shard of ``n`` items; the first
+        ``n % size`` ranks get one more."""
+        base, extra = divmod(n, self.size)
+        start = self.rank * base + min(self.rank, extra)
+        return start, start + base + (self.rank < extra)
+
+    def gather(self, t: Tensor) -> Tensor:
+        """Rank-ordered concatenation along dim 0 of every rank's ``t`` (their sizes may
+        differ by one, as :meth:`part` cuts), on every rank."""
+        if not self.distributed:
+            return t
+        sizes = torch.tensor([t.shape[0]], device=t.device)
+        all_sizes = [torch.zeros_like(sizes) for _ in range(self.size)]
+        dist.all_gather(all_sizes, sizes)
+        longest = int(max(s.item() for s in all_sizes))
+        padded = torch.zeros((longest, *t.shape[1:]), dtype=t.dtype, device=t.device)
+        padded[:t.shape[0]] = t
+        parts = [torch.empty_like(padded) for _ in range(self.size)]
+        dist.all_gather(parts, padded)
+        return torch.cat([p[:int(s.item())] for p, s in zip(parts, all_sizes)])
+
+
+SINGLE = World()
+
+
+def launched() -> bool:
+    """Whether this process was started by torchrun (or another launcher setting
+    ``WORLD_SIZE``) as one of several."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def current_world() -> World:
+    """This process's world as torchrun describes it (a world of one without torchrun)."""
+    if not launched():
+        return SINGLE
+    return World(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
+                 int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def join(device: torch.device) -> tuple[World, torch.device]:
+    """Join the process group torchrun describes (once per process), and the device of
+    this rank: ``cuda:LOCAL_RANK`` for a CUDA device, else ``device``. Without torchrun: a
+    world of one and ``device`` unchanged."""
+    world = current_world()
+    if not world.distributed:
+        return world, device
+    if device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                device_id=device if device.type == "cuda" else None)
+    return world, device
+
+
+def leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def resolve_device(name: str | torch.device) -> torch.device:

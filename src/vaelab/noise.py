@@ -5,7 +5,7 @@
   (``distributions.ShardableNormal``) and of dynamic binarization (``data.Split``). Inside
   a :func:`batch_shard` block they draw the numbers of a whole global batch of examples
   and return this process's rows of it, so a batch cut over several processes (torchrun)
-  uses the numbers that one process would (see :mod:`vaelab.distributed`). The block is
+  uses the numbers that one process would (see :mod:`vaelab.devices`). The block is
   entered by ``Split.batches`` around each shard it yields; outside any block, a draw is a
   plain ``torch.randn`` / ``torch.rand``.
 

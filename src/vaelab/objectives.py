@@ -20,7 +20,7 @@ import torch
 from torch.distributions import Distribution
 from torch.distributions import kl_divergence as _analytic_kl
 
-from .distributed import SINGLE, World
+from .devices import SINGLE, World
 
 Tensor = torch.Tensor
 

@@ -1,15 +1,13 @@
 """Name -> implementation. A data set, a likelihood, a net, a prior, an activation, a model
 kind, a command: each is one registered factory, chosen by name; an unknown name raises
-:class:`~vaelab.config.ConfigError` naming the valid choices."""
+:class:`~vaelab.errors.ConfigError` naming the valid choices."""
 from __future__ import annotations
 
 from typing import Callable, Generic, TypeVar
 
+from .errors import ConfigError
+
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message says which and what is allowed."""
 
 
 class Registry(Generic[T]):

@@ -1,0 +1,54 @@
+"""``vaelab serve``: the explorer in the browser."""
+from __future__ import annotations
+
+import argparse
+
+from .common import Command, command
+
+
+@command("serve")
+class Serve(Command):
+    """explore runs live in the browser: imagination, the latent map, sliders, your drawing"""
+
+    description = ("Serve one page for exploring runs: z ~ p(z) at a temperature with E[x|z] "
+                   "and x ~ p(x|z) side by side; the latent map (the plane itself for a 2-D "
+                   "latent, else the principal plane of the test codes) decoded under the "
+                   "cursor; a slider per latent dimension, the most informative first; an "
+                   "image drawn or dropped -> q(z|x), its reconstruction, -ELBO and log p(x) "
+                   "(for a conditional run p(y|x)); interpolations; for a 2-D latent the "
+                   "true posterior beside q(z|x). Needs: pip install 'vaelab[serve]'.")
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("runs", metavar="RUN", nargs="+",
+                       help="run directories, exported folders or hf://USER/REPO")
+        p.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this machine only)")
+        p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+        p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from ...devices import resolve_device
+        from ...errors import ConfigError
+
+        try:
+            import fastapi  # noqa: F401
+            import uvicorn  # noqa: F401
+        except ImportError:
+            raise ConfigError("serving needs FastAPI and uvicorn: pip install "
+                              "'vaelab[serve]'") from None
+        if not 0 < args.port < 65536:
+            raise ConfigError(f"--port must be in 1..65535, got {args.port}")
+        from ..serve import serve
+
+        device = resolve_device(args.device)
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        print(f"loading {len(args.runs)} run(s) ...", flush=True)
+
+        def ready(server) -> None:
+            print(f"open http://{host}:{args.port}/  (Ctrl-C stops)", flush=True)
+
+        serve(args.runs, args.host, args.port, str(device), ready)
+        return 0
+
+    def interrupted(self, args: argparse.Namespace) -> str:
+        return "\nstopped"
