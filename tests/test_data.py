@@ -33,7 +33,8 @@ def test_mnist_test_set_parses(mnist_t10k):
 
 @pytest.mark.parametrize("mangle, match", [
     (lambda b: b[:-1], "truncated"),
-    (lambda b: b + b"\0", "trailing bytes"),
+    (lambda b: b + b"\0", "longer"),
+    (lambda b: b[:2] + b"\x0c" + b[3:], "type code 0x0C"),  # a wrong type code says so
     (lambda b: b[:10], "truncated"),
     (lambda b: b"\x12\x34" + b[2:], "bad magic number"),
     (lambda b: b[:2] + b"\x42" + b[3:], "bad magic number"),

@@ -120,3 +120,79 @@ def test_any_file_given_to_compress_is_images_or_a_data_error(tmp_path_factory, 
         return
     assert f.images.dtype == np.uint8 and f.images.shape[1:] == (1, 8, 8)
     json.dumps(f.meta)  # what restores the file is plain JSON
+
+
+# ---- compressed files: any header and body, checksummed as a writer would ----------------
+@pytest.fixture(scope="module")
+def coded(run):
+    pytest.importorskip("constriction")
+    from vaelab.coding.compress import compress
+    from vaelab.coding.container import read_container
+
+    model, cfg = vaelab.load_run(run)
+    data = compress(model, vaelab.load_data(cfg.data).test.stored().numpy()[:3])
+    header, body = read_container(data)
+    return model, header, body
+
+
+FIELDS = ["format", "model", "image_shape", "count", "levels", "settings", "device",
+          "batches", "sha256", "words", "made_with", "meta", "other"]
+
+
+@SLOW
+@given(st.dictionaries(st.sampled_from(FIELDS), values, max_size=3),
+       st.lists(st.sampled_from(FIELDS), max_size=2), st.binary(max_size=64), st.booleans())
+def test_any_compressed_file_is_images_or_a_coding_error(coded, changes, dropped, body, real):
+    from vaelab.coding.compress import decompress
+    from vaelab.coding.container import pack
+    from vaelab.errors import CodingError
+
+    model, header, real_body = coded
+    h = {k: v for k, v in {**header, **changes}.items() if k not in dropped}
+    body = real_body if real else body[:len(body) // 4 * 4]
+    try:
+        x = decompress(model, pack(h, body))
+    except CodingError:
+        return
+    assert x.dtype == np.uint8 and x.shape[1:] == tuple(model.image_shape)
+
+
+@SLOW
+@given(st.binary(max_size=200))
+def test_any_bytes_after_the_magic_are_a_coding_error(coded, data):
+    import hashlib
+
+    from vaelab.coding.compress import decompress
+    from vaelab.coding.container import MAGIC
+    from vaelab.errors import CodingError
+
+    blob = MAGIC + data
+    for candidate in (blob, blob + hashlib.sha256(blob).digest()):
+        with pytest.raises(CodingError):
+            decompress(coded[0], candidate)
+
+
+# ---- exported folders: any config.json beside the weights ----------------------------------
+@pytest.fixture(scope="module")
+def exported(run, tmp_path_factory):
+    from vaelab.runs.export import export_run
+
+    return export_run(run, tmp_path_factory.mktemp("export") / "model")
+
+
+@SLOW
+@given(st.one_of(values, st.dictionaries(st.sampled_from(
+    ["format", "config", "weights_sha256", "image_shape", "kind", "x"]), values, max_size=4)),
+    st.booleans())
+def test_any_exported_folder_is_a_model_or_a_run_error(exported, tmp_path_factory, info, keep):
+    d = tmp_path_factory.mktemp("exp") / "m"
+    shutil.copytree(exported, d)
+    if keep:  # the real config.json with fields replaced
+        real = json.loads((d / "config.json").read_text())
+        info = {**real, **info} if isinstance(info, dict) else real
+    (d / "config.json").write_text(json.dumps(info))
+    try:
+        model, cfg = vaelab.load_run(d)
+    except (RunError, ConfigError):
+        return
+    assert cfg.data.data_dir is None  # a model from elsewhere brings no local path

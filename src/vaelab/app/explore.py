@@ -35,9 +35,10 @@ MAP_POINTS = 2000  # test images drawn on the map
 class Explorer:
     """One run, loaded once; thread-safe (one computation at a time)."""
 
-    def __init__(self, spec: str | Path, device: str | torch.device = "cpu"):
+    def __init__(self, spec: str | Path, device: str | torch.device = "cpu",
+                 data_dir: str | None = None):
         self.spec = str(spec)
-        self.model, self.cfg = load_run(spec, "best", device)
+        self.model, self.cfg = load_run(spec, "best", device, data_dir)
         self.model.eval()
         self.lock = threading.Lock()
         data = load_data(self.cfg.data, device)

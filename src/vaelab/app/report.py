@@ -80,11 +80,12 @@ class RunSummary:
 
 def make_figures(run_dir: str | Path, out_dir: str | Path, device: str = "auto",
                  which: str = "best", seed: int = 0, pairs: int = 8, steps: int = 10,
-                 max_rows: int = 64) -> RunSummary:
-    """Write every figure of a run into ``out_dir`` and return its summary."""
+                 max_rows: int = 64, data_dir: str | None = None) -> RunSummary:
+    """Write every figure of a run into ``out_dir`` and return its summary (``data_dir``:
+    where its data set is, as :func:`~vaelab.runs.rundir.load_run` takes it)."""
     out_dir = Path(out_dir)
     dev = resolve_device(device)
-    model, cfg = load_run(run_dir, which, dev)
+    model, cfg = load_run(run_dir, which, dev, data_dir)
     data = load_data(cfg.data, dev)
     history = read_metrics(run_dir)
     s = RunSummary(place(run_dir).workdir, cfg, history, read_results(run_dir),

@@ -10,6 +10,7 @@ import base64
 import io
 import logging
 import math
+import socket
 from importlib import resources
 from pathlib import Path
 
@@ -21,10 +22,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from ..data.images import image_grid
+from ..errors import ConfigError
 from .explore import Explorer
+from .guard import BodyLimit, server_settings
 
 log = logging.getLogger(__name__)
-MAX_BODY = 1 << 20  # bytes of a request body
 MAX_IMAGES = 400  # images per request
 MAX_Z = 50.0  # |z| of a requested code
 
@@ -62,14 +64,7 @@ WEB = resources.files(__package__) / "web"  # the page, its script and style
 router = APIRouter()
 
 
-# ---- every request checked: size, shapes, ranges -----------------------------------------
-async def limit_body(request: Request, call_next):
-    size = request.headers.get("content-length")
-    if size is not None and (not size.isdigit() or int(size) > MAX_BODY):
-        return JSONResponse({"error": f"request body over {MAX_BODY} bytes"}, 413)
-    return await call_next(request)
-
-
+# ---- every request checked: shapes, ranges (sizes and times: .guard) ------------------
 async def invalid(request: Request, exc: RequestValidationError):
     where = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or 'body'}: {e['msg']}"
                       for e in exc.errors()[:3])
@@ -224,30 +219,45 @@ def create_app(runs: dict[str, Explorer]) -> FastAPI:
     """The FastAPI app over ``runs`` (name -> Explorer)."""
     app = FastAPI(title="vaelab explorer", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.runs = runs
-    app.middleware("http")(limit_body)
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(HTTPException, http_error)
     app.include_router(router)
     return app
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host``:``port``, before anything is loaded or announced."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host} port {port} ({e.strerror or e}): the port "
+                          "is in use or the address is not this machine's; choose another "
+                          "with --port (or --host)") from None
+    return sock
+
+
 def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000,
-          device: str = "cpu", ready=None) -> None:
-    """Load the runs and serve them until interrupted."""
+          device: str = "cpu", ready=None, data_dir: str | None = None) -> None:
+    """Load the runs and serve them until interrupted (the port is taken first)."""
     import uvicorn
 
+    sock = listen(host, port)
     runs = {}
     for spec in specs:
         name = Path(spec).name if not str(spec).startswith("hf://") else str(spec)[5:]
         while name in runs:
             name += "'"
-        runs[name] = Explorer(spec, device)
+        runs[name] = Explorer(spec, device, data_dir)
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: anyone who can reach this address can use the models "
                     "(the default, 127.0.0.1, is this machine only)", host)
-    config = uvicorn.Config(create_app(runs), host=host, port=port, log_level="warning",
-                            limit_concurrency=256, timeout_keep_alive=5)
+    config = uvicorn.Config(BodyLimit(create_app(runs)), host=host, port=port,
+                            log_level="warning", **server_settings())
     server = uvicorn.Server(config)
     if ready is not None:
         ready(server)
-    server.run()
+    server.run(sockets=[sock])

@@ -28,7 +28,7 @@ import torch
 from ..errors import CodingError, ConfigError
 from ..models.vae import VAE
 from .bitsback import Grid, Tally, decode_batch, encode_batch, entropy_coder, pixel_code
-from .container import FORMAT_VERSION, pack, read_container, versions
+from .container import FORMAT_VERSION, check_header, pack, read_container, versions
 
 
 
@@ -63,7 +63,7 @@ def fingerprint(model: VAE) -> str:
     like = model.likelihood
     h.update(repr((type(model).__name__, model.kind, model.layers, model.latent_dim,
                    model.image_shape, model.min_scale, model.classes, like.name,
-                   getattr(like, "levels", 2), getattr(like, "mixtures", 0),
+                   like.levels, getattr(like, "mixtures", 0),
                    str(model))).encode())
     for name, t in sorted(model.state_dict().items()):
         t = t.detach().cpu().contiguous()
@@ -156,7 +156,11 @@ def compress(model: VAE, images, *, settings: CodingSettings = CodingSettings(),
               "image_shape": list(model.image_shape), "count": int(len(x)), "levels": levels,
               "settings": asdict(settings), "device": device, "batches": _run_length(sizes),
               "sha256": hashlib.sha256(x.tobytes()).hexdigest(), "words": int(len(words)),
-              "made_with": versions(), "meta": meta or {}}
+              "made_with": versions(), "meta": meta or {"kind": "array"}}
+    try:  # every file vaelab writes, vaelab reads: the reader's limits hold here too
+        check_header(header, 4 * len(words))
+    except CodingError as e:
+        raise CodingError(f"{e} (as written here); compress fewer images per file") from None
     data = pack(header, words.tobytes())
     if stats is not None:
         stats.update(ideal_bits=float(sum(tally.net_bits)), bits=8 * len(data),
@@ -191,6 +195,18 @@ def _next_batch(coder, tally: Tally, batch_size: int, left: int) -> int:
     return max(1, min(batch_size, left, int(coder.num_bits() // _need(tally))))
 
 
+def check_model(model: VAE, header: dict) -> None:
+    """That ``model`` is the one that compressed the file of ``header``."""
+    if header["model"] != fingerprint(model):
+        raise CodingError("the file was compressed with another model (its fingerprint "
+                          f"{header['model'][:16]}... is not this run's "
+                          f"{fingerprint(model)[:16]}...); decompress with the run that made it")
+    shape, levels = tuple(header["image_shape"]), header["levels"]
+    if shape != tuple(model.image_shape) or levels != levels_of(model):
+        raise CodingError(f"the file holds {levels}-level images of shape {shape}, which this "
+                          "model does not code")
+
+
 def decompress(model: VAE, data: bytes, *, progress: bool = False) -> np.ndarray:
     """The images (N, C, H, W) uint8 that :func:`compress` coded into ``data``."""
     return unpack(model, data, progress=progress)[0]
@@ -203,22 +219,13 @@ def unpack(model: VAE, data: bytes, *, progress: bool = False) -> tuple[np.ndarr
 
     constriction = entropy_coder()
     header, body = read_container(data)
-    if header["model"] != fingerprint(model):
-        raise CodingError("the file was compressed with another model (its fingerprint "
-                          f"{header['model'][:16]}... is not this run's "
-                          f"{fingerprint(model)[:16]}...); decompress with the run that made it")
-    shape = tuple(header["image_shape"])
-    levels = header["levels"]
-    if shape != tuple(model.image_shape) or levels != levels_of(model):
-        raise CodingError(f"the file holds {levels}-level images of shape {shape}, which this "
-                          "model does not code")
+    check_model(model, header)
+    shape, levels = tuple(header["image_shape"]), header["levels"]
     settings = CodingSettings(**header["settings"])
     m = _coding_copy(model, header.get("device", "cpu"))
     words = np.frombuffer(body, "<u4").astype(np.uint32)
     coder = constriction.stream.stack.AnsCoder(words)
-    sizes = [s for s, r in header["batches"] for _ in range(r)]
-    if sum(sizes) != header["count"]:
-        raise CodingError("damaged header: the batch sizes do not add up to the image count")
+    sizes = [size for size, repeat in header["batches"] for _ in range(repeat)]  # checked
     out = np.empty((header["count"], *shape), np.uint8)
     end = header["count"]
     try:

@@ -39,9 +39,12 @@ def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
     dims = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
     expected = header + int(np.prod(dims)) * dtype.itemsize
     if len(data) != expected:
-        what = "truncated" if len(data) < expected else "has trailing bytes"
-        raise DataError(f"{source} is {what}: dimensions {dims} need {expected} bytes, the file "
-                        f"holds {len(data)}; delete it and download it again")
+        what = "shorter" if len(data) < expected else "longer"
+        raise DataError(f"{source}: its header says {dims} values of type {dtype.name} (type "
+                        f"code 0x{data[2]:02X}), {expected} bytes, but the file is {what} "
+                        f"({len(data)} bytes): it is truncated or damaged, or its header (type "
+                        "code, dimensions) is wrong. A downloaded file: delete it and download "
+                        "it again; your own: write it with the right header")
     return np.frombuffer(data, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from ..files import atomic_write
+from ..files import atomic_dir, atomic_write
 from .idx import parse_idx, read_idx_bytes
 
 PNG_MODES = {"L": 1, "1": 1, "RGB": 3}  # Pillow modes whose pixels are kept exactly
@@ -48,6 +48,8 @@ def read_images(path: str | Path, image_shape: tuple[int, int, int], levels: int
         f = _read_npy(path, image_shape)
     else:
         f = _read_idx(path, image_shape)
+    if not len(f.images):
+        raise DataError(f"{path} holds no images; nothing to compress")
     return _to_levels(f, levels, path)
 
 
@@ -55,11 +57,12 @@ def write_images(f: ImageFile, out: str | Path) -> Path:
     """Write ``f`` back as it was read: the same bytes (IDX, .npy), or the same pixels in a
     folder of PNGs of the same names. Written whole or not at all."""
     out = Path(out)
+    check_meta(f.meta, f.images.shape, out)
     images = f.images * np.uint8(f.meta.get("scale", 1))
     kind = f.meta["kind"]
     if kind == "png":
         return _write_pngs(images, f.meta, out)
-    if kind == "split":  # a prepared split: a .npy of (N, C, H, W)
+    if kind in ("split", "array"):  # a prepared split, or an array: a .npy of (N, C, H, W)
         buf = io.BytesIO()
         np.save(buf, images)
         body = buf.getvalue()
@@ -69,6 +72,74 @@ def write_images(f: ImageFile, out: str | Path) -> Path:
             _from_layout(images, f.meta["layout"]).tobytes(order=order)
     atomic_write(out, body)
     return out
+
+
+def check_meta(meta: dict, shape: tuple[int, ...], out: Path | None = None) -> None:
+    """That ``meta`` (from a compressed file, so from anywhere) restores images of ``shape``
+    (N, C, H, W) to what was read, at ``out``; a DataError says what does not fit."""
+    n, c, h, w = shape
+
+    def bad(what: str):
+        raise DataError(f"the file's restore information is damaged or not vaelab's ({what}); "
+                        "nothing was written")
+
+    if not isinstance(meta, dict):
+        bad("not a table")
+    if meta.get("scale", 1) not in (1, 255) or isinstance(meta.get("scale"), bool):
+        bad(f"scale {meta.get('scale')!r}")
+    kind = meta.get("kind")
+    if kind == "png":
+        names, modes = meta.get("names"), meta.get("modes")
+        if not (isinstance(names, list) and isinstance(modes, list)) or \
+                not len(names) == len(modes) == n:
+            bad(f"{len(names) if isinstance(names, list) else 'no'} names for {n} images")
+        for name, mode in zip(names, modes):
+            if not isinstance(name, str) or not isinstance(mode, str) or \
+                    PNG_MODES.get(mode) != c or not _safe_name(name):
+                bad(f"image {name!r} ({mode!r})")
+        if len(set(names)) != n:
+            bad("a name given twice")
+        return
+    if kind not in ("idx", "npy", "split", "array"):
+        bad(f"kind {kind!r}")
+    if out is not None and out.suffix == ".gz":
+        raise DataError(f"{out}: vaelab gives back the original's uncompressed bytes (a .gz "
+                        "input was unpacked when it was compressed); name the output without "
+                        ".gz, and gzip it if you like")
+    if kind in ("split", "array"):
+        return
+    layout = meta.get("layout")
+    image = {"chw": (c, h, w), "hwc": (h, w, c), "hw": (h, w) if c == 1 else None}.get(layout)
+    try:
+        head = base64.b64decode(meta["header"], validate=True)
+        claimed = _idx_shape(head) if kind == "idx" else _npy_shape(head, meta)
+    except (KeyError, TypeError, ValueError) as e:
+        bad(f"{kind} header: {e}")
+    if image is None or claimed != (n, *image):
+        bad(f"a {kind} header for {claimed} with layout {layout!r}, for {n} images")
+
+
+def _safe_name(name: str) -> bool:
+    p = Path(name)
+    return bool(name) and "\0" not in name and not p.is_absolute() and ".." not in p.parts \
+        and p.suffix.lower() == ".png"
+
+
+def _idx_shape(head: bytes) -> tuple[int, ...]:
+    if len(head) < 4 or head[:3] != b"\0\0\x08" or len(head) != 4 + 4 * head[3]:
+        raise ValueError("not the header of a uint8 IDX file")
+    return tuple(int(d) for d in np.frombuffer(head, ">u4", offset=4))
+
+
+def _npy_shape(head: bytes, meta: dict) -> tuple[int, ...]:
+    fh = io.BytesIO(head)
+    version = np.lib.format.read_magic(fh)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+        np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read(fh)
+    if dtype != np.uint8 or fortran != meta.get("fortran") or fh.tell() != len(head):
+        raise ValueError(f"{dtype}, fortran {fortran}")
+    return tuple(shape)
 
 
 # ---------------------------------------------------------------------------------------
@@ -170,21 +241,12 @@ def _write_pngs(images: np.ndarray, meta: dict, out: Path) -> Path:
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"{out} exists and is not an empty folder; choose another --out")
-    part = out.with_name(out.name + ".part")
-    if part.exists():
-        import shutil
-
-        shutil.rmtree(part)
-    for img, name, mode in zip(images, meta["names"], meta["modes"]):
-        target = (part / name).resolve()
-        if part.resolve() not in target.parents:
-            raise DataError(f"the file names a PNG outside the output folder ({name!r})")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        pic = Image.fromarray(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0))
-        (pic.convert("1") if mode == "1" else pic).save(target, optimize=False)
-    if out.exists():
-        out.rmdir()
-    part.rename(out)
+    with atomic_dir(out) as part:
+        for img, name, mode in zip(images, meta["names"], meta["modes"]):
+            target = part / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            pic = Image.fromarray(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0))
+            (pic.convert("1") if mode == "1" else pic).save(target, optimize=False)
     return out
 
 

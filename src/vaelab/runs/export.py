@@ -15,15 +15,19 @@ run directory without the checkpoint: every command that takes a RUN takes it, a
 from __future__ import annotations
 
 import json
+import logging
+import math
+import re
 import shutil
 from pathlib import Path
 
 from ..config import Config
-from ..errors import RunError
-from ..files import atomic_write
+from ..errors import ConfigError, RunError
+from ..files import atomic_dir, atomic_write
 from .records import RESULTS, read_results
 from .rundir import EXPORT, load_run, place, weights_digest
 
+log = logging.getLogger(__name__)
 DATASETS = {  # vaelab name -> (display name, Hub data set id, licence of the data)
     "mnist": ("MNIST", "ylecun/mnist", "cc-by-sa-3.0"),
     "fashion-mnist": ("Fashion-MNIST", "zalando-datasets/fashion_mnist", "mit"),
@@ -35,42 +39,54 @@ FIGURES = ("samples.png", "reconstructions.png", "curves.png")
 def export_run(run: str | Path, out: str | Path, repo_id: str | None = None) -> Path:
     """Write the model folder of ``run`` (a run directory, an exported folder or
     ``hf://...``) to ``out``, which must not exist or be empty. Written whole or not at
-    all."""
+    all; only regular files that live inside the run are copied (a link is skipped, with a
+    warning), and the config keeps no local path (``data_dir``)."""
     src = place(run).source
     model, cfg = load_run(run)  # checks the weights against the config
+    cfg = cfg.override(data_dir=None)  # a path of this machine means nothing elsewhere
+    name = card_name(repo_id) if repo_id else \
+        card_name(re.sub(r"[^\w.-]+", "-", Path(out).name).lstrip("-._") or "model")
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RunError(f"{out} exists and is not empty; choose another --out")
-    part = out.with_name(out.name + ".part")
-    if part.exists():
-        shutil.rmtree(part)
-    (part / "figures").mkdir(parents=True)
-    shutil.copyfile(src / "model.safetensors", part / "model.safetensors")
-    cfg.save(part / "config.toml")
-    info = {"format": "vaelab-export-1", "library": "vaelab", "config": cfg.to_dict(),
-            "image_shape": list(model.image_shape), "kind": model.kind,
-            "weights_sha256": weights_digest(part / "model.safetensors")}
-    atomic_write(part / EXPORT, (json.dumps(info, indent=1) + "\n").encode())
     results = read_results(run)
-    for name in RESULTS:
-        if name in results:
-            atomic_write(part / f"{name}.json", (json.dumps(results[name], indent=1) + "\n")
-                         .encode())
-    if (src / "metrics.jsonl").is_file():
-        shutil.copyfile(src / "metrics.jsonl", part / "metrics.jsonl")
-    for fig in FIGURES:
-        for d in (place(run).workdir, src):
-            if (d / "figures" / fig).is_file():
-                shutil.copyfile(d / "figures" / fig, part / "figures" / fig)
-                break
-    params = sum(p.numel() for p in model.parameters())
-    card = model_card(cfg, results, list(model.image_shape), params,
-                      (part / "figures" / "samples.png").is_file(), repo_id or out.name)
-    (part / "README.md").write_text(card, encoding="utf-8")
-    if out.exists():
-        out.rmdir()
-    part.rename(out)
+    with atomic_dir(out) as part:
+        (part / "figures").mkdir()
+        _copy_inside(src, "model.safetensors", part, required=True)
+        cfg.save(part / "config.toml")
+        info = {"format": "vaelab-export-1", "library": "vaelab", "config": cfg.to_dict(),
+                "image_shape": list(model.image_shape), "kind": model.kind,
+                "weights_sha256": weights_digest(part / "model.safetensors")}
+        atomic_write(part / EXPORT, (json.dumps(info, indent=1) + "\n").encode())
+        for result in RESULTS:
+            if result in results:
+                atomic_write(part / f"{result}.json",
+                             (json.dumps(results[result], indent=1) + "\n").encode())
+        _copy_inside(src, "metrics.jsonl", part)
+        for fig in FIGURES:
+            any(_copy_inside(d, f"figures/{fig}", part)
+                for d in dict.fromkeys([place(run).workdir, src]))
+        params = sum(p.numel() for p in model.parameters())
+        card = model_card(cfg, results, list(model.image_shape), params,
+                          (part / "figures" / "samples.png").is_file(), name)
+        (part / "README.md").write_text(card, encoding="utf-8")
     return out
+
+
+def _copy_inside(root: Path, name: str, dest: Path, required: bool = False) -> bool:
+    """Copy ``root/name`` to ``dest/name`` if it is a regular file inside ``root`` (not a
+    link, nor under one); whether it was copied."""
+    path = root / name
+    inside = not any(p.is_symlink() for p in [path, *path.parents][:len(Path(name).parts)])
+    if path.is_file() and inside and path.resolve().is_relative_to(root.resolve()):
+        shutil.copyfile(path, dest / name)
+        return True
+    if path.is_symlink() or (path.exists() and not inside):
+        log.warning("export: skipped %s, a link (only the run's own files are exported)", path)
+    if required:
+        raise RunError(f"{path} is not a regular file of the run (a link, or missing); "
+                       "nothing was exported")
+    return False
 
 
 # ---------------------------------------------------------------------------------------
@@ -78,11 +94,45 @@ def export_run(run: str | Path, out: str | Path, repo_id: str | None = None) -> 
 # ---------------------------------------------------------------------------------------
 def recorded_evaluation(results: dict) -> dict | None:
     """The recorded test evaluation of the best weights with the most importance samples
-    (the ELBO-only one if no k was used); None if none was recorded."""
-    ev = [r for r in results.get("evaluate", {}).values()
-          if isinstance(r, dict) and r.get("split") == "test" and r.get("which", "best") == "best"
-          and isinstance(r.get("k", 0), int) and isinstance(r.get("elbo"), float)]
-    return max(ev, key=lambda r: r.get("k") or 0) if ev else None
+    (the ELBO-only one if no k was used), of those that are what ``vaelab evaluate``
+    records (every number a finite number, every count a count); None if none is."""
+    ev = [r for r in results.get("evaluate", {}).values() if _measured(r)]
+    return max(ev, key=lambda r: r["k"]) if ev else None
+
+
+def _measured(r) -> bool:
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    def count(v, least: int = 0) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= least
+
+    ok = isinstance(r, dict) and r.get("split") == "test" and r.get("which", "best") == "best" \
+        and count(r.setdefault("k", 0)) and count(r.get("n"), 1) and number(r.get("elbo")) \
+        and all(number(r.get(key)) for key in ("nll", "nll_stderr") if r["k"]) \
+        and all(r.get(key) is None or number(r[key])
+                for key in ("bits_per_dim", "nll_bits_per_dim")) \
+        and all(count(r.get(key, 0)) for key in ("active_units", "latent_dim"))
+    if isinstance(r, dict) and not ok:
+        log.warning("export: an entry of evaluate.json is not a measurement vaelab made "
+                    "(a field is missing or not a number); it is left out of the card")
+    return ok
+
+
+def _plain(text: str) -> str:
+    """A string from a run, with nothing Markdown or HTML would read as markup."""
+    return re.sub(r"[^\w .:+-]", "-", str(text))
+
+
+NAME = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")
+
+
+def card_name(name: str) -> str:
+    """The name a card uses: USER/REPO, or a folder's name, in the Hub's letters only."""
+    if not NAME.match(name):
+        raise ConfigError(f"{name!r} cannot name a model: use USER/REPO (letters, digits, "
+                          "'-', '_', '.'), e.g. --name alice/vae-digits")
+    return name
 
 
 def _yaml(value, indent: int = 0) -> str:
@@ -107,7 +157,7 @@ def _yaml(value, indent: int = 0) -> str:
     return "\n".join(lines)
 
 
-def card_metadata(cfg: Config, results: dict, name: str) -> dict:
+def card_metadata(cfg: Config, ev: dict | None, name: str) -> dict:
     ds = DATASETS.get(cfg.data.dataset)
     m = cfg.model
     meta: dict = {"library_name": "vaelab", "license": ds[2] if ds else "other"}
@@ -117,7 +167,6 @@ def card_metadata(cfg: Config, results: dict, name: str) -> dict:
                     "density-estimation", "pytorch", "safetensors", f"likelihood-{m.likelihood}",
                     f"prior-{m.prior}", f"net-{m.net}"] + (["hierarchical"] if m.layers > 1 else [])
     meta["pipeline_tag"] = "unconditional-image-generation"
-    ev = recorded_evaluation(results)
     if ev:
         protocol = f"{cfg.data.binarize} binarization" if cfg.data.binarize != "none" else \
             f"{m.levels}-level grey images"
@@ -134,8 +183,8 @@ def card_metadata(cfg: Config, results: dict, name: str) -> dict:
                             "test -ELBO (bits/dim)"})
         meta["model-index"] = [{"name": name, "results": [{
             "task": {"type": "unconditional-image-generation", "name": "Density estimation"},
-            "dataset": {"name": ds[0] if ds else cfg.data.dataset,
-                        "type": ds[1] if ds and ds[1] else cfg.data.dataset,
+            "dataset": {"name": ds[0] if ds else _plain(cfg.data.dataset),
+                        "type": ds[1] if ds and ds[1] else _plain(cfg.data.dataset),
                         "split": "test", "args": protocol},
             "metrics": metrics}]}]
     return meta
@@ -144,8 +193,9 @@ def card_metadata(cfg: Config, results: dict, name: str) -> dict:
 def model_card(cfg: Config, results: dict, image_shape: list[int], params: int,
                figure: bool, name: str) -> str:
     m, d = cfg.model, cfg.data
-    ds = DATASETS.get(d.dataset, (d.dataset, None, None))[0]
-    meta = card_metadata(cfg, results, name)
+    ds = DATASETS.get(d.dataset, (_plain(d.dataset), None, None))[0]
+    ev = recorded_evaluation(results)
+    meta = card_metadata(cfg, ev, name)
     kind = f"a hierarchical VAE of {m.layers} stochastic layers" if m.layers > 1 else "a VAE"
     lines = ["---", _yaml(meta), "---", "", f"# {name}", "",
              f"{kind[0].upper() + kind[1:]} trained with [vaelab](https://pypi.org/project/"
@@ -158,7 +208,6 @@ def model_card(cfg: Config, results: dict, image_shape: list[int], params: int,
         lines += ["![Data, mean samples and samples](figures/samples.png)", "",
                   "*Test images, E[x|z] and x ~ p(x|z) for the same codes z ~ p(z).*", ""]
     lines += ["## Results", ""]
-    ev = recorded_evaluation(results)
     if ev:
         lines += ["| test set | value |", "|---|---:|",
                   f"| -ELBO (nats per image) | {-ev['elbo']:.2f} |"]

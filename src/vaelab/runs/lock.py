@@ -12,7 +12,10 @@ from ..errors import RunError
 log = logging.getLogger(__name__)
 
 
-OWN_FILES = {"config.toml", "metrics.jsonl", ".lock", "figures", "tensorboard"}
+# what a run that stopped before its first checkpoint can have left (the best weights are
+# written before the checkpoint: a disk that fills between the two leaves them alone)
+OWN_FILES = {"config.toml", "metrics.jsonl", ".lock", "figures", "tensorboard",
+             "model.safetensors"}
 
 
 def check_run_dir(run_dir: Path, resume: bool, epochs: int) -> None:
@@ -41,7 +44,8 @@ def check_run_dir(run_dir: Path, resume: bool, epochs: int) -> None:
         return
     if not run_dir.exists():
         return
-    contents = {p.name for p in run_dir.iterdir()} - {".lock"}
+    contents = {p.name for p in run_dir.iterdir()
+                if not (p.name.startswith(".") and p.name.endswith(".part"))} - {".lock"}
     if contents and (done.is_file() or not contents <= OWN_FILES):
         raise RunError(f"{run_dir} already exists and is not empty; pass --resume to continue "
                        "that run, or choose another --out")

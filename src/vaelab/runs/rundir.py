@@ -22,13 +22,14 @@ about in the user's own folder, never in that cache.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load as st_load
+from safetensors import safe_open
 from safetensors.torch import save as st_save
 
 from ..config import Config, read_toml
@@ -83,15 +84,12 @@ def save_weights(path: Path, model: VAE, **extra) -> None:
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import safe_open
-
     if not path.is_file():
         raise RunError(f"{path} does not exist; is {path.parent} a vaelab run directory?")
     try:
-        raw = path.read_bytes()
-        tensors = st_load(raw)
-        with safe_open(str(path), "pt") as f:
+        with safe_open(str(path), "pt") as f:  # memory-mapped: only the tensors are read
             meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types
         raise RunError(f"{path} is corrupt or not a safetensors file ({e})") from None
     if meta.get("format") != FORMAT:
@@ -99,10 +97,13 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     return tensors, meta
 
 
-def load_run(path: str | Path, which: str = "best", device: str | torch.device = "cpu"
-             ) -> tuple[VAE, Config]:
+def load_run(path: str | Path, which: str = "best", device: str | torch.device = "cpu",
+             data_dir: str | Path | None = None) -> tuple[VAE, Config]:
     """The model of a run (``which``: "best" or "last") and its config. ``path``: a run
-    directory, an exported folder or ``hf://USER/REPO[@REVISION]``."""
+    directory, an exported folder or ``hf://USER/REPO[@REVISION]``. ``data_dir``, if given,
+    is where the data set is (the user's ``--data-dir``); a model from elsewhere (an
+    exported folder, ``hf://``) brings none of its own: its config's ``data_dir`` is
+    dropped, so that it never chooses which local folder is read."""
     path = place(path).source
     if not (path / "config.toml").is_file():
         raise RunError(f"{path} is not a vaelab run directory (no config.toml)")
@@ -131,6 +132,12 @@ def load_run(path: str | Path, which: str = "best", device: str | torch.device =
         model.load_state_dict(weights)
     except RuntimeError as e:
         raise RunError(f"weights in {path / files[which]} do not fit config.toml: {e}") from None
+    if bad := not_finite(model):
+        raise RunError(f"the weights in {path / files[which]} are not all finite ({bad}): "
+                       "written by a run that diverged, or damaged; use the other checkpoint "
+                       "(--which best or last) or train again")
+    if data_dir or (path / EXPORT).is_file():
+        cfg = cfg.override(data_dir=str(Path(data_dir).resolve()) if data_dir else None)
     return model.to(device).eval(), cfg
 
 
@@ -205,22 +212,29 @@ def prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.T
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-def check_finite(model: VAE, what: str) -> None:
-    """Refuse to write weights that are not all finite."""
+def not_finite(model: VAE) -> str:
+    """The names of the model's weights that are not all finite ("" if none)."""
     bad = [n for n, p in model.state_dict().items()
            if p.is_floating_point() and not torch.isfinite(p).all()]
-    if bad:
-        raise RunError(f"not writing {what}: the weights {', '.join(bad[:3])}"
-                       f"{' ...' if len(bad) > 3 else ''} are not finite")
+    return ", ".join(bad[:3]) + (" ..." if len(bad) > 3 else "")
+
+
+def check_finite(model: VAE, what: str) -> None:
+    """Refuse to write weights that are not all finite."""
+    if bad := not_finite(model):
+        raise RunError(f"not writing {what}: the weights {bad} are not finite")
 
 
 EXPORT = "config.json"  # what makes a folder an exported model
 
 
 def weights_digest(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """SHA-256 of a file, read in chunks (a file of any size costs one chunk of memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def check_export(path: Path, cfg: Config) -> None:
@@ -230,10 +244,13 @@ def check_export(path: Path, cfg: Config) -> None:
         if not isinstance(info, dict) or info.get("format") != "vaelab-export-1":
             raise ValueError("not a vaelab export (format)")
         config, digest = info["config"], info["weights_sha256"]
-    except (ValueError, KeyError, TypeError) as e:
+        if not isinstance(config, dict) or not isinstance(digest, str):
+            raise TypeError("its config or weights_sha256 is of the wrong type")
+        exported = Config.from_dict(config, str(path / EXPORT))
+    except (ValueError, KeyError, TypeError) as e:  # a ConfigError is a ValueError
         raise RunError(f"{path / EXPORT} is damaged or not vaelab's ({e}); export the run "
                        "again") from None
-    if Config.from_dict(config, str(path / EXPORT)).to_dict() != cfg.to_dict():
+    if exported.to_dict() != cfg.to_dict():
         raise RunError(f"{path}: config.toml and config.json describe different models; "
                        "one of them was changed after the export")
     if not (path / "model.safetensors").is_file() or \

@@ -193,7 +193,8 @@ def start(cfg: Config, run_dir: Path, resume: bool, data: Data | None) -> Sessio
     gen = torch.Generator(device).manual_seed(tc.seed)
     if world.main:  # what a killed write left behind (the lock says no one writes now)
         for part in run_dir.glob(".*.part") if run_dir.is_dir() else ():
-            part.unlink(missing_ok=True)
+            if part.is_file() and not part.is_symlink():
+                part.unlink(missing_ok=True)
     if resume:
         state = restore_checkpoint(run_dir, model, opt, gen, cfg,
                                    average.model if average else None)

@@ -5,10 +5,11 @@ import argparse
 import time
 from pathlib import Path
 
-from ...coding.compress import CodingSettings, compress, levels_of, unpack
+from ...coding.compress import CodingSettings, check_model, compress, levels_of, unpack
+from ...coding.container import read_header
 from ...errors import ConfigError
 from ...files import atomic_write
-from .common import Command, add_progress_flag, command
+from .common import Command, add_data_dir_flag, add_progress_flag, command
 
 
 DEFAULTS = CodingSettings()
@@ -49,6 +50,7 @@ class Compress(Command):
         p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                        help="where the nets run (default cpu); a file made on cuda decodes "
                        "on cuda only")
+        add_data_dir_flag(p)
         _run_args(p)
 
     def run(self, args: argparse.Namespace) -> int:
@@ -57,7 +59,7 @@ class Compress(Command):
         out = Path(args.out)
         _check_free(out)
         settings = CodingSettings(latent_bits=args.latent_bits, batch_size=args.batch_size)
-        model, cfg = load_run(args.run, args.which)
+        model, cfg = load_run(args.run, args.which, data_dir=args.data_dir)
         images = _input(args, cfg, model.image_shape, levels_of(model))
         stats: dict = {}
         t0 = time.perf_counter()
@@ -119,7 +121,7 @@ class Decompress(Command):
         _run_args(p)
 
     def run(self, args: argparse.Namespace) -> int:
-        from ...data.images import ImageFile, write_images
+        from ...data.images import ImageFile, check_meta, write_images
         from ...runs.rundir import load_run
 
         out = Path(args.out)
@@ -128,8 +130,12 @@ class Decompress(Command):
         if not src.is_file():
             raise ConfigError(f"{src} is not a file")
         model, _ = load_run(args.run, args.which)
+        data = src.read_bytes()
+        header = read_header(data)  # the model, and how to restore the images: before decoding
+        check_model(model, header)
+        check_meta(header["meta"], (header["count"], *header["image_shape"]), out)
         t0 = time.perf_counter()
-        images, header = unpack(model, src.read_bytes(), progress=not args.no_progress)
+        images, header = unpack(model, data, progress=not args.no_progress)
         seconds = time.perf_counter() - t0
         write_images(ImageFile(images, header["meta"]), out)
         print(f"{len(images)} images -> {out} (checksum verified); {seconds:.1f} s, "

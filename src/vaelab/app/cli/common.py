@@ -109,6 +109,13 @@ def add_run_args(p: argparse.ArgumentParser, runs: bool = False) -> None:
                    help="checkpoint: best (the best validation score of the trained "
                    "objective, the default) or last")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    add_data_dir_flag(p)
+
+
+def add_data_dir_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", metavar="DIR", help="where the run's data set is (default: "
+                   "the run's own setting; a model exported or from hf:// brings none, so "
+                   "give it for a folder or idx data set)")
 
 
 def add_progress_flag(p: argparse.ArgumentParser) -> None:
@@ -123,7 +130,7 @@ def load(args: argparse.Namespace):
     from ...runs.rundir import load_run
 
     _, device = join(resolve_device(args.device))
-    model, cfg = load_run(args.run, args.which, device)
+    model, cfg = load_run(args.run, args.which, device, args.data_dir)
     return model, cfg, load_data(cfg.data, device)
 
 

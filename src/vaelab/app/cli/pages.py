@@ -51,7 +51,7 @@ class Report(Command):
         from ..report import write_report
 
         out = write_report(args.run, args.out, device=args.device, which=args.which,
-                           seed=args.seed)
+                           seed=args.seed, data_dir=args.data_dir)
         print(f"report: {out}")
         return 0
 
@@ -71,7 +71,7 @@ class Compare(Command):
         if len(set(args.runs)) < 2:
             raise ConfigError("compare needs at least two different run directories")
         out = write_comparison(args.runs, args.out, device=args.device, which=args.which,
-                               seed=args.seed)
+                               seed=args.seed, data_dir=args.data_dir)
         print(f"comparison: {out}")
         return 0
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import Command, command
+from .common import Command, add_data_dir_flag, command
 
 
 @command("serve")
@@ -25,6 +25,7 @@ class Serve(Command):
                        help="address to listen on (default 127.0.0.1: this machine only)")
         p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
         p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
+        add_data_dir_flag(p)
 
     def run(self, args: argparse.Namespace) -> int:
         from ...devices import resolve_device
@@ -47,7 +48,7 @@ class Serve(Command):
         def ready(server) -> None:
             print(f"open http://{host}:{args.port}/  (Ctrl-C stops)", flush=True)
 
-        serve(args.runs, args.host, args.port, str(device), ready)
+        serve(args.runs, args.host, args.port, str(device), ready, args.data_dir)
         return 0
 
     def interrupted(self, args: argparse.Namespace) -> str:
