@@ -152,28 +152,30 @@ def test_names_come_from_the_module_that_defines_them():
     assert not wrong, "\n".join(wrong)
 
 
+def _modules_of(name: str, path: Path, node: ast.AST) -> set[str]:
+    """The modules an import statement loads (``from . import x`` loads the module x)."""
+    if isinstance(node, ast.Import):
+        return {a.name for a in node.names}
+    if not isinstance(node, ast.ImportFrom):
+        return set()
+    mod = _target(name, path, node) if node.level else node.module or ""
+    known = modules()
+    subs = {f"{mod}.{a.name}".lstrip(".") for a in node.names}
+    return (subs & set(known)) or {mod}
+
+
 def test_no_function_imports_what_its_module_has_imported():
     """A function-local import is for start-up time (a module loaded only when used); one
     of a module the file imports at its top anyway is noise."""
     wrong = []
     for name, path in modules().items():
         tree = _tree(path)
-        top = {_target(name, path, n) for n in tree.body
-               if isinstance(n, ast.ImportFrom) and n.level}
-        top |= {a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names}
-        top |= {n.module for n in tree.body
-                if isinstance(n, ast.ImportFrom) and not n.level and n.module}
+        top = {m for n in tree.body for m in _modules_of(name, path, n)}
         for f in ast.walk(tree):
             if not isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
-            for n in ast.walk(f):
-                if isinstance(n, ast.ImportFrom):
-                    mod = _target(name, path, n) if n.level else n.module
-                    if mod in top:
-                        wrong.append(f"{name}.{f.name} imports {mod} again")
-                elif isinstance(n, ast.Import):
-                    wrong += [f"{name}.{f.name} imports {a.name} again"
-                              for a in n.names if a.name in top]
+            wrong += [f"{name}.{f.name} imports {m} again" for n in ast.walk(f)
+                      for m in _modules_of(name, path, n) if m in top]
     assert not wrong, "\n".join(wrong)
 
 

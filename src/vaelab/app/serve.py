@@ -6,58 +6,26 @@ message when it is wrong; the server only reads its runs and never writes into t
 # (no "from __future__ import annotations": FastAPI reads the request models of the
 # handlers below from their annotations, which must be the classes themselves)
 
-import base64
-import io
 import logging
 import math
 import socket
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
 import torch
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from ..data.images import image_grid
 from ..errors import ConfigError
 from .explore import Explorer
 from .guard import BodyLimit, server_settings
+from .pictures import heatmap, png
 
 log = logging.getLogger(__name__)
 MAX_IMAGES = 400  # images per request
 MAX_Z = 50.0  # |z| of a requested code
-
-
-def png(images: torch.Tensor, nrow: int | None = None, scale: int = 1
-        ) -> str:
-    """(N, C, H, W) in [0, 1] -> a PNG data URL of their grid."""
-    from PIL import Image as Picture
-
-    grid = image_grid(images, nrow or len(images), pad=1 if len(images) > 1 else 0)
-    pic = Picture.fromarray((np.clip(grid, 0, 1) * 255).round().astype(np.uint8))
-    if scale > 1:
-        pic = pic.resize((pic.width * scale, pic.height * scale), Picture.Resampling.NEAREST)
-    buf = io.BytesIO()
-    pic.save(buf, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def heatmap(log_density: torch.Tensor) -> str:
-    """A log-density on a grid (n, n), rows along z1 and columns along z2 -> a PNG data URL
-    (z2 upwards), brighter where more probable."""
-    from PIL import Image as Picture
-
-    d = log_density.double()
-    d = (d - d.max()).exp().T.flip(0)  # (z2 rows, top = high), density / its peak
-    a = (d.clamp(0, 1) ** 0.5 * 255).round().to(torch.uint8).numpy()
-    rgb = np.stack([a, (a * 0.6).astype(np.uint8), 255 - a], -1)
-    buf = io.BytesIO()
-    Picture.fromarray(rgb).resize((4 * a.shape[1], 4 * a.shape[0]),
-                                  Picture.Resampling.BILINEAR).save(buf, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 WEB = resources.files(__package__) / "web"  # the page, its script and style
@@ -215,13 +183,15 @@ def interpolate(request: Request, req: Interpolate):
     return {"images": png(path, len(path), scale=3)}
 
 
-def create_app(runs: dict[str, Explorer]) -> FastAPI:
-    """The FastAPI app over ``runs`` (name -> Explorer)."""
+def create_app(runs: dict[str, Explorer], first: tuple[APIRouter, ...] = ()) -> FastAPI:
+    """The FastAPI app over ``runs`` (name -> Explorer); the routes of ``first`` come
+    before the explorer's own."""
     app = FastAPI(title="vaelab explorer", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.runs = runs
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(HTTPException, http_error)
-    app.include_router(router)
+    for r in (*first, router):
+        app.include_router(r)
     return app
 
 
@@ -240,24 +210,34 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000,
-          device: str = "cpu", ready=None, data_dir: str | None = None) -> None:
-    """Load the runs and serve them until interrupted (the port is taken first)."""
-    import uvicorn
-
-    sock = listen(host, port)
+def explorers(specs: list[str], device: str = "cpu", data_dir: str | None = None
+              ) -> dict[str, Explorer]:
+    """name -> Explorer for each run (a run's folder name, or USER/REPO for hf://)."""
     runs = {}
     for spec in specs:
         name = Path(spec).name if not str(spec).startswith("hf://") else str(spec)[5:]
         while name in runs:
             name += "'"
         runs[name] = Explorer(spec, device, data_dir)
+    return runs
+
+
+def run_server(app: FastAPI, sock: socket.socket, host: str, ready=None) -> None:
+    """Serve ``app`` (behind the guard's limits) on ``sock`` until interrupted."""
+    import uvicorn
+
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: anyone who can reach this address can use the models "
                     "(the default, 127.0.0.1, is this machine only)", host)
-    config = uvicorn.Config(BodyLimit(create_app(runs)), host=host, port=port,
-                            log_level="warning", **server_settings())
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn.Config(BodyLimit(app), log_level="warning",
+                                           **server_settings()))
     if ready is not None:
         ready(server)
     server.run(sockets=[sock])
+
+
+def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000,
+          device: str = "cpu", ready=None, data_dir: str | None = None) -> None:
+    """Load the runs and serve them until interrupted (the port is taken first)."""
+    sock = listen(host, port)
+    run_server(create_app(explorers(specs, device, data_dir)), sock, host, ready)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import save as st_save
 
 from ..config import Config
@@ -105,3 +106,14 @@ def restore_checkpoint(run_dir: Path, model: VAE, opt: torch.optim.Optimizer,
                        "resumed from it (its best weights, model.safetensors, are intact)") \
             from None
     return state
+
+
+def read_trained_epochs(run_dir: Path) -> int:
+    """The epochs the checkpoint in ``run_dir`` holds (0 if there is none, or it is damaged:
+    :func:`restore_checkpoint` says what is wrong)."""
+    try:
+        with safe_open(str(run_dir / "checkpoint.safetensors"), "pt") as f:
+            epoch = json.loads((f.metadata() or {}).get("state", "{}")).get("epoch", 0)
+    except Exception:  # missing or damaged; safetensors raises its own error types
+        return 0
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else 0

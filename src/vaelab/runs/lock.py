@@ -3,11 +3,11 @@ and a directory is started afresh or resumed only when its files say so
 (:func:`check_run_dir`)."""
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from ..errors import RunError
+from .checkpoint import read_trained_epochs
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +31,8 @@ def check_run_dir(run_dir: Path, resume: bool, epochs: int) -> None:
         if not (run_dir / "model.safetensors").is_file():
             raise RunError(f"cannot resume: {run_dir / 'model.safetensors'} (the best weights "
                            "so far) is missing; restore it, or start a new run")
-        try:
-            from safetensors import safe_open
-
-            with safe_open(str(done), "pt") as f:
-                trained = json.loads((f.metadata() or {}).get("state", "{}")).get("epoch", 0)
-        except Exception:  # a damaged checkpoint: restore_checkpoint says so
-            trained = 0
-        if isinstance(trained, int) and trained >= epochs:
+        trained = read_trained_epochs(run_dir)
+        if trained >= epochs:
             raise RunError(f"{run_dir} has trained {trained} epochs already; give --epochs "
                            f"greater than {trained} to train on")
         return

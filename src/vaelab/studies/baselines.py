@@ -76,6 +76,13 @@ class FactorizedGaussian:
     def log_prob(self, x: Tensor) -> Tensor:
         return discretized_normal_log_prob(x.double(), self.loc, self.scale, self.levels).sum(-1)
 
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n draws (n, D): a Gaussian draw per pixel, taken to its level's bin (the end
+        bins hold the tails), which is a draw from the discretized Gaussian."""
+        eps = torch.randn((n, *self.loc.shape), generator=generator, dtype=self.loc.dtype)
+        k = self.levels - 1
+        return torch.round((self.loc + self.scale * eps).clamp(0, 1) * k) / k
+
     def n_params(self) -> int:
         return 2 * self.loc.numel()
 

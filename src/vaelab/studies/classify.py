@@ -47,7 +47,7 @@ def fixed_view(data: Data, seed: int) -> Data:
         binarize="static")
 
 
-def _codes(task: Task, model: VAE, name: str, seconds: float) -> None:
+def add_codes(task: Task, model: VAE, name: str, seconds: float) -> None:
     """Posterior means of the (fixed-view) training and test images."""
     task.features[name] = (latent_means(model, task.data.train).cpu(),
                            latent_means(model, task.data.test).cpu(), seconds)
@@ -56,12 +56,12 @@ def _codes(task: Task, model: VAE, name: str, seconds: float) -> None:
 def learn_features(task: Task, vae: VAE, vae_seconds: float, data: Data) -> dict[str, VAE]:
     """Codes of the run's VAE, and of an autoencoder of the same size trained here on the
     same (unlabelled) training images."""
-    _codes(task, vae, "VAE", vae_seconds)
+    add_codes(task, vae, "VAE", vae_seconds)
     cfg = task.cfg.override(autoencoder=True, kl_warmup=0,
                             epochs=task.epochs_for(len(data.train)))
     t0 = time.perf_counter()
     ae = train(cfg, fresh_run(task.out_dir / "autoencoder"), data=data, progress=False).model
-    _codes(task, ae, "autoencoder", time.perf_counter() - t0)
+    add_codes(task, ae, "autoencoder", time.perf_counter() - t0)
     return {"VAE": vae, "autoencoder": ae}
 
 

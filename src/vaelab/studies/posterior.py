@@ -40,7 +40,8 @@ def posterior_grid(model: VAE, x: Tensor, n: int = 201, extent: float = 5.0,
     A coarse grid over [-extent, extent]^2 finds where the posterior has mass (cells above
     ``mass`` times the largest); a second n x n grid over that box, widened by two coarse
     cells, integrates. Returns one dict per image: ``log_px``, ``zs`` (the two axes),
-    ``log_post`` and ``log_q`` (n, n)."""
+    ``log_post`` and ``log_q`` (n, n), and the two factors of Bayes rule, ``log_lik``
+    log p(x|z) and ``log_prior`` log p(z) (n, n)."""
     model.require_planar("the posterior grid")
     model.eval()
     dev = model.device
@@ -53,9 +54,13 @@ def posterior_grid(model: VAE, x: Tensor, n: int = 201, extent: float = 5.0,
         z = torch.stack(torch.meshgrid(a, b, indexing="ij"), -1).reshape(-1, 2)  # (n*n, 2)
         return a, b, z, (a[1] - a[0]) * (b[1] - b[0])
 
+    def log_terms(z: Tensor, xi: Tensor) -> tuple[Tensor, Tensor]:  # (n*n,) each
+        lik = torch.cat([model.decode(zc).log_prob(xi) for zc in z.split(4096)])
+        return lik, prior.log_prob(z)
+
     def log_joint(z: Tensor, xi: Tensor) -> Tensor:  # (n*n,)
-        return torch.cat([model.decode(zc).log_prob(xi) + prior.log_prob(zc)
-                          for zc in z.split(4096)])
+        lik, pri = log_terms(z, xi)
+        return lik + pri
 
     lim = torch.tensor([extent, extent], device=dev, dtype=x.dtype)
     a, b, zc, _ = grid(-lim, lim)
@@ -65,10 +70,12 @@ def posterior_grid(model: VAE, x: Tensor, n: int = 201, extent: float = 5.0,
         lj = log_joint(zc, xi)
         keep = zc[lj > lj.max() + math.log(mass)]
         a, b, z, area = grid(keep.min(0).values - 2 * step, keep.max(0).values + 2 * step)
-        lj = log_joint(z, xi)
+        lik, pri = log_terms(z, xi)
+        lj = lik + pri
         log_px = torch.logsumexp(lj, 0) + torch.log(area)
         q = independent_normal(q_all.mean[i], q_all.stddev[i])
         out.append({"log_px": log_px.item(), "zs": (a.cpu(), b.cpu()),
                     "log_post": (lj - log_px).reshape(n, n).cpu(),
-                    "log_q": q.log_prob(z).reshape(n, n).cpu()})
+                    "log_q": q.log_prob(z).reshape(n, n).cpu(),
+                    "log_lik": lik.reshape(n, n).cpu(), "log_prior": pri.reshape(n, n).cpu()})
     return out

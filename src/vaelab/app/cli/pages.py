@@ -1,10 +1,13 @@
-"""Commands that draw and list: ``sample``, ``report``, ``compare``, ``datasets``."""
+"""Commands that draw and list: ``sample``, ``report``, ``compare``, ``datasets``,
+``lecture``."""
 from __future__ import annotations
 
 import argparse
+import time
 
 from ...errors import ConfigError
-from .common import Command, add_run_args, at_least, command, load, positive
+from .common import (Command, add_progress_flag, add_run_args, at_least, command, load,
+                     positive)
 
 
 @command("sample")
@@ -89,3 +92,60 @@ class Datasets(Command):
         for name, ds in DATASETS.items():
             print(f"{name:14s} {ds.where(args.data_dir)}")
         return 0
+
+
+@command("lecture")
+class Lecture(Command):
+    """the lecture on VAEs as one page, computed on your models"""
+
+    description = (
+        "Write one self-contained page that walks the lecture from maximum likelihood to "
+        "imagination (sections: mle, bayes, gen-disc, autoencoder, compress, vae, learning, "
+        "imagination, results), each idea computed on your models. With no RUN it trains "
+        "what it needs on the bundled digits (a VAE, the same with a 2-D latent, an "
+        "autoencoder; cached, so a second call is quick); with RUNs it uses them in their "
+        "roles and trains only what is missing. --serve: the page live, its controls "
+        "answered by the models (needs vaelab[serve]).")
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("runs", metavar="RUN", nargs="*",
+                       help="a VAE, a 2-D latent VAE and/or an autoencoder run (or hf://)")
+        p.add_argument("--out", metavar="DIR", default="lecture",
+                       help="where index.html goes (default: ./lecture)")
+        p.add_argument("--k", type=int, default=1000,
+                       help="importance samples for the VAE's log p(x) (default 1000)")
+        p.add_argument("--serve", action="store_true", help="serve the page live")
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=8000)
+        p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="cpu")
+        p.add_argument("--seed", type=int, default=0)
+        add_progress_flag(p)
+
+    def run(self, args: argparse.Namespace) -> int:
+        from ..lecture import describe, prepare, serve_lecture, write_lecture
+
+        at_least(args.k, 1, "--k")
+        sock = None
+        if args.serve:  # the port first: nothing is trained for a server that cannot start
+            try:
+                from ..serve import listen
+            except ImportError:
+                raise ConfigError("--serve needs FastAPI and uvicorn: pip install "
+                                  "'vaelab[serve]'") from None
+            sock = listen(args.host, args.port)
+        t0 = time.perf_counter()
+        lec = prepare(args.runs, args.device, progress=not args.no_progress)
+        path, _ = write_lecture(lec, args.out, args.k, args.seed, live=bool(sock))
+        print(describe(lec))
+        print(f"lecture: {path} ({time.perf_counter() - t0:.0f} s)")
+        if sock is not None:
+            text = path.read_text(encoding="utf-8")
+
+            def ready(server) -> None:
+                print(f"open http://{args.host}:{args.port}/  (Ctrl-C stops)", flush=True)
+
+            serve_lecture(lec, text, sock, args.host, ready)
+        return 0
+
+    def interrupted(self, args: argparse.Namespace) -> str:
+        return "\nstopped"
