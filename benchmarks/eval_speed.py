@@ -23,7 +23,7 @@ import vaelab
 from vaelab.config import Config
 from vaelab.models.vae import VAE
 from vaelab.objectives import log_weights
-from vaelab.studies.evaluate import log_likelihood
+from vaelab.objectives import log_likelihood
 
 sys.path.insert(0, os.path.dirname(__file__))
 from common import flops, hardware, matmul_rate, sync  # noqa: E402

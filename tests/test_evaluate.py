@@ -4,7 +4,7 @@ import math
 import torch
 from test_objectives import LinearGaussian
 
-from vaelab.studies.evaluate import log_likelihood
+from vaelab.objectives import log_likelihood
 
 
 def test_exact_posterior_gives_exact_log_likelihood():

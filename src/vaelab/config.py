@@ -35,6 +35,7 @@ SWITCHES = ("auto", "no", "yes")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16")
 OBJECTIVES = ("elbo", "iwae")
+SELECTS = ("elbo", "nll")
 LR_SCHEDULES = ("constant", "cosine", "iwae", "plateau")
 
 
@@ -163,6 +164,19 @@ class TrainConfig:
     samples: int = field(default=1, metadata=_help(
         "samples of z per example: Monte-Carlo samples of the ELBO, or the k of the IWAE "
         "bound"))
+    select: str = field(default="elbo", metadata=_help(
+        "what chooses model.safetensors: elbo (the validation bound of the objective "
+        "trained) or nll (an importance-sampled validation log-likelihood, estimated every "
+        "select_every epochs and at the last: the number the literature reports)",
+        choices=SELECTS))
+    select_every: int = field(default=0, metadata=_help(
+        "select = nll: epochs between estimates; 0: as often as costs about a tenth of the "
+        "training time (from the sizes; the same on a resumed run)"))
+    select_k: int = field(default=100, metadata=_help(
+        "select = nll: importance samples of the validation estimate"))
+    select_images: int = field(default=1000, metadata=_help(
+        "select = nll: validation images of the estimate (the first ones, the same each "
+        "time, with the same seed)"))
     objective: str = field(default="elbo", metadata=_help(
         "elbo, or iwae: the importance-weighted bound with k = samples (Burda et al. 2016)",
         choices=OBJECTIVES))
@@ -221,6 +235,13 @@ class TrainConfig:
         if self.kl_warmup < 0:
             raise ConfigError(f"kl_warmup must be >= 0, got {self.kl_warmup}")
         _check_choice("objective", self.objective, OBJECTIVES)
+        _check_choice("select", self.select, SELECTS)
+        for name in ("select_k", "select_images"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.select_every < 0:
+            raise ConfigError(f"select_every must be >= 0 (0: automatic), got "
+                              f"{self.select_every}")
         if self.free_bits < 0:
             raise ConfigError(f"free_bits must be >= 0, got {self.free_bits}")
         if self.objective == "iwae" and (self.beta != 1 or self.kl_warmup or self.free_bits

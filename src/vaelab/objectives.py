@@ -21,6 +21,7 @@ from torch.distributions import Distribution
 from torch.distributions import kl_divergence as _analytic_kl
 
 from .devices import SINGLE, World
+from .noise import seeded
 
 Tensor = torch.Tensor
 
@@ -148,3 +149,63 @@ def mean_stderr(values: Tensor) -> tuple[float, float]:
     v = values.double()
     se = (v.std() / math.sqrt(len(v))).item() if len(v) > 1 else 0.0
     return v.mean().item(), se
+
+
+def default_budget(device: torch.device) -> int:
+    """Floats per chunk: cache-sized on a CPU (larger chunks only add page faults; measured
+    in benchmarks/eval_speed.py), an eighth of the free memory on a GPU."""
+    if device.type == "cuda":
+        return max(1 << 22, torch.cuda.mem_get_info(device)[0] // (4 * 8))
+    return 1 << 22
+
+
+def _chunk(model, k: int, batch: int, budget: int) -> int:
+    """Samples per chunk so that (chunk, batch, widest layer) floats stay within budget."""
+    c, h, w = model.image_shape
+    widest = max([model.likelihood.out_channels(c) * h * w,
+                  model.prior.floats_per_code] +  # a mixture prior's (K, L)
+                 [m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)])
+    return max(1, min(k, budget // (batch * widest)))
+
+
+def image_batches(model, data, batch_size: int, labels: Tensor | None = None):
+    """(x, y) pairs of a split or of a tensor of images; y is None unless the model is
+    conditional (then the split's labels, or ``labels``)."""
+    if not isinstance(data, Tensor):  # a Split
+        if model.classes:
+            yield from data.batches(batch_size, labels=True)
+        else:
+            yield from ((x, None) for x in data.batches(batch_size))
+        return
+    if model.classes and labels is None:
+        raise ValueError("a conditional model needs the labels of the images")
+    for i in range(0, len(data), batch_size):
+        yield data[i:i + batch_size], None if labels is None else labels[i:i + batch_size]
+
+
+@torch.no_grad()
+def log_likelihood(model, data, k: int = 5000, batch_size: int = 100,
+                   seed: int = 0, budget: int | None = None, progress: bool = False,
+                   labels: Tensor | None = None) -> Tensor:
+    """Importance-sampled log p(x) in nats for every image of ``data`` (a split or a
+    tensor of images), shape (N,): log (1/k) sum_k w_k with the log-weights of
+    :func:`log_weights`, chunked over k so that a chunk's decoder output fits ``budget``
+    floats, combined by a running logsumexp. Seeded; the caller's RNG is left untouched.
+    For a conditional model log p(x|y), with the split's labels or ``labels`` (N,)."""
+    model.eval()
+    out = []
+    chunk = _chunk(model, k, batch_size, budget or default_budget(model.device))
+    from tqdm.auto import tqdm  # (not at import: vaelab's import stays light)
+
+    with seeded(seed, model.device):
+        bar = tqdm(total=len(data), desc=f"log p(x), k={k}", unit="img",
+                   disable=None if progress else True, leave=False)
+        for x, y in image_batches(model, data, batch_size, labels):
+            acc = torch.full((x.shape[0],), -math.inf, device=x.device)
+            for start in range(0, k, chunk):
+                lw = log_weights(model, x, min(chunk, k - start), y).float()  # (kc, B)
+                acc = torch.logaddexp(acc, torch.logsumexp(lw, dim=0))
+            out.append(acc - math.log(k))
+            bar.update(x.shape[0])
+        bar.close()
+    return torch.cat(out) if out else torch.zeros(0, device=model.device)

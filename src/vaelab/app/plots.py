@@ -136,7 +136,8 @@ def posterior_figure(images: Tensor, grids: list[dict], path: str | Path,
 def training_curves(history: list[dict], path: str | Path, title: str | None = None) -> Path:
     """ELBO, reconstruction term and KL per epoch, training and validation (nats); the
     trained weights' validation ELBO beside their moving average's when the run keeps one,
-    and the learning rate when it changes over the run."""
+    the validation log-likelihood estimates of a run that selects on them, and the learning
+    rate when it changes over the run."""
     epochs = [m["epoch"] for m in history]
     lrs = [m.get("lr") for m in history]
     scheduled = None not in lrs and len(set(lrs)) > 1
@@ -152,8 +153,13 @@ def training_curves(history: list[dict], path: str | Path, title: str | None = N
         if online:
             ax.plot(epochs, [m["val_elbo_online"] for m in history], "--", lw=1,
                     label="validation, trained weights")
-        lo, hi = (min(m[f"val_{key}"] for m in history[len(history) // 10:]),
-                  max(m[f"val_{key}"] for m in history[len(history) // 10:]))
+        estimated = [m for m in history if "val_log_px" in m] if key == "elbo" else []
+        if estimated:  # select = nll: the estimates that chose the best weights
+            ax.plot([m["epoch"] for m in estimated], [m["val_log_px"] for m in estimated],
+                    "o-", ms=3, lw=1, label="validation log p(x), importance-sampled")
+        tail = [m[f"val_{key}"] for m in history[len(history) // 10:]] + \
+            [m["val_log_px"] for m in estimated[len(estimated) // 10:]]
+        lo, hi = min(tail), max(tail)
         pad = 0.5 * (hi - lo) + 1e-3
         ax.set_ylim(lo - pad, hi + pad)  # the tail of the curve, not epoch 1
         ax.set_title(f"{label} (nats)", fontsize=11)

@@ -222,6 +222,9 @@ def run_rows(s: RunSummary) -> list[tuple[str, str]]:
             ("validation ELBO", f"{best['val_elbo']:.2f} nats" +
              (f" ({bpd:.4f} bits/dim)" if bpd else "") + f" at epoch {best['epoch']}, the "
              f"weights shown" if best else "–"),
+            *([("validation −log p(x)", f"{-best['val_log_px']:.2f} nats (importance-sampled, "
+                f"k = {t.select_k}, {t.select_images} images): what chose the weights")]
+              if best and "val_log_px" in best else []),
             ("test −log p(x)", f"{ev['nll']:.2f} ± {ev['nll_stderr']:.2f} nats (k = {ev['k']})"
              if ev else "–"),
             ("active units", f"{s.diagnostics['active_units']} of "

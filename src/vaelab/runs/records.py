@@ -76,7 +76,10 @@ def _read_result(path: Path) -> dict:
 
 def selection(tc) -> tuple[str, str]:
     """(metrics key, words) of the validation number the best checkpoint is chosen on: the
-    objective the run trains, with beta = 1."""
+    objective the run trains, with beta = 1, or the importance-sampled log-likelihood."""
+    if tc.select == "nll" and not tc.autoencoder:
+        return "val_log_px", (f"validation log-likelihood (importance-sampled, k = "
+                              f"{tc.select_k}, the first {tc.select_images} images)")
     if tc.autoencoder:
         return "val_recon", "validation reconstruction log p(x|z=E_q[z|x])"
     if tc.objective == "iwae":

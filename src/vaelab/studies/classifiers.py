@@ -36,7 +36,7 @@ from ..models.vae import VAE
 from ..noise import seeded
 from ..registry import Registry
 from ..training.loop import train
-from .evaluate import log_likelihood
+from ..objectives import log_likelihood
 
 Tensor = torch.Tensor
 log = logging.getLogger(__name__)

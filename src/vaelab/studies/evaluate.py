@@ -19,70 +19,13 @@ from ..data.splits import Data, Split
 from ..devices import SINGLE, World
 from ..models.vae import VAE
 from ..noise import seeded
-from ..objectives import bits_per_dim, elbo_over, log_weights, mean_stderr
+from ..objectives import (bits_per_dim, elbo_over, image_batches, log_likelihood,
+                          mean_stderr)
 
 Tensor = torch.Tensor
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al. 2016: unit d is active if Cov_x(E_q[z_d]) > 0.01
 COLLAPSE_FRACTION = 0.5  # warn when fewer than this share of the latent units are active
-
-
-def default_budget(device: torch.device) -> int:
-    """Floats per chunk: cache-sized on a CPU (larger chunks only add page faults; measured
-    in benchmarks/eval_speed.py), an eighth of the free memory on a GPU."""
-    if device.type == "cuda":
-        return max(1 << 22, torch.cuda.mem_get_info(device)[0] // (4 * 8))
-    return 1 << 22
-
-
-def _chunk(model: VAE, k: int, batch: int, budget: int) -> int:
-    """Samples per chunk so that (chunk, batch, widest layer) floats stay within budget."""
-    c, h, w = model.image_shape
-    widest = max([model.likelihood.out_channels(c) * h * w,
-                  model.prior.floats_per_code] +  # a mixture prior's (K, L)
-                 [m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)])
-    return max(1, min(k, budget // (batch * widest)))
-
-
-def _batches(model: VAE, data: Split | Tensor, batch_size: int, labels: Tensor | None = None):
-    """(x, y) pairs of a split or of a tensor of images; y is None unless the model is
-    conditional (then the split's labels, or ``labels``)."""
-    if isinstance(data, Split):
-        if model.classes:
-            yield from data.batches(batch_size, labels=True)
-        else:
-            yield from ((x, None) for x in data.batches(batch_size))
-        return
-    if model.classes and labels is None:
-        raise ValueError("a conditional model needs the labels of the images")
-    for i in range(0, len(data), batch_size):
-        yield data[i:i + batch_size], None if labels is None else labels[i:i + batch_size]
-
-
-@torch.no_grad()
-def log_likelihood(model: VAE, data: Split | Tensor, k: int = 5000, batch_size: int = 100,
-                   seed: int = 0, budget: int | None = None, progress: bool = False,
-                   labels: Tensor | None = None) -> Tensor:
-    """Importance-sampled log p(x) in nats for every image of ``data`` (a split or a
-    tensor of images), shape (N,). For a conditional model log p(x|y), with the split's
-    labels or ``labels`` (N,)."""
-    model.eval()
-    out = []
-    chunk = _chunk(model, k, batch_size, budget or default_budget(model.device))
-    from tqdm.auto import tqdm
-
-    with seeded(seed, model.device):
-        bar = tqdm(total=len(data), desc=f"log p(x), k={k}", unit="img",
-                   disable=None if progress else True, leave=False)
-        for x, y in _batches(model, data, batch_size, labels):
-            acc = torch.full((x.shape[0],), -math.inf, device=x.device)
-            for start in range(0, k, chunk):
-                lw = log_weights(model, x, min(chunk, k - start), y).float()  # (kc, B)
-                acc = torch.logaddexp(acc, torch.logsumexp(lw, dim=0))
-            out.append(acc - math.log(k))
-            bar.update(x.shape[0])
-        bar.close()
-    return torch.cat(out) if out else torch.zeros(0, device=model.device)
 
 
 @torch.no_grad()
@@ -91,7 +34,7 @@ def latent_diagnostics(model: VAE, data: Split | Tensor, batch_size: int = 1000)
     model.eval()
     means, kls = [], []
     prior = model.prior()
-    for x, y in _batches(model, data, batch_size):
+    for x, y in image_batches(model, data, batch_size):
         q = model.encode(x, y)
         means.append(q.mean)
         try:  # per-dimension KL: analytic where the prior factorizes like q

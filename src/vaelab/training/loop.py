@@ -5,6 +5,7 @@ resumed), then per epoch ``train_epoch`` (one :class:`~.step.Stepper` call per b
 in one place: :mod:`vaelab.training`."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -22,7 +23,7 @@ from ..devices import World, current_world, join, resolve_device
 from ..errors import RunError
 from ..files import atomic_write
 from ..models.vae import VAE
-from ..objectives import bits_per_dim, elbo_over, unpack
+from ..objectives import bits_per_dim, elbo_over, log_likelihood, unpack
 from ..runs.checkpoint import TrainState, restore_checkpoint, save_checkpoint
 from ..runs.lock import RunLock, check_run_dir
 from ..runs.records import read_metrics, selection
@@ -146,7 +147,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, data: Data | None, progress
         for epoch in range(s.state.epoch + 1, tc.epochs + 1):
             bar.set_description(f"epoch {epoch}/{tc.epochs}")
             m = train_epoch(s, stepper, epoch, bar)
-            val, n_val = validate(s)
+            val, n_val = validate(s, epoch)
             if n_val and not math.isfinite(val["val_elbo"]):
                 raise _diverged(s, epoch, None, "the validation ELBO")
             record(s, {**m, **val}, n_val > 0, board)
@@ -272,9 +273,20 @@ def train_epoch(s: Session, stepper: Stepper, epoch: int, bar) -> dict:
     return m
 
 
-def validate(s: Session) -> tuple[dict, int]:
-    """The validation ELBO, its terms and bits/dim (and the IWAE bound the run trains), and
-    the number of validation images."""
+def select_every(tc, n_train: int, n_val: int) -> int:
+    """Epochs between the validation log-likelihood estimates of ``select = "nll"``: the
+    setting, or as often as costs about a tenth of training (an estimate is k forward
+    passes of each of its images; an epoch, about three per image and sample)."""
+    if tc.select_every:
+        return tc.select_every
+    cost = tc.select_k * min(tc.select_images, n_val)
+    return max(1, math.ceil(cost / (0.1 * 3 * n_train * tc.samples)))
+
+
+def validate(s: Session, epoch: int) -> tuple[dict, int]:
+    """The validation ELBO, its terms and bits/dim (and the IWAE bound the run trains), the
+    importance-sampled log-likelihood when ``select = "nll"`` estimates it this epoch (the
+    first, every ``select_every``-th and the last), and the number of validation images."""
     tc = s.cfg.train
     iwae_k = tc.samples if tc.objective == "iwae" else 0
 
@@ -289,6 +301,13 @@ def validate(s: Session) -> tuple[dict, int]:
     out = {"val_elbo": val["elbo"], "val_recon": val["recon"], "val_kl": val["kl"],
            "val_bits_per_dim": bits_per_dim(-val["elbo"], dims, s.model.likelihood.discrete),
            **({f"val_iwae{iwae_k}": val["iwae"]} if iwae_k else {})}
+    n_val = len(s.data.val)
+    if tc.select == "nll" and not tc.autoencoder and n_val and (
+            epoch in (1, tc.epochs) or epoch % select_every(tc, len(s.data.train), n_val) == 0):
+        first = s.data.val.subset(torch.arange(min(tc.select_images, n_val),
+                                               device=s.data.val.images.device))
+        out["val_log_px"] = log_likelihood(s.evaluated, first, tc.select_k,
+                                           seed=tc.seed).mean().item()  # same seed each time
     if s.average and val["n"]:  # the weights being trained, beside their average
         online = bound(s.model, iwae_k)
         out["val_elbo_online"] = online["elbo"]
@@ -308,13 +327,14 @@ def record(s: Session, m: dict, has_val: bool, board: "TensorBoard | None") -> N
     s.history.append(m)
     fallback = m["train_recon"] if tc.autoencoder else \
         -m["train_loss"] if tc.objective == "iwae" else m["train_elbo"]
-    score = m[selection(tc)[0]] if has_val else fallback
+    bound = m[selection(dataclasses.replace(tc, select="elbo"))[0]] if has_val else fallback
+    score = m.get(selection(tc)[0]) if has_val else fallback  # None between NLL estimates
     state = s.state
     state.epoch = m["epoch"]
-    better = score > state.best_val_elbo or state.best_epoch == 0
+    better = score is not None and (score > state.best_val_elbo or state.best_epoch == 0)
     if better:
         state.best_val_elbo, state.best_epoch = score, m["epoch"]
-    s.schedule.end_epoch(score)
+    s.schedule.end_epoch(bound)  # the plateau schedule follows the bound, every epoch
     state.schedule = s.schedule.state()
     if world.main:
         with open(s.run_dir / "metrics.jsonl", "a") as f:
@@ -335,6 +355,8 @@ def record(s: Session, m: dict, has_val: bool, board: "TensorBoard | None") -> N
         f"KL {m['train_kl']:.2f} (no validation set)"
     if s.average and has_val:
         shown += f"  (trained weights {m['val_elbo_online']:.3f})"
+    if "val_log_px" in m:
+        shown += f"  val NLL {-m['val_log_px']:.3f} (k={tc.select_k})"
     if tc.lr_schedule != "constant" or tc.lr_warmup:
         shown += f"  lr {m['lr']:.3g}"
     log.info("epoch %d/%d  train ELBO %.3f  %s  %.1fs  %.0f img/s", m["epoch"], tc.epochs,
