@@ -1,6 +1,8 @@
 """Settings chosen on validation data: train one run per setting (real `vaelab train`
 processes, several at once), and print each run's best validation ELBO, the epoch it came
-at and the training minutes it took. The test set is not touched.
+at and the training minutes it took; with ``--rank nll`` also its importance-sampled
+validation log-likelihood (``vaelab evaluate RUN --split val --k K``, seeded), which then
+orders the table (the number a user reads, not the bound). The test set is not touched.
 
 Each ``--axis KEY=V1,V2,...`` is varied on its own around the base settings (one factor
 at a time); ``--cartesian`` crosses the axes instead. Every setting runs once per seed.
@@ -8,6 +10,8 @@ Runs already in OUT are read, not trained again, so a sweep that was stopped goe
 
     python benchmarks/sweep.py --out runs/sweep-digits --seeds 0,1,2 \\
         --axis activation=relu,elu,silu,gelu --axis lr_schedule=constant,cosine
+    python benchmarks/sweep.py --out runs/sweep-digits-nll --seeds 0,1,2 --rank nll \\
+        --axis lr_schedule=constant,cosine --axis select=elbo,nll
     python benchmarks/sweep.py --out runs/sweep-fm --jobs 2 --cartesian \\
         --base "--config configs/fashion-mnist-mlp-warmup.toml --epochs 30 --kl-warmup 3" \\
         --axis lr_schedule=cosine,constant --axis ema=0.999,0
@@ -46,10 +50,11 @@ def flags(setting: dict[str, str]) -> list[str]:
     return [x for k, v in setting.items() for x in (f"--{k.replace('_', '-')}", v)]
 
 
-def run(out: Path, base: list[str], setting: dict[str, str], seed: int, threads: int) -> Path:
+def run(out: Path, base: list[str], setting: dict[str, str], seed: int, threads: int,
+        k: int = 0) -> Path:
     run_dir = out / name(setting, seed)
     if (run_dir / "done").is_file():
-        return run_dir
+        return validated(run_dir, k, threads)
     cmd = [sys.executable, "-m", "vaelab", "-q", "train", *base, *flags(setting), "--seed",
            str(seed), "--out", str(run_dir), "--no-progress"]
     resume = (run_dir / "checkpoint.safetensors").is_file()
@@ -61,13 +66,34 @@ def run(out: Path, base: list[str], setting: dict[str, str], seed: int, threads:
     if r.returncode != 0:
         raise SystemExit(f"{' '.join(map(shlex.quote, cmd))} failed:\n{r.stderr[-2000:]}")
     (run_dir / "done").write_text(" ".join(map(shlex.quote, cmd)) + "\n")
+    return validated(run_dir, k, threads)
+
+
+def validated(run_dir: Path, k: int, threads: int) -> Path:
+    """With k: the validation log-likelihood of the run's kept weights, recorded in
+    RUN/evaluate.json by `vaelab evaluate` (once)."""
+    if not k or _val_nll(run_dir, k) is not None:
+        return run_dir
+    cmd = [sys.executable, "-m", "vaelab", "-q", "evaluate", str(run_dir), "--split", "val",
+           "--k", str(k), "--json", "--no-progress"]
+    r = subprocess.run(cmd, capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(map(shlex.quote, cmd))} failed:\n{r.stderr[-2000:]}")
     return run_dir
 
 
-def summary(run_dir: Path) -> dict:
+def _val_nll(run_dir: Path, k: int) -> float | None:
+    path = run_dir / "evaluate.json"
+    entry = json.loads(path.read_text()).get(f"val, k={k}, best") if path.is_file() else None
+    return entry["nll"] if entry else None
+
+
+def summary(run_dir: Path, k: int = 0) -> dict:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     best = max(rows, key=lambda m: m["val_elbo"])
     return {"val_elbo": best["val_elbo"], "epoch": best["epoch"],
+            "val_nll": _val_nll(run_dir, k) if k else None,
             "minutes": sum(m["seconds"] for m in rows) / 60,
             "s_per_epoch": statistics.median(m["seconds"] for m in rows)}
 
@@ -84,6 +110,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--jobs", type=int, default=1, help="runs at once")
     p.add_argument("--threads", type=int, default=None,
                    help="threads per run (default: the cores shared among the jobs)")
+    p.add_argument("--rank", choices=["elbo", "nll"], default="elbo",
+                   help="order the table by the best validation ELBO, or by the "
+                   "importance-sampled validation NLL of the kept weights")
+    p.add_argument("--k", type=int, default=1000, help="importance samples of --rank nll")
     args = p.parse_args(argv)
     axes = []
     for a in args.axis:
@@ -98,20 +128,30 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     todo = [(s, seed) for s in settings(axes, args.cartesian) for seed in seeds]
     with ThreadPoolExecutor(args.jobs) as pool:
-        dirs = list(pool.map(lambda t: run(args.out, base, t[0], t[1], threads), todo))
+        k = args.k if args.rank == "nll" else 0
+        dirs = list(pool.map(lambda t: run(args.out, base, t[0], t[1], threads, k), todo))
     results: dict[str, list[dict]] = {}
     for (setting, _), d in zip(todo, dirs):
         label = ", ".join(f"{k}={v}" for k, v in setting.items()) or "base"
-        results.setdefault(label, []).append(summary(d))
+        results.setdefault(label, []).append(summary(d, k))
     print(f"base: vaelab train {args.base}; seeds {args.seeds}; {threads} thread(s) per run, "
           f"{args.jobs} at once\n")
-    print("| setting | best validation ELBO (mean over seeds) | ± (sd) | best epoch | "
+    nll = f"validation NLL, k = {k} (mean) | ± (sd) | " if k else ""
+    print(f"| setting | {nll}best validation ELBO (mean over seeds) | ± (sd) | best epoch | "
           "training minutes | s/epoch |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for label, rs in sorted(results.items(), key=lambda kv: -statistics.mean(
-            r["val_elbo"] for r in kv[1])):
+    print("|---|" + "---:|" * (7 if k else 5))
+
+    def order(kv):
+        return statistics.mean(r["val_nll"] for r in kv[1]) if k else \
+            -statistics.mean(r["val_elbo"] for r in kv[1])
+
+    for label, rs in sorted(results.items(), key=order):
         v = [r["val_elbo"] for r in rs]
         sd = statistics.stdev(v) if len(v) > 1 else float("nan")
+        if k:
+            n = [r["val_nll"] for r in rs]
+            label += f" | {statistics.mean(n):.2f} | " + \
+                (f"{statistics.stdev(n):.2f}" if len(n) > 1 else "nan")
         print(f"| {label} | {statistics.mean(v):.2f} | {sd:.2f} | "
               f"{statistics.mean(r['epoch'] for r in rs):.0f} | "
               f"{statistics.mean(r['minutes'] for r in rs):.2f} | "

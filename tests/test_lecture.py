@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +15,7 @@ import time
 import pytest
 
 import vaelab
+from helpers import free_port, vaelab_server, wait_for
 from vaelab.app.lecture_page import TITLES
 from vaelab.config import Config
 
@@ -112,57 +111,24 @@ def test_a_missing_role_is_trained_once_and_cached(runs, env, tmp_path):
     assert r.returncode == 2 and "both a vae run" in r.stderr
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(browser, script, timeout=60):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = browser.execute_script(script)
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for: {script}")
-
-
 def test_live_the_controls_are_answered_by_the_models(runs, env, tmp_path, browser):
-    port = _port()
-    proc = subprocess.Popen([sys.executable, "-m", "vaelab", "-q", "lecture", str(runs / "vae"),
-                             str(runs / "plane"), str(runs / "ae"), "--out",
-                             str(tmp_path / "live"), "--serve", "--port", str(port),
-                             "--no-progress"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        deadline = time.time() + 300
+    port = free_port()
+    args = ["-q", "lecture", runs / "vae", runs / "plane", runs / "ae", "--out",
+            tmp_path / "live", "--serve", "--port", port, "--no-progress"]
+    with vaelab_server(args, port, env):
         url = f"http://127.0.0.1:{port}/"
-        while time.time() < deadline:
-            assert proc.poll() is None, proc.stderr.read()
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.5)
         browser.get(url)
-        _wait(browser, "return !document.querySelector('.live').hidden;")
+        wait_for(browser, "return !document.querySelector('.live').hidden;")
         before = browser.execute_script("return document.getElementById('mu-ll').textContent;")
         browser.execute_script("""const s = document.getElementById('mu');
             s.value = 0.05; s.dispatchEvent(new Event('input'));""")
-        _wait(browser, f"return document.getElementById('mu-ll').textContent !== {before!r};")
+        wait_for(browser, f"return document.getElementById('mu-ll').textContent !== {before!r};")
         post = browser.execute_script("return document.getElementById('bayes-post').src;")
         browser.execute_script("""const s = document.getElementById('bayes-index');
             s.value = 7; s.dispatchEvent(new Event('change'));""")
-        _wait(browser, f"return document.getElementById('bayes-post').src !== {post!r};")
+        wait_for(browser, f"return document.getElementById('bayes-post').src !== {post!r};")
         assert browser.execute_script("return document.body.dataset.bayesIndex;") == "7"
         mean = browser.execute_script("return document.getElementById('imagine-mean').src;")
         browser.execute_script("""const s = document.getElementById('temperature');
             s.value = 0.3; s.dispatchEvent(new Event('input'));""")
-        _wait(browser, f"return document.getElementById('imagine-mean').src !== {mean!r};")
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        wait_for(browser, f"return document.getElementById('imagine-mean').src !== {mean!r};")

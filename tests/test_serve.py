@@ -3,11 +3,6 @@ serving), 32 concurrent clients, and the page in headless Chromium."""
 from __future__ import annotations
 
 import concurrent.futures as cf
-import signal
-import socket
-import subprocess
-import sys
-import time
 
 import pytest
 
@@ -16,15 +11,10 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
 import vaelab  # noqa: E402
+from helpers import free_port, vaelab_server, wait_for  # noqa: E402
 from vaelab.config import Config  # noqa: E402
 
 pytestmark = pytest.mark.slow  # real processes, servers, browsers, trainings
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -41,27 +31,11 @@ def runs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(runs, tmp_path_factory):
-    port = _port()
+    port = free_port()
     before = {p: p.stat().st_mtime_ns for p in runs.rglob("*")}
-    proc = subprocess.Popen([sys.executable, "-m", "vaelab", "serve", str(runs / "four"),
-                             str(runs / "two"), str(runs / "labels"), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if httpx.get(url + "/api/runs", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.3)
-        if proc.poll() is not None:
-            pytest.fail(f"the server exited: {proc.stderr.read()}")
-    yield url
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with vaelab_server(["serve", runs / "four", runs / "two", runs / "labels", "--port", port],
+                       port):
+        yield f"http://127.0.0.1:{port}"
     after = {p: p.stat().st_mtime_ns for p in runs.rglob("*")}
     assert after == before  # the server never wrote into a run directory
 
@@ -144,44 +118,34 @@ def test_32_concurrent_clients_get_no_error(server):
 
 
 # ---- the page in Chromium ----------------------------------------------------------------
-def _wait(browser, script, timeout=30):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = browser.execute_script(script)
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for: {script}")
-
-
 def test_the_page_moves_draws_and_switches(server, browser):
     browser.set_window_size(1280, 1800)
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
     browser.get(server + "/")
-    _wait(browser, "return document.body.dataset.ready === '1';")
-    assert _wait(browser, "return document.getElementById('grid-mean').naturalWidth;") > 0
-    assert _wait(browser, "return document.getElementById('slider-image').naturalWidth;") > 0
+    wait_for(browser, "return document.body.dataset.ready === '1';")
+    assert wait_for(browser, "return document.getElementById('grid-mean').naturalWidth;") > 0
+    assert wait_for(browser, "return document.getElementById('slider-image').naturalWidth;") > 0
     # a slider moves: the decoded image changes
     before = browser.execute_script("return document.getElementById('slider-image').src;")
     browser.execute_script("""const s = document.querySelector('#sliders input');
         s.value = 2.5; s.dispatchEvent(new Event('input'));""")
-    _wait(browser, f"return document.getElementById('slider-image').src !== {before!r};")
+    wait_for(browser, f"return document.getElementById('slider-image').src !== {before!r};")
     # drawing on the canvas: the reconstruction and the numbers appear
     pad = browser.find_element(By.ID, "pad")
     ActionChains(browser).move_to_element_with_offset(pad, -40, -60).click_and_hold() \
         .move_by_offset(20, 40).move_by_offset(20, 40).move_by_offset(10, 30).release().perform()
-    _wait(browser, "return document.getElementById('enc-recon').naturalWidth > 0;")
-    text = _wait(browser, "return document.getElementById('enc-numbers').innerText;")
+    wait_for(browser, "return document.getElementById('enc-recon').naturalWidth > 0;")
+    text = wait_for(browser, "return document.getElementById('enc-numbers').innerText;")
     assert "ELBO" in text and "bits/dim" in text
     # hovering the map decodes the point under the cursor
     ActionChains(browser).move_to_element_with_offset(browser.find_element(By.ID, "map"), 30, -20)\
         .perform()
-    _wait(browser, "return document.getElementById('map-image').naturalWidth > 0;")
+    wait_for(browser, "return document.getElementById('map-image').naturalWidth > 0;")
     # another run: its own description and sliders
     browser.execute_script("""const r = document.getElementById('run');
         r.value = 'two'; r.dispatchEvent(new Event('change'));""")
-    _wait(browser, "return document.getElementById('about').textContent.includes('latent 2');")
-    _wait(browser, "return document.querySelectorAll('#sliders input').length === 2;")
+    wait_for(browser, "return document.getElementById('about').textContent.includes('latent 2');")
+    wait_for(browser, "return document.querySelectorAll('#sliders input').length === 2;")
     assert not browser.execute_script("return !document.getElementById('error').hidden;")

@@ -4,7 +4,6 @@ that is taken."""
 from __future__ import annotations
 
 import select
-import signal
 import socket
 import subprocess
 import sys
@@ -18,15 +17,10 @@ httpx = pytest.importorskip("httpx")
 
 import vaelab  # noqa: E402
 from vaelab.app.guard import HEAD_SECONDS, MAX_BODY  # noqa: E402
+from helpers import free_port, vaelab_server  # noqa: E402
 from vaelab.config import Config  # noqa: E402
 
 pytestmark = pytest.mark.slow  # a server process, hundreds of connections
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rss_mb(pid: int) -> float:
@@ -45,25 +39,9 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(run):
-    port = _port()
-    proc = subprocess.Popen([sys.executable, "-m", "vaelab", "serve", str(run), "--port",
-                             str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if httpx.get(url + "/api/runs", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.3)
-        assert proc.poll() is None, proc.stderr.read()
-    yield port, proc
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    port = free_port()
+    with vaelab_server(["serve", run, "--port", port], port) as proc:
+        yield port, proc
 
 
 def _status(sock: socket.socket) -> int:
