@@ -23,6 +23,7 @@ def small(**kw) -> Config:
     return Config().override(**{**base, **kw})
 
 
+@pytest.mark.slow
 def test_the_best_weights_are_the_best_estimate_and_training_is_untouched(tmp_path):
     run = train(small(), tmp_path / "nll", progress=False)
     plain = train(small(select="elbo"), tmp_path / "elbo", progress=False)
@@ -47,6 +48,7 @@ def test_the_best_weights_are_the_best_estimate_and_training_is_untouched(tmp_pa
     assert again == pytest.approx(best["val_log_px"], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_a_run_selecting_on_nll_resumes_exactly(tmp_path):
     train(small(), tmp_path / "full", progress=False)
     train(small(epochs=2), tmp_path / "part", progress=False)
