@@ -257,6 +257,7 @@ TRAINED = [("conv", "dlogistic", "vamp", "elbo"), ("conv", "bernoulli", "mog", "
            ("mlp", "dgaussian", "mog", "elbo"), ("mlp", "cbernoulli", "vamp", "elbo")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("net, likelihood, prior, objective", TRAINED)
 def test_each_model_trains_on_digits_and_round_trips(tmp_path, net, likelihood, prior,
                                                      objective):

@@ -136,6 +136,7 @@ def test_prior_quantiles_are_the_priors_marginal_quantiles():
     assert (q[5] - 5).abs().max() < 0.1
 
 
+@pytest.mark.slow
 def test_interpolations_and_traversals_decode_the_right_codes(runs):
     model, _ = load_run(runs[1])
     x = torch.rand(3, 1, 8, 8)

@@ -9,6 +9,7 @@ coder or the faces. Run as a script to print the graph:
 from __future__ import annotations
 
 import ast
+import functools
 import re
 import subprocess
 import sys
@@ -22,11 +23,13 @@ ENTRY = {"__init__", "__main__"}  # the package's front door imports what a user
 MAX_LINES, MAX_FUNCTION_LINES, MAX_TOP_MODULES = 400, 60, 8
 
 
+@functools.cache
 def modules() -> dict[str, Path]:
     return {".".join(p.relative_to(PACKAGE).with_suffix("").parts).removesuffix(".__init__"): p
             for p in sorted(PACKAGE.rglob("*.py"))}
 
 
+@functools.cache
 def _tree(path: Path) -> ast.Module:
     return ast.parse(path.read_text())
 
@@ -122,6 +125,7 @@ def test_modules_and_functions_are_small():
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines:\n" + "\n".join(long)
 
 
+@functools.cache
 def _defined(path: Path) -> set[str]:
     """Names a module defines at its top level (not those it imports)."""
     out = set()

@@ -51,14 +51,16 @@ def role_of(model: VAE, cfg: Config) -> str:
     return "autoencoder" if cfg.train.autoencoder else "plane" if model.planar else "vae"
 
 
-def prepare(specs: list[str], device: str = "auto", progress: bool = True) -> Lecture:
+def prepare(specs: list[str], device: str = "auto", progress: bool = True,
+            data_dir: str | None = None) -> Lecture:
     """The lecture's three models: the given runs in their roles, the missing ones trained
-    (or found in the cache) on the same data."""
+    (or found in the cache) on the same data (``data_dir``: where it is, as
+    :func:`~vaelab.runs.rundir.load_run` takes it)."""
     dev = resolve_device(device)
     runs: dict[str, str] = {}
     given: dict[str, Config] = {}
     for spec in specs:
-        model, cfg = load_run(spec)
+        model, cfg = load_run(spec, data_dir=data_dir)
         role = role_of(model, cfg)
         if role in runs:
             raise ConfigError(f"{runs[role]} and {spec} are both a {role} run; give one of "
@@ -73,7 +75,7 @@ def prepare(specs: list[str], device: str = "auto", progress: bool = True) -> Le
             runs[role], fresh = _cached(role, base, dev, progress)
             trained += [role] if fresh else []
     models = {role: load_run(spec, device=dev)[0] for role, spec in runs.items()}
-    cfg = load_run(runs["vae"])[1]
+    cfg = load_run(runs["vae"], data_dir=data_dir)[1]
     return Lecture(runs, models, cfg, load_data(cfg.data, dev), trained)
 
 

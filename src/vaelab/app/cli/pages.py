@@ -6,8 +6,8 @@ import argparse
 import time
 
 from ...errors import ConfigError
-from .common import (Command, add_progress_flag, add_run_args, at_least, command, load,
-                     positive)
+from .common import (Command, add_data_dir_flag, add_progress_flag, add_run_args, at_least,
+                     command, load, positive)
 
 
 @command("sample")
@@ -119,6 +119,7 @@ class Lecture(Command):
         p.add_argument("--port", type=int, default=8000)
         p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="cpu")
         p.add_argument("--seed", type=int, default=0)
+        add_data_dir_flag(p)
         add_progress_flag(p)
 
     def run(self, args: argparse.Namespace) -> int:
@@ -134,7 +135,7 @@ class Lecture(Command):
                                   "'vaelab[serve]'") from None
             sock = listen(args.host, args.port)
         t0 = time.perf_counter()
-        lec = prepare(args.runs, args.device, progress=not args.no_progress)
+        lec = prepare(args.runs, args.device, not args.no_progress, args.data_dir)
         path, _ = write_lecture(lec, args.out, args.k, args.seed, live=bool(sock))
         print(describe(lec))
         print(f"lecture: {path} ({time.perf_counter() - t0:.0f} s)")
