@@ -11,6 +11,16 @@ from pathlib import Path
 from typing import Iterator
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()  # read once, at import (os.umask can only be read by setting it)
+MARKER = ".vaelab-partial"  # in a folder vaelab is writing, until it is renamed into place
+
+
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """A temporary path beside ``target`` to write; on success it is synced and renamed to
@@ -28,16 +38,6 @@ def atomic_path(target: Path) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-UMASK = _umask()  # read once, at import (os.umask can only be read by setting it)
-MARKER = ".vaelab-partial"  # in a folder vaelab is writing, until it is renamed into place
 
 
 @contextmanager

@@ -22,9 +22,8 @@ import torch
 
 from ..data.splits import load_data
 from ..noise import seeded
-from ..objectives import bits_per_dim, elbo
+from ..objectives import bits_per_dim, elbo, log_likelihood
 from ..runs.rundir import load_run
-from ..objectives import log_likelihood
 from ..studies.evaluate import latent_diagnostics
 from ..studies.posterior import posterior_grid
 from ..studies.sample import imagine, latent_means, slerp

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -45,6 +45,8 @@ class Lecture:
     cfg: Config  # the VAE's
     data: Data
     trained: list[str]  # roles trained in this call
+    sections: dict = field(default_factory=dict)  # what write_lecture computed
+    page: str = ""  # and wrote
 
 
 def role_of(model: VAE, cfg: Config) -> str:
@@ -58,25 +60,26 @@ def prepare(specs: list[str], device: str = "auto", progress: bool = True,
     :func:`~vaelab.runs.rundir.load_run` takes it)."""
     dev = resolve_device(device)
     runs: dict[str, str] = {}
-    given: dict[str, Config] = {}
+    loaded: dict[str, tuple[VAE, Config]] = {}
     for spec in specs:
-        model, cfg = load_run(spec, data_dir=data_dir)
+        model, cfg = load_run(spec, device=dev, data_dir=data_dir)
         role = role_of(model, cfg)
         if role in runs:
             raise ConfigError(f"{runs[role]} and {spec} are both a {role} run; give one of "
                               f"each role ({', '.join(ROLES)})")
-        runs[role], given[role] = str(spec), cfg
-    first = given.get("vae") or next(iter(given.values()), Config())
-    base = Config(data=first.data, model=given["vae"].model if "vae" in given else
+        runs[role], loaded[role] = str(spec), (model, cfg)
+    first = (loaded.get("vae") or next(iter(loaded.values()), (None, Config())))[1]
+    base = Config(data=first.data, model=loaded["vae"][1].model if "vae" in loaded else
                   Config().model)  # the nets of the given VAE, else the defaults'
     trained = []
     for role in ROLES:
         if role not in runs:
             runs[role], fresh = _cached(role, base, dev, progress)
             trained += [role] if fresh else []
-    models = {role: load_run(spec, device=dev)[0] for role, spec in runs.items()}
-    cfg = load_run(runs["vae"], data_dir=data_dir)[1]
-    return Lecture(runs, models, cfg, load_data(cfg.data, dev), trained)
+            loaded[role] = load_run(runs[role], device=dev)
+    cfg = loaded["vae"][1]
+    return Lecture(runs, {role: m for role, (m, _) in loaded.items()}, cfg,
+                   load_data(cfg.data, dev), trained)
 
 
 def _cached(role: str, base: Config, device: torch.device, progress: bool
@@ -98,8 +101,8 @@ def _cached(role: str, base: Config, device: torch.device, progress: bool
 
 
 def write_lecture(lec: Lecture, out: str | Path, k: int = 1000, seed: int = 0,
-                  live: bool = False) -> tuple[Path, dict]:
-    """Compute every section and write ``out/index.html``; the numbers, for checks."""
+                  live: bool = False) -> Path:
+    """Compute every section and write ``out/index.html`` (both kept in ``lec``)."""
     out = Path(out)
     vae, plane, ae = (lec.models[r] for r in ROLES)
     s: dict = {"mle": study.mle(lec.data, seed)}
@@ -116,18 +119,9 @@ def write_lecture(lec: Lecture, out: str | Path, k: int = 1000, seed: int = 0,
     s["imagination"] = study.imagination(vae, lec.data, seed=seed)
     s["history"] = read_metrics(lec.runs["vae"])
     s["test_images"] = len(lec.data.test)
-    text = page.render(lec, s, k, live, _script())
-    atomic_write(out / "index.html", text.encode())
-    return out / "index.html", numbers(s, k)
-
-
-def numbers(s: dict, k: int) -> dict:
-    """The page's numbers by key (each also in a data-value attribute of the page)."""
-    ev = s["compress"]["evaluation"]
-    return {"mle-mean": s["mle"]["mean"], "mle-argmax": s["mle"]["grid_argmax"],
-            "factorized-nll": s["mle"]["factorized"]["nll"], "vae-elbo": ev["elbo"],
-            "vae-nll": ev["nll"], "k": k, "bayes-log-px": s["bayes"]["log_px"],
-            "bayes-gap": s["bayes"]["gap"]}
+    lec.sections, lec.page = s, page.render(lec, s, k, live, _script())
+    atomic_write(out / "index.html", lec.page.encode())
+    return out / "index.html"
 
 
 def _compressed_file(c: dict, vae: VAE) -> None:
@@ -144,15 +138,16 @@ def _compressed_file(c: dict, vae: VAE) -> None:
     c["file"] = len(blob)
 
 
-def serve_lecture(lec: Lecture, page_text: str, sock, host: str, ready=None) -> None:
-    """The page, live: its controls answered by the models (:mod:`.lecture_live`)."""
+def serve_lecture(lec: Lecture, sock, host: str, ready=None) -> None:
+    """The page ``write_lecture`` wrote, live: its controls answered by the models
+    (:mod:`.lecture_live`)."""
     import threading
 
     from . import lecture_live
     from .serve import create_app, run_server
 
     app = create_app({}, first=(lecture_live.router,))
-    app.state.lecture = {"page": page_text, "mle": study.mle(lec.data), "data": lec.data,
+    app.state.lecture = {"page": lec.page, "mle": lec.sections["mle"], "data": lec.data,
                          "plane": lec.models["plane"], "vae": lec.models["vae"],
                          "lock": threading.Lock()}
     run_server(app, sock, host, ready)

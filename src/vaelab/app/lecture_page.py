@@ -133,7 +133,14 @@ max="{n_test - 1}" value="{b['index']}"> (0–{n_test - 1}): the panels and numb
 """)
 
 
-def gen_disc(gd: dict) -> str:
+NO_LABELS = ("<p class='note'>This data set has no labels, which {what} needs (a folder "
+             "data set gets them from one sub-folder per class).</p>")
+
+
+def gen_disc(gd: dict | None) -> str:
+    if gd is None:
+        return section("gen-disc", T["gen-disc"], NO_LABELS.format(
+            what="comparing classifiers"))
     rows = gd["curves"]
     series_acc, series_loss = {}, {}
     for name in dict.fromkeys(r["model"] for r in rows):
@@ -178,7 +185,10 @@ def _verdict(rows: list[dict]) -> str:
             "evidence of pixels that are not independent).")
 
 
-def autoencoder(a: dict | None, gd: dict) -> str:
+def autoencoder(a: dict | None, gd: dict | None) -> str:
+    if a is None or gd is None:
+        return section("autoencoder", T["autoencoder"], NO_LABELS.format(
+            what="probing what the codes learned"))
     probes = "".join(f"<tr><td>{html.escape(r['model'])}</td>"
                      f"<td class='r'>{num(f'probe-{i}', r['accuracy'], '.3f')}</td></tr>"
                      for i, r in enumerate(gd["probes"]))

@@ -197,6 +197,8 @@ def create_app(runs: dict[str, Explorer], first: tuple[APIRouter, ...] = ()) -> 
 
 def listen(host: str, port: int) -> socket.socket:
     """A socket bound to ``host``:``port``, before anything is loaded or announced."""
+    if not 0 < port < 65536:
+        raise ConfigError(f"--port must be in 1..65535, got {port}")
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -234,10 +236,3 @@ def run_server(app: FastAPI, sock: socket.socket, host: str, ready=None) -> None
     if ready is not None:
         ready(server)
     server.run(sockets=[sock])
-
-
-def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000,
-          device: str = "cpu", ready=None, data_dir: str | None = None) -> None:
-    """Load the runs and serve them until interrupted (the port is taken first)."""
-    sock = listen(host, port)
-    run_server(create_app(explorers(specs, device, data_dir)), sock, host, ready)

@@ -97,7 +97,7 @@ def recorded_evaluation(results: dict) -> dict | None:
     (the ELBO-only one if no k was used), of those that are what ``vaelab evaluate``
     records (every number a finite number, every count a count); None if none is."""
     ev = [r for r in results.get("evaluate", {}).values() if _measured(r)]
-    return max(ev, key=lambda r: r["k"]) if ev else None
+    return max(ev, key=lambda r: r.get("k", 0)) if ev else None
 
 
 def _measured(r) -> bool:
@@ -108,8 +108,8 @@ def _measured(r) -> bool:
         return isinstance(v, int) and not isinstance(v, bool) and v >= least
 
     ok = isinstance(r, dict) and r.get("split") == "test" and r.get("which", "best") == "best" \
-        and count(r.setdefault("k", 0)) and count(r.get("n"), 1) and number(r.get("elbo")) \
-        and all(number(r.get(key)) for key in ("nll", "nll_stderr") if r["k"]) \
+        and count(r.get("k", 0)) and count(r.get("n"), 1) and number(r.get("elbo")) \
+        and all(number(r.get(key)) for key in ("nll", "nll_stderr") if r.get("k", 0)) \
         and all(r.get(key) is None or number(r[key])
                 for key in ("bits_per_dim", "nll_bits_per_dim")) \
         and all(count(r.get(key, 0)) for key in ("active_units", "latent_dim"))

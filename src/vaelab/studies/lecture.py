@@ -122,6 +122,7 @@ def compression(data: Data, vae: VAE, factorized: dict, k: int, seed: int = 0) -
     n, pixels = len(stored), stored[0].size
     scale = 255 // max(1, data.levels - 1)  # as an 8-bit image would hold them
     eight = (stored.astype(np.uint16) * scale).clip(0, 255).astype(np.uint8)
+
     def png_bytes(a: np.ndarray) -> int:  # (C, H, W) uint8, saved as small as PNG goes
         buf = io.BytesIO()
         Image.fromarray(a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)).save(

@@ -8,6 +8,7 @@ import time
 from ...errors import ConfigError
 from .common import (Command, add_data_dir_flag, add_progress_flag, add_run_args, at_least,
                      command, load, positive)
+from .serving import add_server_flags, open_server
 
 
 @command("sample")
@@ -115,8 +116,7 @@ class Lecture(Command):
         p.add_argument("--k", type=int, default=1000,
                        help="importance samples for the VAE's log p(x) (default 1000)")
         p.add_argument("--serve", action="store_true", help="serve the page live")
-        p.add_argument("--host", default="127.0.0.1")
-        p.add_argument("--port", type=int, default=8000)
+        add_server_flags(p)
         p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="cpu")
         p.add_argument("--seed", type=int, default=0)
         add_data_dir_flag(p)
@@ -126,26 +126,15 @@ class Lecture(Command):
         from ..lecture import describe, prepare, serve_lecture, write_lecture
 
         at_least(args.k, 1, "--k")
-        sock = None
-        if args.serve:  # the port first: nothing is trained for a server that cannot start
-            try:
-                from ..serve import listen
-            except ImportError:
-                raise ConfigError("--serve needs FastAPI and uvicorn: pip install "
-                                  "'vaelab[serve]'") from None
-            sock = listen(args.host, args.port)
+        # the port first: nothing is trained for a server that cannot start
+        sock, ready = open_server(args) if args.serve else (None, None)
         t0 = time.perf_counter()
         lec = prepare(args.runs, args.device, not args.no_progress, args.data_dir)
-        path, _ = write_lecture(lec, args.out, args.k, args.seed, live=bool(sock))
+        path = write_lecture(lec, args.out, args.k, args.seed, live=sock is not None)
         print(describe(lec))
         print(f"lecture: {path} ({time.perf_counter() - t0:.0f} s)")
         if sock is not None:
-            text = path.read_text(encoding="utf-8")
-
-            def ready(server) -> None:
-                print(f"open http://{args.host}:{args.port}/  (Ctrl-C stops)", flush=True)
-
-            serve_lecture(lec, text, sock, args.host, ready)
+            serve_lecture(lec, sock, args.host, ready)
         return 0
 
     def interrupted(self, args: argparse.Namespace) -> str:

@@ -1,9 +1,34 @@
-"""``vaelab serve``: the explorer in the browser."""
+"""Commands that serve a page: ``serve`` (and the server flags ``lecture --serve`` shares)."""
 from __future__ import annotations
 
 import argparse
+from typing import Callable
 
+from ...errors import ConfigError
 from .common import Command, add_data_dir_flag, command
+
+
+def add_server_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+
+
+def open_server(args: argparse.Namespace) -> tuple[object, Callable]:
+    """The port taken, before anything is loaded (a taken port is refused first), and what
+    prints the page's address once the server answers."""
+    try:
+        from ..serve import listen
+    except ImportError:
+        raise ConfigError("serving needs FastAPI and uvicorn: pip install "
+                          "'vaelab[serve]'") from None
+    sock = listen(args.host, args.port)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+
+    def ready(server) -> None:
+        print(f"open http://{host}:{args.port}/  (Ctrl-C stops)", flush=True)
+
+    return sock, ready
 
 
 @command("serve")
@@ -21,34 +46,20 @@ class Serve(Command):
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("runs", metavar="RUN", nargs="+",
                        help="run directories, exported folders or hf://USER/REPO")
-        p.add_argument("--host", default="127.0.0.1",
-                       help="address to listen on (default 127.0.0.1: this machine only)")
-        p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+        add_server_flags(p)
         p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
         add_data_dir_flag(p)
 
     def run(self, args: argparse.Namespace) -> int:
         from ...devices import resolve_device
-        from ...errors import ConfigError
 
-        try:
-            import fastapi  # noqa: F401
-            import uvicorn  # noqa: F401
-        except ImportError:
-            raise ConfigError("serving needs FastAPI and uvicorn: pip install "
-                              "'vaelab[serve]'") from None
-        if not 0 < args.port < 65536:
-            raise ConfigError(f"--port must be in 1..65535, got {args.port}")
-        from ..serve import serve
+        sock, ready = open_server(args)
+        from ..serve import create_app, explorers, run_server
 
         device = resolve_device(args.device)
-        host = f"[{args.host}]" if ":" in args.host else args.host
         print(f"loading {len(args.runs)} run(s) ...", flush=True)
-
-        def ready(server) -> None:
-            print(f"open http://{host}:{args.port}/  (Ctrl-C stops)", flush=True)
-
-        serve(args.runs, args.host, args.port, str(device), ready, args.data_dir)
+        runs = explorers(args.runs, str(device), args.data_dir)
+        run_server(create_app(runs), sock, args.host, ready)
         return 0
 
     def interrupted(self, args: argparse.Namespace) -> str:
