@@ -1,8 +1,28 @@
-"""The compressed file: ``MAGIC``, a 4-byte length and a zlib-compressed JSON header, the
-coder's 32-bit words, and a SHA-256 of everything before it. Read back checked before
-anything is decoded: the magic, the checksum, the header inflated under a hard limit, and
-every field of it present, typed and in range, its counts against each other and against
-the file's size (a file from anywhere allocates nothing it does not account for)."""
+"""The compressed file, and every check it gets before anything is decoded.
+
+Format 2 (written since vaelab 0.6), a compact binary header, 36 bytes for one image:
+
+    magic and version   4 bytes   89 56 4C 02 ("\\x89VL", 2)
+    flags               1 byte    1 CUDA, 2 meta, 4 versions, 8 latent range, 16 uniform,
+                                  32 coupled samples
+    model               8 bytes   the model's fingerprint (SHA-256 of its weights), cut
+    images              8 bytes   SHA-256 of the images' bytes, cut
+    varints             count, channels, height, width, levels, latent bits, samples K,
+                        direct-code grid bits, then the batches: their number and, per
+                        run of equal batches, (size << 1 | direct) and the repeat
+    [latent range]      8 bytes   float64, when not 16
+    [meta]              varint length + zlib JSON: what restores the original file (the
+                        names of PNGs, an IDX header), when not a plain array
+    [versions]          varint length + zlib JSON (``--verbose-header``)
+    body                the coder's 32-bit words, little-endian
+    checksum            8 bytes   SHA-256 of everything before, cut
+
+Format 1 (``MAGIC``, a 4-byte length, a zlib JSON header, the words, a SHA-256) is still
+read. Either way the magic, the checksum, every field's presence, type and range, and
+every count against the others and the file's size are checked before anything is
+inflated past a hard limit or allocated: a file from anywhere allocates nothing it does
+not account for.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -16,12 +36,20 @@ import torch
 
 from ..errors import CodingError
 
-MAGIC = b"\x89VAELAB\n"
-FORMAT_VERSION = 1
-MAX_HEADER = 1 << 20  # bytes of an inflated header (a real one is a few hundred)
+MAGIC = b"\x89VAELAB\n"  # format 1
+MAGIC2 = b"\x89VL"  # format 2 and later: then one byte of version
+FORMAT_VERSION = 2
+READS = (1, 2)
+DIGEST = 8  # bytes of each SHA-256 kept in format 2
+MAX_HEADER = 1 << 20  # bytes of an inflated header or meta (a real one is a few hundred)
 MAX_DECODED = 1 << 32  # bytes of images one file decodes to
 MAX_SIDE = 16384  # pixels of an image side
+MAX_SAMPLES = 4096
 IMAGES_PER_BYTE = 512  # at most, on average: no image codes in under 1/64 bit
+DEFAULT_RANGE = 16.0
+ARRAY = {"kind": "array"}  # the meta of images given as an array
+FLAG_CUDA, FLAG_META, FLAG_VERSIONS, FLAG_RANGE, FLAG_UNIFORM, FLAG_COUPLED = \
+    1, 2, 4, 8, 16, 32
 
 
 def versions() -> dict:
@@ -33,32 +61,143 @@ def versions() -> dict:
         except PackageNotFoundError:
             return "?"
 
-    return {"vaelab": v("vaelab"), "torch": torch.__version__, "constriction": v("constriction"),
-            "python": sys.version.split()[0], "machine": _machine()}
-
-
-def _machine() -> str:
     import platform
 
-    return f"{platform.system()} {platform.machine()}"
+    return {"vaelab": v("vaelab"), "torch": torch.__version__, "constriction": v("constriction"),
+            "python": sys.version.split()[0],
+            "machine": f"{platform.system()} {platform.machine()}"}
+
+
+# ---- writing -----------------------------------------------------------------------------
+def _varint(v: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((v & 0x7F) | (0x80 if v > 0x7F else 0))
+        v >>= 7
+        if not v:
+            return bytes(out)
+
+
+def _blob(obj: dict) -> bytes:
+    raw = zlib.compress(json.dumps(obj, separators=(",", ":")).encode(), 9)
+    return _varint(len(raw)) + raw
 
 
 def pack(header: dict, body: bytes) -> bytes:
+    """The file of a format-2 ``header`` (as :func:`read_container` gives it) and body."""
+    s, meta = header["settings"], header.get("meta", ARRAY)
+    flags = (FLAG_CUDA * (header["device"] == "cuda") | FLAG_META * (meta != ARRAY)
+             | FLAG_VERSIONS * ("made_with" in header)
+             | FLAG_RANGE * (s["latent_range"] != DEFAULT_RANGE)
+             | FLAG_UNIFORM * (header["code"] == "uniform") | FLAG_COUPLED * s["coupled"])
+    out = bytearray(MAGIC2 + bytes([FORMAT_VERSION, flags]))
+    out += bytes.fromhex(header["model"]) + bytes.fromhex(header["sha256"])
+    for v in (header["count"], *header["image_shape"], header["levels"], s["latent_bits"],
+              s["samples"], s["direct_bits"], len(header["batches"])):
+        out += _varint(v)
+    for size, repeat, direct in header["batches"]:
+        out += _varint(size << 1 | direct) + _varint(repeat)
+    if flags & FLAG_RANGE:
+        out += struct.pack("<d", s["latent_range"])
+    if flags & FLAG_META:
+        out += _blob(meta)
+    if flags & FLAG_VERSIONS:
+        out += _blob(header["made_with"])
+    out += body
+    return bytes(out + hashlib.sha256(out).digest()[:DIGEST])
+
+
+def pack_v1(header: dict, body: bytes) -> bytes:
+    """A format-1 file (what vaelab wrote before format 2)."""
     head = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
     out = MAGIC + struct.pack("<I", len(head)) + head + body
     return out + hashlib.sha256(out).digest()
 
 
+# ---- reading -----------------------------------------------------------------------------
 def read_header(data: bytes) -> dict:
-    """The header of a compressed file (checked: magic, version, checksum, length)."""
+    """The header of a compressed file (checked: magic, version, checksum, fields)."""
     return read_container(data)[0]
 
 
 def read_container(data: bytes) -> tuple[dict, bytes]:
     """The header (checked by :func:`check_header`) and the body of a compressed file;
     nothing is inflated or allocated past the limits before the checks."""
-    if len(data) < len(MAGIC) or data[:len(MAGIC)] != MAGIC:
+    if data[:len(MAGIC)] == MAGIC:
+        return _read_v1(data)
+    if len(data) < len(MAGIC2) + 1 or data[:len(MAGIC2)] != MAGIC2:
         raise CodingError("not a vaelab compressed file (wrong magic bytes)")
+    if data[3] not in READS:
+        raise CodingError(f"file format version {data[3]}; this vaelab reads versions "
+                          f"{', '.join(map(str, READS))} (use the vaelab that wrote it)")
+    if len(data) < 5 + 2 * DIGEST + DIGEST or \
+            hashlib.sha256(data[:-DIGEST]).digest()[:DIGEST] != data[-DIGEST:]:
+        raise CodingError(f"the file is damaged or truncated ({len(data)} bytes; its "
+                          "checksum does not match); nothing was decoded")
+    header, at = _fields(memoryview(data)[:-DIGEST])
+    body = data[at:-DIGEST]
+    check_header(header, len(body))
+    return header, body
+
+
+class _Reader:
+    def __init__(self, data: memoryview, at: int):
+        self.data, self.at = data, at
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.at + n > len(self.data):
+            _damaged("it ends inside the header")
+        out = bytes(self.data[self.at:self.at + n])
+        self.at += n
+        return out
+
+    def varint(self) -> int:
+        v = 0
+        for shift in range(0, 64, 7):
+            (b,) = self.take(1)
+            v |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return v
+        _damaged("a number runs past 64 bits")
+
+    def blob(self) -> dict:
+        try:
+            obj = json.loads(_inflate(self.take(self.varint())))
+        except (zlib.error, ValueError) as e:
+            _damaged(f"{e}")
+        if not isinstance(obj, dict):
+            _damaged("meta is not a table")
+        return obj
+
+
+def _fields(data: memoryview) -> tuple[dict, int]:
+    r = _Reader(data, 4)
+    (flags,) = r.take(1)
+    if flags >= 64:
+        _damaged(f"unknown flags {flags:#x}")
+    model, digest = r.take(DIGEST).hex(), r.take(DIGEST).hex()
+    count, c, h, w, levels, bits, samples, direct_bits, runs = (r.varint() for _ in range(9))
+    if runs > max(count, 1):
+        _damaged("more runs of batches than images")
+    batches = []
+    for _ in range(runs):
+        size, repeat = r.varint(), r.varint()
+        batches.append([size >> 1, repeat, size & 1])
+    latent_range = struct.unpack("<d", r.take(8))[0] if flags & FLAG_RANGE else DEFAULT_RANGE
+    header = {"format": 2, "model": model, "sha256": digest, "image_shape": [c, h, w],
+              "count": count, "levels": levels, "device": "cuda" if flags & FLAG_CUDA else "cpu",
+              "code": "uniform" if flags & FLAG_UNIFORM else "bits-back",
+              "settings": {"latent_bits": bits, "latent_range": latent_range,
+                           "samples": samples, "direct_bits": direct_bits,
+                           "coupled": int(bool(flags & FLAG_COUPLED))},
+              "batches": batches, "meta": r.blob() if flags & FLAG_META else dict(ARRAY)}
+    if flags & FLAG_VERSIONS:
+        header["made_with"] = r.blob()
+    header["words"] = (len(data) - r.at) // 4
+    return header, r.at
+
+
+def _read_v1(data: bytes) -> tuple[dict, bytes]:
     if len(data) < len(MAGIC) + 4 + 32:
         raise CodingError(f"the file is damaged or truncated ({len(data)} bytes); nothing was "
                           "decoded")
@@ -74,6 +213,10 @@ def read_container(data: bytes) -> tuple[dict, bytes]:
     except (zlib.error, ValueError) as e:
         raise CodingError(f"damaged header ({e})") from None
     body = data[start + n:-32]
+    if not isinstance(header, dict) or header.get("format") != 1:
+        got = header.get("format") if isinstance(header, dict) else None
+        raise CodingError(f"file format version {got!r}; this vaelab reads versions "
+                          f"{', '.join(map(str, READS))} (use the vaelab that wrote it)")
     check_header(header, len(body))
     return header, body
 
@@ -86,27 +229,33 @@ def _inflate(raw: bytes) -> bytes:
     return out
 
 
-WORDS = {int: "an integer", str: "a string", list: "a list", dict: "a table"}
-FIELDS = {"format": int, "model": str, "image_shape": list, "count": int, "levels": int,
-          "settings": dict, "device": str, "batches": list, "sha256": str, "words": int,
-          "made_with": dict, "meta": dict}
+# ---- checking ----------------------------------------------------------------------------
+WORDS = {int: "an integer", str: "a string", list: "a list", dict: "a table",
+         float: "a number"}
+FIELDS = {1: {"format": int, "model": str, "image_shape": list, "count": int, "levels": int,
+              "settings": dict, "device": str, "batches": list, "sha256": str, "words": int,
+              "made_with": dict, "meta": dict},
+          2: {"format": int, "model": str, "image_shape": list, "count": int, "levels": int,
+              "settings": dict, "device": str, "batches": list, "sha256": str, "words": int,
+              "meta": dict, "code": str}}
+OPTIONAL = {"made_with"}
+SETTINGS = {1: {"latent_bits": int, "latent_range": (int, float), "batch_size": int},
+            2: {"latent_bits": int, "latent_range": (int, float), "samples": int,
+                "direct_bits": int, "coupled": int}}
 
 
 def check_header(header, body_bytes: int) -> None:
     """Every field present, of its type and in its range, and every count consistent with
     the others and with the file's size, before anything is allocated for it."""
-    if not isinstance(header, dict) or header.get("format") != FORMAT_VERSION:
-        got = header.get("format") if isinstance(header, dict) else None
-        raise CodingError(f"file format version {got!r}; this vaelab reads version "
-                          f"{FORMAT_VERSION} (use the vaelab that wrote it)")
-    for name, kind in FIELDS.items():
-        if not isinstance(header.get(name), kind) or isinstance(header.get(name), bool):
-            _damaged(f"{name!r} is " + ("missing" if name not in header else
-                                        f"not {WORDS[kind]}"))
-    if set(header) - set(FIELDS):
-        _damaged(f"unknown fields {sorted(set(header) - set(FIELDS))}")
-    if not all(_hex64(header[k]) for k in ("model", "sha256")):
-        _damaged("a checksum is not 64 hex digits")
+    fmt = header.get("format") if isinstance(header, dict) else None
+    if fmt not in READS or isinstance(fmt, bool):
+        raise CodingError(f"file format version {fmt!r}; this vaelab reads versions "
+                          f"{', '.join(map(str, READS))} (use the vaelab that wrote it)")
+    _check_types(header, FIELDS[fmt], OPTIONAL if fmt == 2 else set())
+    _check_types(header["settings"], SETTINGS[fmt], set(), "settings: ")
+    digest = 64 if fmt == 1 else 2 * DIGEST
+    if not all(_hex(header[k], digest) for k in ("model", "sha256")):
+        _damaged("a checksum is not of its length in hex digits")
     shape = header["image_shape"]
     if not (len(shape) == 3 and all(_count(v) for v in shape) and shape[0] in (1, 3)
             and max(shape[1:]) <= MAX_SIDE):
@@ -116,16 +265,48 @@ def check_header(header, body_bytes: int) -> None:
     if 4 * header["words"] != body_bytes:
         raise CodingError(f"truncated file: the header announces {header['words']} words, "
                           f"the file holds {body_bytes / 4:g}")
-    count, batches = header["count"], header["batches"]
+    count = header["count"]
     if count < 0 or count * math.prod(shape) > MAX_DECODED or \
             count > IMAGES_PER_BYTE * body_bytes + 1024:
         _damaged(f"{count} images of shape {shape} from {body_bytes} bytes")
-    if len(batches) > max(count, 1) or not all(
-            isinstance(b, list) and len(b) == 2 and _count(b[0]) and _count(b[1])
-            for b in batches) or sum(size * repeat for size, repeat in batches) != count:
-        _damaged("the batch sizes do not add up to the image count")
-    if not all(isinstance(v, str) for v in header["made_with"].values()):
+    _check_batches(header, count)
+    _check_settings(header["settings"], fmt)
+    if fmt == 2 and header["code"] not in ("bits-back", "uniform"):
+        _damaged(f"code {header['code']!r}")
+    if not all(isinstance(v, str) for v in header.get("made_with", {}).values()):
         _damaged("made_with")
+
+
+def _check_types(d: dict, fields: dict, optional: set, where: str = "") -> None:
+    for name, kind in fields.items():
+        if name not in d and name in optional:
+            continue
+        if not isinstance(d.get(name), kind) or isinstance(d.get(name), bool):
+            kinds = kind if isinstance(kind, tuple) else (kind,)
+            _damaged(f"{where}{name!r} is " + ("missing" if name not in d else
+                                                 f"not {WORDS[kinds[-1]]}"))
+    if set(d) - set(fields) - optional:
+        _damaged(f"{where}unknown fields {sorted(set(d) - set(fields) - optional)}")
+
+
+def _check_batches(header: dict, count: int) -> None:
+    batches, width = header["batches"], 2 if header["format"] == 1 else 3
+    if len(batches) > max(count, 1) or not all(
+            isinstance(b, list) and len(b) == width and _count(b[0]) and _count(b[1])
+            and (width == 2 or b[2] in (0, 1)) for b in batches) or \
+            sum(b[0] * b[1] for b in batches) != (count if header.get("code") != "uniform"
+                                                   else 0):
+        _damaged("the batch sizes do not add up to the image count")
+
+
+def _check_settings(s: dict, fmt: int) -> None:
+    r = s["latent_range"]
+    if not 2 <= s["latent_bits"] <= 16 or not (0 < r < math.inf) or \
+            r * 2 ** s["latent_bits"] > 2 ** 20:
+        _damaged(f"latent grid of {s['latent_bits']} bits over +-{r}")
+    if fmt == 2 and not (1 <= s["samples"] <= MAX_SAMPLES and s["coupled"] in (0, 1) and
+                         0 <= s["direct_bits"] <= s["latent_bits"]):
+        _damaged(f"samples {s['samples']}, direct grid bits {s['direct_bits']}")
 
 
 def _damaged(what: str):
@@ -136,5 +317,5 @@ def _count(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
 
-def _hex64(v: str) -> bool:
-    return len(v) == 64 and all(c in "0123456789abcdef" for c in v)
+def _hex(v: str, n: int) -> bool:
+    return len(v) == n and all(c in "0123456789abcdef" for c in v)
