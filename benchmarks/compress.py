@@ -1,16 +1,23 @@
-"""Lossless compression with a trained run, against general-purpose codecs.
+"""Lossless compression with a trained run: rates against K, against -log p(x), and
+against general-purpose codecs.
 
-    python benchmarks/compress.py RUN [RUN ...] [--split test] [--k 5000] [--repeat 1]
+    python benchmarks/compress.py RUN [RUN ...] [--split test] [--k 5000]
+        [--samples 1,8,16,32,64] [--repeat 1] [--n N]
 
 For each run: its split (the test set by default) prepared by the run's protocol (a
 Bernoulli run: binarized once with the run's seed; a grey run: the 8-bit or 17-level
-images), coded with ``vaelab.compress`` and decoded back (checked equal). Printed per run:
-the file's size in bits/dim beside the model's -ELBO and importance-sampled -log p(x) in
-bits/dim on the same images (``vaelab.evaluate``), the ideal code length the coded z had
-(sum of -log2 p(x|z)p(z)/q(z|x)), the initial-bits overhead, gzip / bz2 / xz (level 9) of
-the raw pixel bytes, one optimized PNG and one lossless WebP of all images tiled into a
-grid (1-bit PNG for binary images), the factorized maximum-likelihood model's code length
-(``vaelab baselines``), and the speed of compress and decompress in images/s.
+images). Printed per run:
+
+* rates against K: for each number of importance samples, the file (``vaelab.compress``,
+  decoded back and checked equal) in bits/dim and against the model's -log p(x)
+  (importance-sampled with ``--k`` samples, ``vaelab.log_likelihood``, seed 0) and its
+  -ELBO, with the speed of compress and decompress (best of ``--repeat``);
+* the cost of 1, 10, 100 and all images at the default K against their -log2 p(x), and
+  the images a one-image file codes larger than that image's optimized PNG (of the first
+  200);
+* the general-purpose codecs on the same pixels: gzip / bz2 / xz (level 9), one optimized
+  PNG and one lossless WebP of all images tiled (1-bit PNG for binary images), and the
+  factorized maximum-likelihood model (``vaelab baselines``).
 """
 from __future__ import annotations
 
@@ -27,7 +34,8 @@ import numpy as np
 import torch
 
 import vaelab
-from vaelab.coding.compress import CodingSettings, compress, decompress, initial_words, levels_of
+from vaelab.coding.compress import CodingSettings, compress, decompress, levels_of
+from vaelab.objectives import log_likelihood
 from vaelab.studies.baselines import run_baselines
 
 
@@ -51,18 +59,41 @@ def tiled(x: np.ndarray, binary: bool):
 def codec_sizes(x: np.ndarray, binary: bool) -> dict[str, int]:
     raw = x.tobytes()
     pic = tiled(x, binary)
-    png, webp = io.BytesIO(), io.BytesIO()
-    pic.save(png, "PNG", optimize=True)
+    webp = io.BytesIO()
     (pic.convert("L") if binary else pic).save(webp, "WEBP", lossless=True, quality=100,
                                                method=6)
     return {"raw bytes": len(raw), "gzip -9": len(gzip.compress(raw, 9)),
             "bz2 -9": len(bz2.compress(raw, 9)), "xz -9": len(lzma.compress(raw, preset=9)),
-            "PNG (optimized, tiled)": len(png.getvalue()),
+            "PNG (optimized, tiled)": len(_png(pic)),
             "WebP lossless (tiled)": len(webp.getvalue())}
 
 
+def one_png(img: np.ndarray, binary: bool) -> int:
+    return len(_png(tiled(img[None], binary)))
+
+
+def _png(pic) -> bytes:
+    out = io.BytesIO()
+    pic.save(out, "PNG", optimize=True)
+    return out.getvalue()
+
+
+def timed(model, x, settings: CodingSettings, repeat: int, device: str):
+    """The file, its stats and the best compress and decompress times."""
+    enc, dec, stats = [], [], {}
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        blob = compress(model, x, settings=settings, stats=stats, device=device)
+        enc.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        back = decompress(model, blob)
+        dec.append(time.perf_counter() - t0)
+        assert np.array_equal(back, x), "round trip failed"
+    return blob, stats, min(enc), min(dec)
+
+
 def bench(run: str, split: str, k: int, repeat: int, settings: CodingSettings,
-          device: str = "cpu", first: int | None = None) -> None:
+          samples: list[int], device: str = "cpu", first: int | None = None) -> None:
     model, cfg = vaelab.load_run(run)
     data = vaelab.load_data(cfg.data)
     s = data.split(split)
@@ -74,51 +105,74 @@ def bench(run: str, split: str, k: int, repeat: int, settings: CodingSettings,
     levels = levels_of(model)
     print(f"\n## {run}: {data.name} {split} set, {n} images of {tuple(x.shape[1:])}, "
           f"{levels} levels, likelihood {model.likelihood.name}, prior "
-          f"{cfg.model.prior}, {model.layers} layer(s)\n")
-    enc, dec, stats = [], [], {}
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        blob = compress(model, x, settings=settings, stats=stats, device=device)
-        enc.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        back = decompress(model, blob)
-        dec.append(time.perf_counter() - t0)
-        assert np.array_equal(back, x), "round trip failed"
-    ev = vaelab.evaluate(model, dataclasses.replace(data, **{split: s}), split, k=k, seed=0)
-    start = 32 * len(initial_words(model, settings))
-    rows = [("vaelab compress (the file)", 8 * len(blob) / pixels),
-            ("  of which header and checksum", 8 * stats["header_bytes"] / pixels),
-            ("  of which initial words", start / pixels),
-            ("ideal: sum of -log2 p(x|z)p(z)/q(z|x) of the coded z", stats["ideal_bits"] / pixels),
-            ("model -ELBO (vaelab evaluate)", ev["bits_per_dim"]),
-            (f"model -log p(x), importance-sampled, k = {k}", ev.get("nll_bits_per_dim"))]
+          f"{cfg.model.prior}, {model.layers} layer(s); {torch.get_num_threads()} CPU "
+          f"threads, nets on {device}\n")
+    ev = vaelab.evaluate(model, dataclasses.replace(data, **{split: s}), split, seed=0)
+    nll = -log_likelihood(model, s, k=k, seed=0).double().cpu().numpy() \
+        if k else None  # nats per image
+    to_bpd = 1 / (dims * math.log(2))
+    nll_bpd = nll.mean() * to_bpd if k else float("nan")
+    print(f"model: -ELBO {ev['bits_per_dim']:.4f} bits/dim, -log p(x) (k = {k}) "
+          f"{nll_bpd:.4f} bits/dim\n")
+    print("| K | file bits/dim | vs -log p(x) | vs -ELBO | first images coded directly "
+          "| compress images/s | decompress images/s |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for K in samples:
+        blob, stats, enc, dec = timed(model, x, dataclasses.replace(settings, samples=K),
+                                      repeat, device)
+        bpd = 8 * len(blob) / pixels
+        print(f"| {K} | {bpd:.4f} | {100 * (bpd / nll_bpd - 1):+.2f} % | "
+              f"{100 * (bpd / ev['bits_per_dim'] - 1):+.2f} % | {stats['direct']} | "
+              f"{n / enc:,.0f} | {n / dec:,.0f} |", flush=True)
+    if k:
+        per_image(model, x, nll, settings, levels)
+    codecs(data, s, split, x, levels, ev, nll_bpd)
+
+
+def per_image(model, x, nll, settings: CodingSettings, levels: int) -> None:
+    print(f"\nThe cost of a file of the first N images (K = {settings.samples}), "
+          "against their -log2 p(x):\n")
+    print("| images | file bytes | of which header | -log2 p(x), bytes | file / -log2 p(x) |")
+    print("|---:|---:|---:|---:|---:|")
+    for count in sorted({1, 10, 100, len(x)}):
+        if count > len(x):
+            continue
+        stats: dict = {}
+        blob = compress(model, x[:count], settings=settings, stats=stats)
+        ideal = nll[:count].sum() / math.log(2) / 8
+        print(f"| {count:,} | {len(blob):,} | {stats['header_bytes']} | {ideal:,.1f} | "
+              f"{len(blob) / ideal:.3f} |")
+    sizes = [(len(compress(model, x[i:i + 1], settings=settings)),
+              one_png(x[i], levels == 2)) for i in range(min(200, len(x)))]
+    f, p = np.array(sizes).T
+    print(f"\nOne image per file, the first {len(f)}: file {f.mean():.1f} bytes on average "
+          f"(at most {f.max()}), its optimized PNG {p.mean():.1f} (at least {p.min()}); "
+          f"files larger than their PNG: {(f > p).sum()}")
+
+
+def codecs(data, s, split, x, levels, ev, nll_bpd) -> None:
+    pixels = x.size
+    rows = [("model -ELBO (vaelab evaluate)", ev["bits_per_dim"]),
+            ("model -log p(x), importance-sampled", nll_bpd)]
     base = "bernoulli" if levels == 2 else "gaussian"
     b = run_baselines(dataclasses.replace(data, **{split: s}), [base], split)[0]
     rows.append((f"factorized {base} (MLE, vaelab baselines)", b["bits_per_dim"]))
     for name, size in codec_sizes(x, levels == 2).items():
         rows.append((name, 8 * size / pixels))
-    print("| code | bits/dim | vs -ELBO |")
+    print("\n| code | bits/dim | vs -log p(x) |")
     print("|---|---:|---:|")
     for name, bpd in rows:
-        if bpd is None:
-            continue
-        print(f"| {name} | {bpd:.4f} | {bpd / ev['bits_per_dim']:.3f} |")
-    elbo_bits = ev["bits_per_dim"] * pixels
-    body = 8 * len(blob) - 8 * stats["header_bytes"] - start
-    print(f"\nfile: {len(blob):,} bytes for {pixels:,} pixels; size / -ELBO - 1 = "
-          f"{100 * (8 * len(blob) / elbo_bits - 1):+.2f} %; without header and initial "
-          f"words: {100 * (body / elbo_bits - 1):+.2f} %")
-    where = f"{device}, {torch.get_num_threads()} CPU threads"
-    print(f"speed ({where}): compress {n / min(enc):,.0f} images/s, "
-          f"decompress {n / min(dec):,.0f} images/s (best of {repeat}; "
-          f"{stats['batches']} batches of up to {settings.batch_size})")
+        print(f"| {name} | {bpd:.4f} | {bpd / nll_bpd:.3f} |")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", metavar="RUN")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--k", type=int, default=5000, help="importance samples (default 5000)")
+    p.add_argument("--k", type=int, default=5000,
+                   help="importance samples of -log p(x) (default 5000; 0: skip)")
+    p.add_argument("--samples", default="1,8,16,32,64",
+                   help="the K of the files, comma-separated")
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--latent-bits", type=int, default=CodingSettings().latent_bits)
     p.add_argument("--batch-size", type=int, default=CodingSettings().batch_size)
@@ -126,8 +180,9 @@ def main() -> None:
     p.add_argument("--n", type=int, help="the first N images of the split only")
     args = p.parse_args()
     settings = CodingSettings(latent_bits=args.latent_bits, batch_size=args.batch_size)
+    samples = [int(v) for v in args.samples.split(",")]
     for run in args.runs:
-        bench(run, args.split, args.k, args.repeat, settings, args.device, args.n)
+        bench(run, args.split, args.k, args.repeat, settings, samples, args.device, args.n)
 
 
 if __name__ == "__main__":

@@ -126,13 +126,14 @@ def test_any_file_given_to_compress_is_images_or_a_data_error(tmp_path_factory, 
 @pytest.fixture(scope="module")
 def coded(run):
     pytest.importorskip("constriction")
-    from vaelab.coding.compress import compress
+    from vaelab.coding.compress import CodingSettings, compress
     from vaelab.coding.container import read_container
 
     model, cfg = vaelab.load_run(run)
-    data = compress(model, vaelab.load_data(cfg.data).test.stored().numpy()[:3])
+    x = vaelab.load_data(cfg.data).test.stored().numpy()[:3]
+    data = compress(model, x, settings=CodingSettings(samples=1), version=1)
     header, body = read_container(data)
-    return model, header, body
+    return model, header, body, compress(model, x)
 
 
 FIELDS = ["format", "model", "image_shape", "count", "levels", "settings", "device",
@@ -143,15 +144,16 @@ FIELDS = ["format", "model", "image_shape", "count", "levels", "settings", "devi
 @given(st.dictionaries(st.sampled_from(FIELDS), values, max_size=3),
        st.lists(st.sampled_from(FIELDS), max_size=2), st.binary(max_size=64), st.booleans())
 def test_any_compressed_file_is_images_or_a_coding_error(coded, changes, dropped, body, real):
+    """Format 1's JSON header: any fields, any values."""
     from vaelab.coding.compress import decompress
-    from vaelab.coding.container import pack
+    from vaelab.coding.container import pack_v1
     from vaelab.errors import CodingError
 
-    model, header, real_body = coded
+    model, header, real_body, _ = coded
     h = {k: v for k, v in {**header, **changes}.items() if k not in dropped}
     body = real_body if real else body[:len(body) // 4 * 4]
     try:
-        x = decompress(model, pack(h, body))
+        x = decompress(model, pack_v1(h, body))
     except CodingError:
         return
     assert x.dtype == np.uint8 and x.shape[1:] == tuple(model.image_shape)
@@ -166,10 +168,34 @@ def test_any_bytes_after_the_magic_are_a_coding_error(coded, data):
     from vaelab.coding.container import MAGIC
     from vaelab.errors import CodingError
 
-    blob = MAGIC + data
-    for candidate in (blob, blob + hashlib.sha256(blob).digest()):
-        with pytest.raises(CodingError):
-            decompress(coded[0], candidate)
+    for blob in (MAGIC + data, b"\x89VL\x02" + data):
+        for candidate in (blob, blob + hashlib.sha256(blob).digest(),
+                          blob + hashlib.sha256(blob).digest()[:8]):
+            with pytest.raises(CodingError):
+                decompress(coded[0], candidate)
+
+
+@SLOW
+@given(st.lists(st.tuples(st.integers(0, 63), st.integers(0, 255)), min_size=1, max_size=4),
+       st.integers(0, 40))
+def test_any_change_to_a_compact_header_is_images_or_a_coding_error(coded, edits, cut):
+    """Format 2: bytes of the header changed or cut, checksummed anew."""
+    import hashlib
+
+    from vaelab.coding.compress import decompress
+    from vaelab.errors import CodingError
+
+    model, real = coded[0], coded[3]
+    data = bytearray(real[:-8])
+    for at, value in edits:
+        if at < len(data):
+            data[at] = value
+    data = bytes(data[:len(data) - cut])
+    try:
+        x = decompress(model, data + hashlib.sha256(data).digest()[:8])
+    except CodingError:
+        return
+    assert x.dtype == np.uint8 and x.shape[1:] == tuple(model.image_shape)
 
 
 # ---- exported folders: any config.json beside the weights ----------------------------------

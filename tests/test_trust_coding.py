@@ -19,8 +19,8 @@ from PIL import Image
 pytest.importorskip("constriction")
 
 import vaelab  # noqa: E402
-from vaelab.coding.compress import compress, decompress  # noqa: E402
-from vaelab.coding.container import MAGIC, pack, read_container  # noqa: E402
+from vaelab.coding.compress import CodingSettings, compress, decompress  # noqa: E402
+from vaelab.coding.container import MAGIC, pack, pack_v1, read_container  # noqa: E402
 from vaelab.config import Config  # noqa: E402
 from vaelab.errors import CodingError  # noqa: E402
 
@@ -56,26 +56,42 @@ def pngs(images, tmp_path_factory):
 
 def _recoded(data: bytes, **fields) -> bytes:
     """The file with header fields replaced (None: removed), checksummed anew as an
-    attacker could."""
+    attacker could (in the file's own format)."""
     header, body = read_container(data)
     header = {k: v for k, v in {**header, **fields}.items() if v is not None}
-    return pack(header, body)
+    return (pack if header["format"] == 2 else pack_v1)(header, body)
+
+
+def _checksummed(data: bytes) -> bytes:
+    """Format-2 bytes with a valid checksum after them."""
+    import hashlib
+
+    return data + hashlib.sha256(data).digest()[:8]
 
 
 def test_a_header_that_inflates_without_end_is_refused_at_the_limit(images):
     model, x = images
     bomb = zlib.compress(b" " * (256 << 20), 9)  # 256 MB of header in ~250 KB
-    blob = MAGIC + len(bomb).to_bytes(4, "little") + bomb
+    blob = MAGIC + len(bomb).to_bytes(4, "little") + bomb  # format 1: the JSON header
     import hashlib
 
     blob += hashlib.sha256(blob).digest()
-    t0 = time.time()
-    with pytest.raises(CodingError, match="inflates past"):
-        decompress(model, blob)
-    assert time.time() - t0 < 5
+    raw = compress(model, x)  # format 2: the meta
+    head = bytearray(raw[:4 + 1 + 16])
+    head[4] |= 2  # a meta follows the numbers
+    numbers = raw[21:-8]
+    n = len(numbers) - 4 * read_container(raw)[0]["words"]
+    from vaelab.coding.container import _varint
+
+    meta_bomb = _checksummed(bytes(head) + numbers[:n] + _varint(len(bomb)) + bomb)
+    for data in (blob, meta_bomb):
+        t0 = time.time()
+        with pytest.raises(CodingError, match="inflates past"):
+            decompress(model, data)
+        assert time.time() - t0 < 5
 
 
-@pytest.mark.parametrize("batches", [[[10 ** 12, 1]], [[1, 10 ** 12]]])
+@pytest.mark.parametrize("batches", [[[10 ** 12, 1, 0]], [[1, 10 ** 12, 0]]])
 def test_counts_beyond_the_file_are_refused_before_anything_is_allocated(images, batches):
     model, x = images
     data = _recoded(compress(model, x), count=10 ** 12, batches=batches)
@@ -85,18 +101,44 @@ def test_counts_beyond_the_file_are_refused_before_anything_is_allocated(images,
     assert time.time() - t0 < 5
 
 
-@pytest.mark.parametrize("fields, words", [
+def _settings(data: bytes, **changes) -> dict:
+    return {**read_container(data)[0]["settings"], **changes}
+
+
+FORMAT2 = [  # (fields replaced, or bytes changed, and the words of the error)
+    (dict(levels=1), "levels 1"),
+    (dict(image_shape=[2, 8, 8]), "image shape"),
+    (dict(batches=[[5, 2, 0], [3, 1, 0]]), "batch sizes"),
+    (dict(settings=lambda d: _settings(d, samples=5000)), "samples 5000"),
+    (dict(settings=lambda d: _settings(d, direct_bits=12)), "direct grid bits 12"),
+    (dict(settings=lambda d: _settings(d, latent_bits=30)), "latent grid of 30 bits"),
+    (lambda d: _checksummed(d[:3] + b"\x09" + d[4:-8]), "format version 9"),
+    (lambda d: _checksummed(d[:4] + b"\xff" + d[5:-8]), "unknown flags"),
+    (lambda d: _checksummed(d[:22]), "ends inside the header"),
+    (lambda d: _checksummed(d[:21] + b"\xff" * 11 + d[21:-8]), "past 64 bits"),
+]
+FORMAT1 = [
     ({"levels": None}, "'levels' is missing"),
     ({"surprise": 1}, "unknown fields"),
     ({"count": "20"}, "'count' is not an integer"),
-    ({"image_shape": [1, 8]}, "image shape"),
     ({"batches": [[5, 2], [3, "x"]]}, "batch sizes"),
     ({"made_with": {"torch": 2}}, "made_with"),
     ({"format": 99}, "format version 99"),
-])
-def test_a_header_with_a_wrong_field_is_a_clear_error(run, images, tmp_path, fields, words):
+]
+
+
+@pytest.mark.parametrize("change, words", FORMAT2 + FORMAT1)
+def test_a_header_with_a_wrong_field_is_a_clear_error(run, images, tmp_path, change, words):
     model, x = images
-    (tmp_path / "x.vlz").write_bytes(_recoded(compress(model, x), **fields))
+    if isinstance(change, dict) and (change, words) in FORMAT1:
+        data = _recoded(compress(model, x, settings=CodingSettings(samples=1), version=1),
+                        **change)
+    elif isinstance(change, dict):
+        data = compress(model, x)
+        data = _recoded(data, **{k: v(data) if callable(v) else v for k, v in change.items()})
+    else:
+        data = change(compress(model, x))
+    (tmp_path / "x.vlz").write_bytes(data)
     r = _cli("decompress", tmp_path / "x.vlz", "--run", run, "--out", tmp_path / "o.npy")
     assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "o.npy").exists()

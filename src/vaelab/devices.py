@@ -136,3 +136,15 @@ def resolve_device(name: str | torch.device) -> torch.device:
     if name == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("device 'mps' requested but MPS is not available; use --device auto")
     return torch.device(name)
+
+
+def fast_bf16(device: str | torch.device) -> bool:
+    """Whether bfloat16 matrix products run natively (faster than float32) on ``device``:
+    a CUDA device that supports them, or a CPU with AVX512-BF16 or AMX."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)

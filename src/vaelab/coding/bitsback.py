@@ -73,15 +73,22 @@ def _floats(x: np.ndarray, levels: int, device) -> Tensor:
     return torch.as_tensor(x, dtype=torch.float64, device=device) / (levels - 1)
 
 
-def log_weights(model, q, xf: Tensor, z: Tensor) -> Tensor:
+def log_weights(model, xf: Tensor, z: Tensor, bf16: bool = False) -> Tensor:
     """log w = log p(x|z) + log p(z) - log q(z|x) of particles z (K, B, T*L): (K, B),
+    float64, in ``model``'s dtype (the decoder's matrix products in bfloat16 if ``bf16``),
     the decoder run on chunks of particles whose output fits ``TABLE_FLOATS``."""
     K, B = z.shape[:2]
+    dtype = next(model.parameters()).dtype
+    xf, z = xf.to(dtype), z.to(dtype)
     step = max(1, TABLE_FLOATS // max(1, B * xf[0].numel()))
-    prior = model.prior()
-    parts = [model.decode(zc).log_prob(xf) + prior.log_prob(zc) - q.log_prob(zc)
-             for zc in z.split(step)]
-    return torch.cat(parts)
+    prior, q = model.prior(), model.encode(xf)
+    parts = []
+    for zc in z.split(step):
+        latent = prior.log_prob(zc) - q.log_prob(zc)  # (first: a hierarchy's walk caches
+        with torch.autocast(z.device.type, torch.bfloat16, enabled=bf16):  # its states)
+            lik = model.decode(zc).log_prob(xf)
+        parts.append(lik.to(dtype) + latent)
+    return torch.cat(parts).double()
 
 
 def _others(j: np.ndarray, K: int, B: int, device) -> Tensor:
@@ -106,10 +113,12 @@ def _pick(z: Tensor, j: np.ndarray) -> Tensor:
 
 @torch.no_grad()
 def encode_batch(coder, model, x: np.ndarray, levels: int, grid: Grid, tally: Tally,
-                 samples: int = 1, coupled: bool = False, weigh=None) -> None:
+                 samples: int = 1, coupled: bool = False, weigh=None, bf16: bool = False
+                 ) -> None:
     """Push a batch of images (B, C, H, W) of integer levels onto the stack ``coder``,
     with ``samples`` particles per image, their log-weights computed by ``weigh`` (a
-    copy of the model for speed; the model itself by default)."""
+    float32 copy of the model for speed, its decoder in bfloat16 if ``bf16``; the model
+    itself by default)."""
     K, B, T = samples, len(x), model.layers
     dim = model.latent_dim // T
     xf = _floats(x, levels, model.device)
@@ -120,7 +129,7 @@ def encode_batch(coder, model, x: np.ndarray, levels: int, grid: Grid, tally: Ta
     parts.draw(coder, z, bins)  # the bits back
     j, net = np.zeros(B, np.int32), None
     if K > 1:
-        lw = _weights(weigh or model, xf, z)
+        lw = log_weights(weigh or model, xf, z, bf16)
         j = coder.decode(coder_models().Categorical(perfect=False),
                          torch.softmax(lw, 0).T.contiguous().cpu().numpy())
         net = -(torch.logsumexp(lw, 0) - math.log(K)) / math.log(2)
@@ -146,15 +155,10 @@ def encode_batch(coder, model, x: np.ndarray, levels: int, grid: Grid, tally: Ta
     tally.add(net, popped + math.log2(K), exhausted)
 
 
-def _weights(model, xf: Tensor, z: Tensor) -> Tensor:
-    """log w of particles z (K, B, T*L) under ``model`` (in its dtype), as float64."""
-    dtype = next(model.parameters()).dtype
-    return log_weights(model, model.encode(xf.to(dtype)), xf.to(dtype), z.to(dtype)).double()
-
-
 @torch.no_grad()
 def decode_batch(coder, model, batch: int, shape: tuple[int, int, int], levels: int,
-                 grid: Grid, samples: int = 1, coupled: bool = False, weigh=None) -> np.ndarray:
+                 grid: Grid, samples: int = 1, coupled: bool = False, weigh=None,
+                 bf16: bool = False) -> np.ndarray:
     """Pop a batch of ``batch`` images (B, C, H, W) of integer levels from the stack."""
     K, B, T = samples, batch, model.layers
     dim = model.latent_dim // T
@@ -175,7 +179,7 @@ def decode_batch(coder, model, batch: int, shape: tuple[int, int, int], levels: 
     if K > 1:
         parts.recover(coder, z, bins, j, _others(j, K, B, z.device))
         coder.encode_reverse(j, coder_models().Categorical(perfect=False),
-                             torch.softmax(_weights(weigh or model, xf, z), 0).T.contiguous()
+                             torch.softmax(log_weights(weigh or model, xf, z, bf16), 0).T.contiguous()
                              .cpu().numpy())
     parts.give_back(coder, z, bins)  # the bits that compression took
     return x.astype(np.uint8)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..devices import fast_bf16
 from ..errors import CodingError, ConfigError
 from ..models.vae import VAE
 from .bitsback import Tally, decode_batch, decode_direct, encode_batch, encode_direct
@@ -33,7 +34,7 @@ from .container import (DEFAULT_RANGE, DIGEST, MAX_SAMPLES, check_header, pack, 
 from .latents import Grid, entropy_coder
 from .pixels import decode_uniform, encode_uniform, pixel_code
 
-SAMPLES = 1
+SAMPLES = 32
 PARTICLE_FLOATS = 1 << 24  # samples x batch x latent size of one batch, at most
 
 
@@ -46,6 +47,7 @@ class CodingSettings:
 
     samples: int = SAMPLES
     coupled: bool = True
+    weights: str = "auto"
     latent_bits: int = 8
     latent_range: float = DEFAULT_RANGE
     batch_size: int = 500
@@ -53,6 +55,8 @@ class CodingSettings:
     def __post_init__(self):
         if not 1 <= self.samples <= MAX_SAMPLES:
             raise ConfigError(f"samples must be in 1..{MAX_SAMPLES}, got {self.samples}")
+        if self.weights not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"weights must be auto, fp32 or bf16, got {self.weights!r}")
         if not 2 <= self.latent_bits <= 16:
             raise ConfigError(f"latent_bits must be in 2..16, got {self.latent_bits}")
         if not (self.latent_range > 0 and math.isfinite(self.latent_range)) or \
@@ -61,6 +65,11 @@ class CodingSettings:
                               f"got {self.latent_range}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    def bf16(self, device: str) -> bool:
+        """Whether the particles' weights are computed in bfloat16 on ``device``."""
+        return self.samples > 1 and (self.weights == "bf16" or
+                                     (self.weights == "auto" and fast_bf16(device)))
 
     @property
     def grid(self) -> Grid:
@@ -90,10 +99,11 @@ def levels_of(model: VAE) -> int:
     return model.likelihood.levels
 
 
-def _coding_copy(model: VAE, device: str, samples: int = 1) -> VAE:
+def _coding_copy(model: VAE, device: str, samples: int = 1, bf16: bool = False) -> VAE:
     """A float64 copy of the model on ``device`` ("cpu" or "cuda"), for the probabilities
     both sides compute; with ``samples`` > 1 it carries a float32 copy as ``weigh``, which
-    computes the particles' weights (they choose j, they set no code length)."""
+    computes the particles' weights (they choose j, they set no code length), its decoder
+    in bfloat16 if ``bf16`` (``weigh_bf16``)."""
     if model.classes:
         raise ConfigError("a conditional model needs each image's label to code it; compress "
                           "with an unconditional run")
@@ -105,6 +115,7 @@ def _coding_copy(model: VAE, device: str, samples: int = 1) -> VAE:
                           "one: the probabilities must be computed the same way)")
     out = copy.deepcopy(model).to(device, torch.float64).eval()
     out.weigh = copy.deepcopy(model).to(device, torch.float32).eval() if samples > 1 else None
+    out.weigh_bf16 = bf16
     return out
 
 
@@ -142,8 +153,8 @@ def compress(model: VAE, images, *, settings: CodingSettings = CodingSettings(),
     versions of what made the file. ``stats``, if given, receives the ideal code length
     (the sum over images of -log2 (1/K) sum_k w_k of the coded particles, the bits pushed
     for a direct code) and the sizes. ``device``: where the nets run ("cuda" is faster;
-    the file then decodes on a CUDA device only). ``version=1`` writes the file format
-    of vaelab before 0.6 (one sample, no direct code), for readers that old."""
+    the file then decodes on a CUDA device only). ``version=1`` writes the first file
+    format (a JSON header; one sample, starting words), for vaelabs that read only it."""
     from tqdm.auto import tqdm
 
     constriction = entropy_coder()
@@ -152,9 +163,9 @@ def compress(model: VAE, images, *, settings: CodingSettings = CodingSettings(),
     if version not in (1, 2) or (version == 1 and settings.samples != 1):
         raise ConfigError(f"file format {version} with {settings.samples} samples: format 1 "
                           "codes one sample per image, format 2 any number")
-    m = _coding_copy(model, device, settings.samples)
-    coder = constriction.stream.stack.AnsCoder(initial_words(m, settings)
-                                               if version == 1 else None)
+    m = _coding_copy(model, device, settings.samples, settings.bf16(device))
+    coder = constriction.stream.stack.AnsCoder(initial_words(m, settings)) if version == 1 \
+        else constriction.stream.stack.AnsCoder()
     tally = Tally(ideal=stats is not None)
     with tqdm(total=len(x), desc="compress", unit="img", disable=None if progress else True,
               leave=False) as bar:
@@ -194,7 +205,8 @@ def _header(model, x, levels, settings, device, batches, direct_bits, meta, word
     header.update(model=header["model"][:2 * DIGEST], sha256=header["sha256"][:2 * DIGEST],
                   code=code, batches=_run_length(batches),
                   settings={**s, "samples": settings.samples, "direct_bits": direct_bits,
-                            "coupled": int(settings.coupled and settings.samples > 1)})
+                            "coupled": int(settings.coupled and settings.samples > 1),
+                            "bf16": int(settings.bf16(device))})
     return {**header, "made_with": versions()} if verbose else header
 
 
@@ -238,7 +250,7 @@ def _bits_back(coder, m, x, levels, settings, tally, size, final: bool):
         saved = coder.clone() if coder.num_bits() < 4 * _need(tally, m, settings) * size \
             else None
         encode_batch(coder, m, x[:size], levels, settings.grid, tally, settings.samples,
-                     settings.coupled, getattr(m, "weigh", None))
+                     settings.coupled, m.weigh, m.weigh_bf16)
         if saved is None or not tally.exhausted or (final and size == 1):
             return size, coder
         tally.drop_last()
@@ -314,7 +326,7 @@ def unpack(model: VAE, data: bytes, *, progress: bool = False) -> tuple[np.ndarr
     if any(size * samples * model.latent_dim > PARTICLE_FLOATS for size, _ in batches):
         raise CodingError("damaged header: a batch larger than any writer makes; nothing "
                           "was decoded")
-    m = _coding_copy(model, header["device"], samples)
+    m = _coding_copy(model, header["device"], samples, bool(s.get("bf16", 0)))
     coder = constriction.stream.stack.AnsCoder(np.frombuffer(body, "<u4").astype(np.uint32))
     out = np.empty((header["count"], *shape), np.uint8)
     end = header["count"]
@@ -327,7 +339,8 @@ def unpack(model: VAE, data: bytes, *, progress: bool = False) -> tuple[np.ndarr
             for size, is_direct in reversed(batches):  # a stack: the last batch comes first
                 out[end - size:end] = decode_direct(coder, m, size, shape, levels, direct) \
                     if is_direct else decode_batch(coder, m, size, shape, levels, grid, samples,
-                                                   bool(s.get("coupled", 0)), m.weigh)
+                                                   bool(s.get("coupled", 0)), m.weigh,
+                                                   m.weigh_bf16)
                 end -= size
                 bar.update(size)
     except (ValueError, RuntimeError, OverflowError, KeyError, IndexError) as e:

@@ -1,10 +1,10 @@
 """The compressed file, and every check it gets before anything is decoded.
 
-Format 2 (written since vaelab 0.6), a compact binary header, 36 bytes for one image:
+Format 2, a compact binary header (32 bytes and an 8-byte checksum for a file of one image):
 
     magic and version   4 bytes   89 56 4C 02 ("\\x89VL", 2)
     flags               1 byte    1 CUDA, 2 meta, 4 versions, 8 latent range, 16 uniform,
-                                  32 coupled samples
+                                  32 coupled samples, 64 bfloat16 weights
     model               8 bytes   the model's fingerprint (SHA-256 of its weights), cut
     images              8 bytes   SHA-256 of the images' bytes, cut
     varints             count, channels, height, width, levels, latent bits, samples K,
@@ -48,8 +48,8 @@ MAX_SAMPLES = 4096
 IMAGES_PER_BYTE = 512  # at most, on average: no image codes in under 1/64 bit
 DEFAULT_RANGE = 16.0
 ARRAY = {"kind": "array"}  # the meta of images given as an array
-FLAG_CUDA, FLAG_META, FLAG_VERSIONS, FLAG_RANGE, FLAG_UNIFORM, FLAG_COUPLED = \
-    1, 2, 4, 8, 16, 32
+FLAG_CUDA, FLAG_META, FLAG_VERSIONS, FLAG_RANGE, FLAG_UNIFORM, FLAG_COUPLED, FLAG_BF16 = \
+    1, 2, 4, 8, 16, 32, 64
 
 
 def versions() -> dict:
@@ -89,7 +89,8 @@ def pack(header: dict, body: bytes) -> bytes:
     flags = (FLAG_CUDA * (header["device"] == "cuda") | FLAG_META * (meta != ARRAY)
              | FLAG_VERSIONS * ("made_with" in header)
              | FLAG_RANGE * (s["latent_range"] != DEFAULT_RANGE)
-             | FLAG_UNIFORM * (header["code"] == "uniform") | FLAG_COUPLED * s["coupled"])
+             | FLAG_UNIFORM * (header["code"] == "uniform") | FLAG_COUPLED * s["coupled"]
+             | FLAG_BF16 * s["bf16"])
     out = bytearray(MAGIC2 + bytes([FORMAT_VERSION, flags]))
     out += bytes.fromhex(header["model"]) + bytes.fromhex(header["sha256"])
     for v in (header["count"], *header["image_shape"], header["levels"], s["latent_bits"],
@@ -108,7 +109,7 @@ def pack(header: dict, body: bytes) -> bytes:
 
 
 def pack_v1(header: dict, body: bytes) -> bytes:
-    """A format-1 file (what vaelab wrote before format 2)."""
+    """A format-1 file (what vaelab wrote before format 2: a JSON header)."""
     head = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
     out = MAGIC + struct.pack("<I", len(head)) + head + body
     return out + hashlib.sha256(out).digest()
@@ -173,7 +174,7 @@ class _Reader:
 def _fields(data: memoryview) -> tuple[dict, int]:
     r = _Reader(data, 4)
     (flags,) = r.take(1)
-    if flags >= 64:
+    if flags >= 128:
         _damaged(f"unknown flags {flags:#x}")
     model, digest = r.take(DIGEST).hex(), r.take(DIGEST).hex()
     count, c, h, w, levels, bits, samples, direct_bits, runs = (r.varint() for _ in range(9))
@@ -189,7 +190,8 @@ def _fields(data: memoryview) -> tuple[dict, int]:
               "code": "uniform" if flags & FLAG_UNIFORM else "bits-back",
               "settings": {"latent_bits": bits, "latent_range": latent_range,
                            "samples": samples, "direct_bits": direct_bits,
-                           "coupled": int(bool(flags & FLAG_COUPLED))},
+                           "coupled": int(bool(flags & FLAG_COUPLED)),
+                           "bf16": int(bool(flags & FLAG_BF16))},
               "batches": batches, "meta": r.blob() if flags & FLAG_META else dict(ARRAY)}
     if flags & FLAG_VERSIONS:
         header["made_with"] = r.blob()
@@ -241,7 +243,7 @@ FIELDS = {1: {"format": int, "model": str, "image_shape": list, "count": int, "l
 OPTIONAL = {"made_with"}
 SETTINGS = {1: {"latent_bits": int, "latent_range": (int, float), "batch_size": int},
             2: {"latent_bits": int, "latent_range": (int, float), "samples": int,
-                "direct_bits": int, "coupled": int}}
+                "direct_bits": int, "coupled": int, "bf16": int}}
 
 
 def check_header(header, body_bytes: int) -> None:
@@ -305,6 +307,7 @@ def _check_settings(s: dict, fmt: int) -> None:
             r * 2 ** s["latent_bits"] > 2 ** 20:
         _damaged(f"latent grid of {s['latent_bits']} bits over +-{r}")
     if fmt == 2 and not (1 <= s["samples"] <= MAX_SAMPLES and s["coupled"] in (0, 1) and
+                         s["bf16"] in (0, 1) and
                          0 <= s["direct_bits"] <= s["latent_bits"]):
         _damaged(f"samples {s['samples']}, direct grid bits {s['direct_bits']}")
 

@@ -91,24 +91,30 @@ class Coupled(Independent):
 
     def _quantile(self, v: Tensor, mean: Tensor, std: Tensor) -> Tensor:
         """The bin i with F(i - 1) <= v < F(i): the Gaussian's quantile, corrected by a
-        step or two, then bisection over the grid where that did not settle it (the far
-        tails, where many bins hold no mass)."""
+        step where it lands beside its bin, then bisection over the grid where that did
+        not settle it (the far tails, where many bins hold no mass)."""
         n = self.grid.n
         i = torch.ceil(mean + std * torch.special.ndtri((v.double() + 0.5) / ONE) - 0.5)
         i = i.clamp(-n, n)
-        for _ in range(2):
-            i = i + (self._cdf(i, mean, std) <= v).double() \
-                - (self._cdf(i - 1, mean, std) > v).double()
-        bad = (self._cdf(i, mean, std) <= v) | (self._cdf(i - 1, mean, std) > v)
+        step = (self._cdf(i, mean, std) <= v).double() - (self._cdf(i - 1, mean, std) > v).double()
+        bad = step != 0
         if bad.any():
             vb, mb, sb = v[bad], mean[bad], std[bad]
-            lo, hi = torch.full_like(mb, -n - 1), torch.full_like(mb, n)  # F(lo) <= v < F(hi)
-            while (hi - lo > 1).any():
-                mid = torch.floor((lo + hi) / 2)
-                below = self._cdf(mid, mb, sb) <= vb
-                lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
-            i[bad] = hi
+            ib = i[bad] + step[bad]
+            off = (self._cdf(ib, mb, sb) <= vb) | (self._cdf(ib - 1, mb, sb) > vb)
+            if off.any():
+                ib[off] = self._bisect(vb[off], mb[off], sb[off])
+            i[bad] = ib
         return i
+
+    def _bisect(self, v: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+        n = self.grid.n
+        lo, hi = torch.full_like(mean, -n - 1), torch.full_like(mean, n)  # F(lo) <= v < F(hi)
+        while (hi - lo > 1).any():
+            mid = torch.floor((lo + hi) / 2)
+            below = self._cdf(mid, mean, std) <= v
+            lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+        return hi
 
     def _offsets(self, t: int) -> Tensor:
         """o_k of layer t (K, 1, L): splitmix64 of (k, t, d), 24 bits; o_0 = 0."""

@@ -29,7 +29,8 @@ class Compress(Command):
         "Compress images losslessly with a run's model: bits-back coding with K importance "
         "samples on an ANS stack (constriction), about -log (1/K) sum_k w_k bits per image, "
         "which tends to -log p(x) as K grows (K = 1: the -ELBO). INPUT: an IDX file (raw or "
-        ".gz), a .npy file of uint8 images, or a folder of PNGs, of the run's image shape; or, without INPUT, --split of the run's "
+        ".gz), a .npy file of uint8 images, or a folder of PNGs, of the run's image shape; "
+        "or, without INPUT, --split of the run's "
         "data set prepared by its protocol (e.g. the binarized test set of a Bernoulli run). "
         "`vaelab decompress` gives the same bytes (IDX, .npy) or pixels (PNGs) back. Needs: "
         "pip install 'vaelab[compress]'.")
