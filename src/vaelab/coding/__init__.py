@@ -1,5 +1,5 @@
-"""Coding: lossless compression with a trained VAE, bits-back ANS on the ``constriction``
-entropy coder (:mod:`.bitsback`), the batches (:mod:`.compress`) and the file (:mod:`.container`).
+"""Coding: lossless compression with a trained VAE, bits-back with K importance samples on
+constriction's ANS stack (latents, pixels, particles, bitsback, compress, container).
 
 May import: base, models.
 """

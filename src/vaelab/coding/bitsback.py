@@ -178,9 +178,9 @@ def decode_batch(coder, model, batch: int, shape: tuple[int, int, int], levels: 
     z[torch.as_tensor(j, dtype=torch.long), torch.arange(B)] = zj
     if K > 1:
         parts.recover(coder, z, bins, j, _others(j, K, B, z.device))
+        lw = log_weights(weigh or model, xf, z, bf16)
         coder.encode_reverse(j, coder_models().Categorical(perfect=False),
-                             torch.softmax(log_weights(weigh or model, xf, z, bf16), 0).T.contiguous()
-                             .cpu().numpy())
+                             torch.softmax(lw, 0).T.contiguous().cpu().numpy())
     parts.give_back(coder, z, bins)  # the bits that compression took
     return x.astype(np.uint8)
 

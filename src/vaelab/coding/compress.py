@@ -133,15 +133,12 @@ def _checked_images(images, shape: tuple[int, ...], levels: int) -> np.ndarray:
     return np.array(x, dtype=np.uint8, order="C")  # a copy of our own, writable
 
 
-def _run_length(batches: list[tuple[int, int]]) -> list[list[int]]:
-    """(size, direct) of every batch -> runs [size, repeat, direct]."""
-    out: list[list[int]] = []
-    for size, direct in batches:
-        if out and (out[-1][0], out[-1][2]) == (size, direct):
-            out[-1][1] += 1
-        else:
-            out.append([size, 1, direct])
-    return out
+def _sizes(plan: dict, count: int) -> list[tuple[int, bool]]:
+    """(size, direct) of every batch of a format-2 file."""
+    sizes = schedule(count, plan["direct"], plan["rate"], plan["cap"])
+    direct = set(plan["exceptions"])
+    return [(size, b < plan["direct"] or b - plan["direct"] in direct)
+            for b, size in enumerate(sizes)]
 
 
 def compress(model: VAE, images, *, settings: CodingSettings = CodingSettings(),
@@ -169,15 +166,15 @@ def compress(model: VAE, images, *, settings: CodingSettings = CodingSettings(),
     tally = Tally(ideal=stats is not None)
     with tqdm(total=len(x), desc="compress", unit="img", disable=None if progress else True,
               leave=False) as bar:
-        coder, batches, direct_bits = _code(coder, m, x, levels, settings, tally, bar.update,
-                                            direct=version == 2)
-    words, code = coder.get_compressed().astype("<u4"), "bits-back"
+        coder, plan = _code(coder, m, x, levels, settings, tally, bar.update, version)
+    words, code, sizes = coder.get_compressed().astype("<u4"), "bits-back", _sizes(plan, len(x))
     if version == 2 and len(x) and x.size * math.log2(levels) < 32 * len(words) - 32:
         coder = constriction.stream.stack.AnsCoder()  # the model loses to plain pixels
         encode_uniform(coder, x, levels)
-        words, code, batches = coder.get_compressed().astype("<u4"), "uniform", []
-    header = _header(model, x, levels, settings, device, batches, direct_bits, meta,
-                     len(words), version, code, verbose_header)
+        words, code = coder.get_compressed().astype("<u4"), "uniform"
+        plan = {"direct": 0, "rate": 0, "cap": 1, "exceptions": [], "direct_bits": 0}
+    header = _header(model, x, levels, settings, device, plan, meta, len(words), version,
+                     code, verbose_header)
     try:  # every file vaelab writes, vaelab reads: the reader's limits hold here too
         check_header(header, 4 * len(words))
     except CodingError as e:
@@ -186,13 +183,13 @@ def compress(model: VAE, images, *, settings: CodingSettings = CodingSettings(),
     if stats is not None:
         stats.update(ideal_bits=float(sum(tally.net_bits)), bits=8 * len(data),
                      body_bits=32 * len(words), header_bytes=len(data) - 4 * len(words),
-                     count=int(len(x)), batches=len(batches), code=code,
-                     direct=sum(size for size, direct in batches if direct))
+                     count=int(len(x)), batches=len(sizes), code=code,
+                     direct=sum(size for size, direct in sizes if direct))
     return data
 
 
-def _header(model, x, levels, settings, device, batches, direct_bits, meta, words, version,
-            code, verbose) -> dict:
+def _header(model, x, levels, settings, device, plan, meta, words, version, code,
+            verbose) -> dict:
     s = {"latent_bits": settings.latent_bits, "latent_range": settings.latent_range}
     header = {"format": version, "model": fingerprint(model), "image_shape":
               list(model.image_shape), "count": int(len(x)), "levels": levels,
@@ -200,64 +197,74 @@ def _header(model, x, levels, settings, device, batches, direct_bits, meta, word
               "words": int(words), "meta": meta or {"kind": "array"}}
     if version == 1:
         return {**header, "settings": {**s, "batch_size": settings.batch_size},
-                "batches": [[size, n] for size, n, _ in _run_length(batches)],
-                "made_with": versions()}
+                "batches": [[1, len(x)]] if len(x) else [], "made_with": versions()}
     header.update(model=header["model"][:2 * DIGEST], sha256=header["sha256"][:2 * DIGEST],
-                  code=code, batches=_run_length(batches),
-                  settings={**s, "samples": settings.samples, "direct_bits": direct_bits,
+                  code=code, schedule={k: plan[k] for k in ("direct", "rate", "cap",
+                                                            "exceptions")},
+                  settings={**s, "samples": settings.samples,
+                            "direct_bits": plan["direct_bits"],
                             "coupled": int(settings.coupled and settings.samples > 1),
                             "bf16": int(settings.bf16(device))})
     return {**header, "made_with": versions()} if verbose else header
 
 
-def _code(coder, m, x, levels, settings, tally, update, direct: bool):
-    """Code every image onto ``coder``: by bits back in batches as large as the stack's
-    bits allow (up to ``batch_size``), by a direct code while it holds too few (``direct``;
-    otherwise the stack starts with :func:`initial_words`). Returns the coder, the
-    (size, direct) of every batch and the direct code's grid bits."""
-    start, batches, direct_bits, per_direct = 0, [], 0, None
+def schedule(count: int, direct: int, rate: int, cap: int) -> list[int]:
+    """The batches of a file: after ``direct`` images coded one by one, batches of
+    max(1, floor(n 2^(-rate/4))) images, n the images coded so far, at most ``cap``: the
+    stack's bits grow with n, and so can the batches that pop them. A function of the
+    header's four numbers, so that the file need not list its batches."""
+    sizes, n, rho = [1] * min(direct, count), min(direct, count), 2.0 ** (-rate / 4)
+    while n < count:
+        sizes.append(min(cap, count - n, max(1, int(n * rho))))
+        n += sizes[-1]
+    return sizes
+
+
+def _code(coder, m, x, levels, settings, tally, update, version: int):
+    """Code every image onto ``coder``: (format 2) the first ones by a direct code, until
+    the stack holds the draws of a batch, then the batches of :func:`schedule` by bits
+    back (directly where a batch's draws would still run the stack short: an exception);
+    (format 1) one image per batch by bits back from :func:`initial_words`. Returns the
+    coder and the schedule's numbers."""
     cap = max(1, min(settings.batch_size,
                      PARTICLE_FLOATS // (settings.samples * m.latent_dim)))
-    while start < len(x):
-        left, need = len(x) - start, _need(tally, m, settings)
-        size = 0
-        if not direct or coder.num_bits() >= need:
-            size, coder = _bits_back(coder, m, x[start:], levels, settings, tally,
-                                     min(cap, left, max(1, int(coder.num_bits() // need))),
-                                     final=not direct)
-        if size:
-            batches.append((size, 0))
-        else:  # a direct code, for as many images as the stack needs to reach ``need``
-            if not batches:
-                direct_bits = _direct_bits(coder, m, x[start:start + 16], levels, settings)
-            size = 1 if per_direct is None else \
-                min(cap, left, max(1, math.ceil((need - coder.num_bits()) / per_direct)))
-            before = coder.num_bits()
-            encode_direct(coder, m, x[start:start + size], levels,
-                          Grid(2.0 ** -direct_bits, settings.latent_range), tally)
-            per_direct = max(1.0, (coder.num_bits() - before) / size)
-            batches.append((size, 1))
-        start += size
+    direct = Grid(2.0 ** -_direct_bits(coder, m, x[:16], levels, settings),
+                  settings.latent_range) if version == 2 and len(x) else None
+    n, rate, pushed = 0, 255, 0.0  # (rate 255: batches of one image)
+    while direct is not None and n < len(x):  # the direct prefix
+        need = _need(tally, m, settings)
+        if n and coder.num_bits() >= need * max(1, int(n * 2.0 ** (-rate / 4))):
+            break
+        before = coder.num_bits()
+        encode_direct(coder, m, x[n:n + 1], levels, direct, tally)
+        pushed, n = pushed + coder.num_bits() - before, n + 1
+        rate = min(63, max(0, math.ceil(-4 * math.log2(max(1e-9, 0.75 * pushed / n / need)))))
+        update(1)
+    prefix, exceptions = n, []
+    for b, size in enumerate(schedule(len(x), prefix, rate, cap)[prefix:]):
+        coder, ok = _bits_back(coder, m, x[n:n + size], levels, settings, tally)
+        if not ok and direct is None:
+            raise CodingError("the stack ran short of bits to give back; write format 2")
+        if not ok:
+            encode_direct(coder, m, x[n:n + size], levels, direct, tally)
+            exceptions.append(b)
+        n += size
         update(size)
-    return coder, batches, direct_bits
+    return coder, {"direct": prefix, "rate": rate, "cap": cap, "exceptions": exceptions,
+                   "direct_bits": round(-math.log2(direct.delta)) if direct else 0}
 
 
-def _bits_back(coder, m, x, levels, settings, tally, size, final: bool):
-    """Code a batch of up to ``size`` images by bits back, halving it while its draws
-    would empty the stack; returns the size coded (0: not even one image fits) and the
-    coder."""
-    while True:
-        saved = coder.clone() if coder.num_bits() < 4 * _need(tally, m, settings) * size \
-            else None
-        encode_batch(coder, m, x[:size], levels, settings.grid, tally, settings.samples,
-                     settings.coupled, m.weigh, m.weigh_bf16)
-        if saved is None or not tally.exhausted or (final and size == 1):
-            return size, coder
-        tally.drop_last()
-        coder = saved
-        if size == 1:
-            return 0, coder
-        size //= 2
+def _bits_back(coder, m, x, levels, settings, tally):
+    """Code a batch by bits back; returns the coder and whether it could (whether its
+    draws left the stack enough bits; if not, the coder as it was before)."""
+    saved = coder.clone() if coder.num_bits() < 4 * _need(tally, m, settings) * len(x) \
+        else None
+    encode_batch(coder, m, x, levels, settings.grid, tally, settings.samples,
+                 settings.coupled, m.weigh, m.weigh_bf16)
+    if saved is None or not tally.exhausted:
+        return coder, True
+    tally.drop_last()
+    return saved, False
 
 
 def _direct_bits(coder, m, x, levels, settings) -> int:
@@ -321,8 +328,12 @@ def unpack(model: VAE, data: bytes, *, progress: bool = False) -> tuple[np.ndarr
     check_model(model, header)
     shape, levels, s = tuple(header["image_shape"]), header["levels"], header["settings"]
     samples, grid = s.get("samples", 1), Grid(2.0 ** -s["latent_bits"], s["latent_range"])
-    batches = [(b[0], b[2] if len(b) > 2 else 0) for b in header["batches"]
-               for _ in range(b[1])]  # (checked: they add up to the count)
+    batches = _sizes(header["schedule"], header["count"]) if header["format"] == 2 else \
+        [(b[0], False) for b in header["batches"] for _ in range(b[1])]  # (checked)
+    if header["format"] == 2 and header["schedule"]["exceptions"] and \
+            header["schedule"]["exceptions"][-1] >= len(batches) - header["schedule"]["direct"]:
+        raise CodingError("damaged header: an exception past the last batch; nothing was "
+                          "decoded")
     if any(size * samples * model.latent_dim > PARTICLE_FLOATS for size, _ in batches):
         raise CodingError("damaged header: a batch larger than any writer makes; nothing "
                           "was decoded")

@@ -8,8 +8,10 @@ Format 2, a compact binary header (32 bytes and an 8-byte checksum for a file of
     model               8 bytes   the model's fingerprint (SHA-256 of its weights), cut
     images              8 bytes   SHA-256 of the images' bytes, cut
     varints             count, channels, height, width, levels, latent bits, samples K,
-                        direct-code grid bits, then the batches: their number and, per
-                        run of equal batches, (size << 1 | direct) and the repeat
+                        direct-code grid bits, then the batch schedule: the images coded
+                        directly first, the rate and the cap of the batches' growth,
+                        the number of batches coded directly after those and their
+                        places (each after the last)
     [latent range]      8 bytes   float64, when not 16
     [meta]              varint length + zlib JSON: what restores the original file (the
                         names of PNGs, an IDX header), when not a plain array
@@ -93,11 +95,12 @@ def pack(header: dict, body: bytes) -> bytes:
              | FLAG_BF16 * s["bf16"])
     out = bytearray(MAGIC2 + bytes([FORMAT_VERSION, flags]))
     out += bytes.fromhex(header["model"]) + bytes.fromhex(header["sha256"])
+    plan = header["schedule"]
+    gaps = [b - a - 1 for a, b in zip([-1] + plan["exceptions"], plan["exceptions"])]
     for v in (header["count"], *header["image_shape"], header["levels"], s["latent_bits"],
-              s["samples"], s["direct_bits"], len(header["batches"])):
+              s["samples"], s["direct_bits"], plan["direct"], plan["rate"], plan["cap"],
+              len(gaps), *gaps):
         out += _varint(v)
-    for size, repeat, direct in header["batches"]:
-        out += _varint(size << 1 | direct) + _varint(repeat)
     if flags & FLAG_RANGE:
         out += struct.pack("<d", s["latent_range"])
     if flags & FLAG_META:
@@ -177,13 +180,13 @@ def _fields(data: memoryview) -> tuple[dict, int]:
     if flags >= 128:
         _damaged(f"unknown flags {flags:#x}")
     model, digest = r.take(DIGEST).hex(), r.take(DIGEST).hex()
-    count, c, h, w, levels, bits, samples, direct_bits, runs = (r.varint() for _ in range(9))
-    if runs > max(count, 1):
-        _damaged("more runs of batches than images")
-    batches = []
-    for _ in range(runs):
-        size, repeat = r.varint(), r.varint()
-        batches.append([size >> 1, repeat, size & 1])
+    count, c, h, w, levels, bits, samples, direct_bits, direct, rate, cap, n = \
+        (r.varint() for _ in range(12))
+    if n > max(count, 1):
+        _damaged("more batches coded directly than images")
+    exceptions = []
+    for _ in range(n):
+        exceptions.append((exceptions[-1] if exceptions else -1) + 1 + r.varint())
     latent_range = struct.unpack("<d", r.take(8))[0] if flags & FLAG_RANGE else DEFAULT_RANGE
     header = {"format": 2, "model": model, "sha256": digest, "image_shape": [c, h, w],
               "count": count, "levels": levels, "device": "cuda" if flags & FLAG_CUDA else "cpu",
@@ -192,7 +195,8 @@ def _fields(data: memoryview) -> tuple[dict, int]:
                            "samples": samples, "direct_bits": direct_bits,
                            "coupled": int(bool(flags & FLAG_COUPLED)),
                            "bf16": int(bool(flags & FLAG_BF16))},
-              "batches": batches, "meta": r.blob() if flags & FLAG_META else dict(ARRAY)}
+              "schedule": {"direct": direct, "rate": rate, "cap": cap, "exceptions": exceptions},
+              "meta": r.blob() if flags & FLAG_META else dict(ARRAY)}
     if flags & FLAG_VERSIONS:
         header["made_with"] = r.blob()
     header["words"] = (len(data) - r.at) // 4
@@ -238,8 +242,8 @@ FIELDS = {1: {"format": int, "model": str, "image_shape": list, "count": int, "l
               "settings": dict, "device": str, "batches": list, "sha256": str, "words": int,
               "made_with": dict, "meta": dict},
           2: {"format": int, "model": str, "image_shape": list, "count": int, "levels": int,
-              "settings": dict, "device": str, "batches": list, "sha256": str, "words": int,
-              "meta": dict, "code": str}}
+              "settings": dict, "device": str, "schedule": dict, "sha256": str,
+              "words": int, "meta": dict, "code": str}}
 OPTIONAL = {"made_with"}
 SETTINGS = {1: {"latent_bits": int, "latent_range": (int, float), "batch_size": int},
             2: {"latent_bits": int, "latent_range": (int, float), "samples": int,
@@ -271,7 +275,10 @@ def check_header(header, body_bytes: int) -> None:
     if count < 0 or count * math.prod(shape) > MAX_DECODED or \
             count > IMAGES_PER_BYTE * body_bytes + 1024:
         _damaged(f"{count} images of shape {shape} from {body_bytes} bytes")
-    _check_batches(header, count)
+    if fmt == 1:
+        _check_batches(header, count)
+    else:
+        _check_schedule(header["schedule"], count)
     _check_settings(header["settings"], fmt)
     if fmt == 2 and header["code"] not in ("bits-back", "uniform"):
         _damaged(f"code {header['code']!r}")
@@ -292,13 +299,23 @@ def _check_types(d: dict, fields: dict, optional: set, where: str = "") -> None:
 
 
 def _check_batches(header: dict, count: int) -> None:
-    batches, width = header["batches"], 2 if header["format"] == 1 else 3
+    batches = header["batches"]
     if len(batches) > max(count, 1) or not all(
-            isinstance(b, list) and len(b) == width and _count(b[0]) and _count(b[1])
-            and (width == 2 or b[2] in (0, 1)) for b in batches) or \
-            sum(b[0] * b[1] for b in batches) != (count if header.get("code") != "uniform"
-                                                   else 0):
+            isinstance(b, list) and len(b) == 2 and _count(b[0]) and _count(b[1])
+            for b in batches) or sum(b[0] * b[1] for b in batches) != count:
         _damaged("the batch sizes do not add up to the image count")
+
+
+SCHEDULE = {"direct": int, "rate": int, "cap": int, "exceptions": list}
+
+
+def _check_schedule(plan: dict, count: int) -> None:
+    _check_types(plan, SCHEDULE, set(), "schedule: ")
+    e = plan["exceptions"]
+    if not (0 <= plan["direct"] <= count and 0 <= plan["rate"] <= 255 and _count(plan["cap"])
+            and len(e) <= count and all(_count(v + 1) for v in e)
+            and all(a < b for a, b in zip(e, e[1:]))):
+        _damaged(f"batch schedule {plan}"[:200])
 
 
 def _check_settings(s: dict, fmt: int) -> None:

@@ -48,6 +48,13 @@ class Compress(Command):
         p.add_argument("--samples", type=int, default=DEFAULTS.samples, metavar="K",
                        help=f"importance samples per image (default {DEFAULTS.samples}); "
                        "more: a smaller file, slower")
+        p.add_argument("--independent", action="store_true",
+                       help="draw each of the K particles from the stack (BB-IS) instead of "
+                       "coupling them through one uniform (BB-CIS, the default): the same "
+                       "rate, K times the bits the first images need")
+        p.add_argument("--weights", choices=["auto", "fp32", "bf16"], default=DEFAULTS.weights,
+                       help="precision of the decoder passes that weigh the particles "
+                       "(default auto: bf16 where the CPU or GPU has fast bfloat16)")
         p.add_argument("--verbose-header", action="store_true",
                        help="also record the versions of vaelab, torch and constriction "
                        "that made the file (a few hundred bytes)")
@@ -66,7 +73,8 @@ class Compress(Command):
 
         out = Path(args.out)
         _check_free(out)
-        settings = CodingSettings(samples=args.samples, latent_bits=args.latent_bits,
+        settings = CodingSettings(samples=args.samples, coupled=not args.independent,
+                                  weights=args.weights, latent_bits=args.latent_bits,
                                   batch_size=args.batch_size)
         model, cfg = load_run(args.run, args.which, data_dir=args.data_dir)
         images = _input(args, cfg, model.image_shape, levels_of(model))
