@@ -2,7 +2,7 @@
 against general-purpose codecs.
 
     python benchmarks/compress.py RUN [RUN ...] [--split test] [--k 5000]
-        [--samples 1,8,16,32,64] [--repeat 1] [--n N]
+        [--samples 1,8,16,32,64] [--repeat 1] [--n N] [--nll-cache NPY]
 
 For each run: its split (the test set by default) prepared by the run's protocol (a
 Bernoulli run: binarized once with the run's seed; a grey run: the 8-bit or 17-level
@@ -92,8 +92,26 @@ def timed(model, x, settings: CodingSettings, repeat: int, device: str):
     return blob, stats, min(enc), min(dec)
 
 
+def _nll(model, s, k: int, cache: str | None):
+    """-log p(x) of every image (k samples, seed 0), kept in ``cache`` (a .npy) if given:
+    the speed rows can be measured again without the minutes of k = 5000."""
+    import os
+
+    if not k:
+        return None
+    if cache and os.path.exists(cache):
+        out = np.load(cache)
+        if len(out) == len(s):
+            return out
+    out = -log_likelihood(model, s, k=k, seed=0).double().cpu().numpy()
+    if cache:
+        np.save(cache, out)
+    return out
+
+
 def bench(run: str, split: str, k: int, repeat: int, settings: CodingSettings,
-          samples: list[int], device: str = "cpu", first: int | None = None) -> None:
+          samples: list[int], device: str = "cpu", first: int | None = None,
+          cache: str | None = None) -> None:
     model, cfg = vaelab.load_run(run)
     data = vaelab.load_data(cfg.data)
     s = data.split(split)
@@ -108,8 +126,7 @@ def bench(run: str, split: str, k: int, repeat: int, settings: CodingSettings,
           f"{cfg.model.prior}, {model.layers} layer(s); {torch.get_num_threads()} CPU "
           f"threads, nets on {device}\n")
     ev = vaelab.evaluate(model, dataclasses.replace(data, **{split: s}), split, seed=0)
-    nll = -log_likelihood(model, s, k=k, seed=0).double().cpu().numpy() \
-        if k else None  # nats per image
+    nll = _nll(model, s, k, cache)  # nats per image
     to_bpd = 1 / (dims * math.log(2))
     nll_bpd = nll.mean() * to_bpd if k else float("nan")
     print(f"model: -ELBO {ev['bits_per_dim']:.4f} bits/dim, -log p(x) (k = {k}) "
@@ -178,11 +195,14 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=CodingSettings().batch_size)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--n", type=int, help="the first N images of the split only")
+    p.add_argument("--nll-cache", metavar="NPY", help="keep -log p(x) of every image here "
+                   "(computed once, then read back; one run per file)")
     args = p.parse_args()
     settings = CodingSettings(latent_bits=args.latent_bits, batch_size=args.batch_size)
     samples = [int(v) for v in args.samples.split(",")]
     for run in args.runs:
-        bench(run, args.split, args.k, args.repeat, settings, samples, args.device, args.n)
+        bench(run, args.split, args.k, args.repeat, settings, samples, args.device, args.n,
+              args.nll_cache)
 
 
 if __name__ == "__main__":

@@ -97,12 +97,23 @@ def _kl_term(q: Distribution, prior: Distribution, kl: Tensor, free_bits: float)
         return kl.mean().clamp_min(free_bits * q.event_shape[0])
 
 
-def log_weights(model, x: Tensor, k: int, y: Tensor | None = None) -> Tensor:
+def log_weights(model, x: Tensor, k: int, y: Tensor | None = None, bf16: bool = False
+                ) -> Tensor:
     """log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x), z_k ~ q(z|x); shape (k, B).
-    With labels y: the weights of log p(x|y)."""
+    With labels y: the weights of log p(x|y). ``bf16``: see :func:`weights_at`."""
     q = model.encode(x, y)
-    z = q.sample((k,))  # (k, B, L)
-    return model.decode(z, y).log_prob(x) + model.prior().log_prob(z) - q.log_prob(z)
+    return weights_at(model, q, x, q.sample((k,)), y, bf16)  # z: (k, B, L)
+
+
+def weights_at(model, q, x: Tensor, z: Tensor, y: Tensor | None = None, bf16: bool = False
+               ) -> Tensor:
+    """log w = log p(x|z) + log p(z) - log q(z|x) at given codes z (..., B, L): (..., B),
+    in the model's dtype. ``bf16``: the decoder's matrix products in bfloat16 (autocast;
+    the log-probabilities themselves in the model's dtype)."""
+    latent = model.prior().log_prob(z) - q.log_prob(z)  # (first: a hierarchy's walk caches
+    with torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):  # its states)
+        lik = model.decode(z, y).log_prob(x)
+    return lik.to(latent.dtype) + latent
 
 
 def iwae_bound(model, x: Tensor, k: int, y: Tensor | None = None) -> Tensor:
@@ -186,12 +197,13 @@ def image_batches(model, data, batch_size: int, labels: Tensor | None = None):
 @torch.no_grad()
 def log_likelihood(model, data, k: int = 5000, batch_size: int = 100,
                    seed: int = 0, budget: int | None = None, progress: bool = False,
-                   labels: Tensor | None = None) -> Tensor:
+                   labels: Tensor | None = None, bf16: bool = False) -> Tensor:
     """Importance-sampled log p(x) in nats for every image of ``data`` (a split or a
     tensor of images), shape (N,): log (1/k) sum_k w_k with the log-weights of
     :func:`log_weights`, chunked over k so that a chunk's decoder output fits ``budget``
     floats, combined by a running logsumexp. Seeded; the caller's RNG is left untouched.
-    For a conditional model log p(x|y), with the split's labels or ``labels`` (N,)."""
+    For a conditional model log p(x|y), with the split's labels or ``labels`` (N,).
+    ``bf16``: the decoder's matrix products in bfloat16 (see :func:`weights_at`)."""
     model.eval()
     out = []
     chunk = _chunk(model, k, batch_size, budget or default_budget(model.device))
@@ -203,7 +215,7 @@ def log_likelihood(model, data, k: int = 5000, batch_size: int = 100,
         for x, y in image_batches(model, data, batch_size, labels):
             acc = torch.full((x.shape[0],), -math.inf, device=x.device)
             for start in range(0, k, chunk):
-                lw = log_weights(model, x, min(chunk, k - start), y).float()  # (kc, B)
+                lw = log_weights(model, x, min(chunk, k - start), y, bf16).float()  # (kc, B)
                 acc = torch.logaddexp(acc, torch.logsumexp(lw, dim=0))
             out.append(acc - math.log(k))
             bar.update(x.shape[0])

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..objectives import weights_at
 from .latents import Grid, coder_models, decode_layer, encode_layer, layer_walk
 from .particles import Coupled, Independent
 from .pixels import TABLE_FLOATS, pixel_code
@@ -81,14 +82,8 @@ def log_weights(model, xf: Tensor, z: Tensor, bf16: bool = False) -> Tensor:
     dtype = next(model.parameters()).dtype
     xf, z = xf.to(dtype), z.to(dtype)
     step = max(1, TABLE_FLOATS // max(1, B * xf[0].numel()))
-    prior, q = model.prior(), model.encode(xf)
-    parts = []
-    for zc in z.split(step):
-        latent = prior.log_prob(zc) - q.log_prob(zc)  # (first: a hierarchy's walk caches
-        with torch.autocast(z.device.type, torch.bfloat16, enabled=bf16):  # its states)
-            lik = model.decode(zc).log_prob(xf)
-        parts.append(lik.to(dtype) + latent)
-    return torch.cat(parts).double()
+    q = model.encode(xf)
+    return torch.cat([weights_at(model, q, xf, zc, bf16=bf16) for zc in z.split(step)]).double()
 
 
 def _others(j: np.ndarray, K: int, B: int, device) -> Tensor:

@@ -171,7 +171,7 @@ def compress(model: VAE, images, *, settings: CodingSettings = CodingSettings(),
     if version == 2 and len(x) and x.size * math.log2(levels) < 32 * len(words) - 32:
         coder = constriction.stream.stack.AnsCoder()  # the model loses to plain pixels
         encode_uniform(coder, x, levels)
-        words, code = coder.get_compressed().astype("<u4"), "uniform"
+        words, code, sizes = coder.get_compressed().astype("<u4"), "uniform", []
         plan = {"direct": 0, "rate": 0, "cap": 1, "exceptions": [], "direct_bits": 0}
     header = _header(model, x, levels, settings, device, plan, meta, len(words), version,
                      code, verbose_header)
@@ -328,7 +328,8 @@ def unpack(model: VAE, data: bytes, *, progress: bool = False) -> tuple[np.ndarr
     check_model(model, header)
     shape, levels, s = tuple(header["image_shape"]), header["levels"], header["settings"]
     samples, grid = s.get("samples", 1), Grid(2.0 ** -s["latent_bits"], s["latent_range"])
-    batches = _sizes(header["schedule"], header["count"]) if header["format"] == 2 else \
+    batches = [] if header.get("code") == "uniform" else \
+        _sizes(header["schedule"], header["count"]) if header["format"] == 2 else \
         [(b[0], False) for b in header["batches"] for _ in range(b[1])]  # (checked)
     if header["format"] == 2 and header["schedule"]["exceptions"] and \
             header["schedule"]["exceptions"][-1] >= len(batches) - header["schedule"]["direct"]:

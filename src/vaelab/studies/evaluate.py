@@ -16,7 +16,7 @@ import math
 import torch
 
 from ..data.splits import Data, Split
-from ..devices import SINGLE, World
+from ..devices import SINGLE, World, fast_bf16
 from ..models.vae import VAE
 from ..noise import seeded
 from ..objectives import (bits_per_dim, elbo_over, image_batches, log_likelihood,
@@ -56,7 +56,8 @@ def latent_diagnostics(model: VAE, data: Split | Tensor, batch_size: int = 1000)
 
 @torch.no_grad()
 def evaluate(model: VAE, data: Data, split: str = "test", batch_size: int = 1000,
-             seed: int = 0, k: int = 0, progress: bool = False, world: World = SINGLE) -> dict:
+             seed: int = 0, k: int = 0, progress: bool = False, world: World = SINGLE,
+             precision: str = "fp32") -> dict:
     """ELBO terms of ``model`` on a split and, with ``k`` > 0, the importance-sampled
     negative log-likelihood ``nll`` with its standard error over examples. Seeded; the
     caller's RNG is left untouched.
@@ -66,7 +67,11 @@ def evaluate(model: VAE, data: Data, split: str = "test", batch_size: int = 1000
     False) these are densities on [0, 1]^D, not probabilities of the 8-bit data.
 
     Over several processes (``world``), the ELBO's batches and the importance-sampled
-    images are shared out among the ranks (each with its own seed, ``seed + rank``)."""
+    images are shared out among the ranks (each with its own seed, ``seed + rank``).
+
+    ``precision`` of the importance-sampled decoder passes: "fp32", "bf16" (matrix
+    products in bfloat16, log-probabilities in float32) or "auto" (bf16 where the device
+    has fast bfloat16)."""
     s = data.split(split)
     model.eval()
     with seeded(seed, model.device):
@@ -92,9 +97,10 @@ def evaluate(model: VAE, data: Data, split: str = "test", batch_size: int = 1000
             "dgaussian for a discrete likelihood of grey images."))
     if k > 0:
         mine = s.subset(slice(*world.part(len(s))))
+        bf16 = precision == "bf16" or (precision == "auto" and fast_bf16(model.device))
         log_px = world.gather(log_likelihood(model, mine, k, seed=seed + world.rank,
-                                             progress=progress and world.main))
+                                             progress=progress and world.main, bf16=bf16))
         nll, se = mean_stderr(-log_px)
-        out.update(k=k, nll=nll, nll_stderr=se,
+        out.update(k=k, nll=nll, nll_stderr=se, precision="bf16" if bf16 else "fp32",
                    nll_bits_per_dim=bits_per_dim(nll, dims, discrete), gap=-nll - res["elbo"])
     return out

@@ -21,6 +21,10 @@ class Evaluate(Command):
         p.add_argument("--k", type=int, default=0, metavar="K",
                        help="importance samples for log p(x) (the literature uses 5000; "
                        "default 0: ELBO only)")
+        p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
+                       help="the decoder passes of log p(x): fp32 (default), bf16 (matrix "
+                       "products in bfloat16, log-probabilities in float32), or auto (bf16 "
+                       "where the CPU or GPU has fast bfloat16)")
         p.add_argument("--batch-size", type=int, default=1000)
         p.add_argument("--json", action="store_true", help="print one JSON object")
         add_progress_flag(p)
@@ -34,7 +38,8 @@ class Evaluate(Command):
         model, cfg, data = load(args)
         world = current_world()
         r = evaluate(model, data, args.split, args.batch_size, args.seed, args.k,
-                     progress=not (args.json or args.no_progress), world=world)
+                     progress=not (args.json or args.no_progress), world=world,
+                     precision=args.precision)
         if not world.main:  # one of several torchrun processes: rank 0 reports
             return 0
         r["run"] = str(args.run)
