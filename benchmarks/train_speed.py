@@ -10,6 +10,12 @@ Two models on grey Fashion-MNIST (the 50k training split), batch 128, Adam 1e-3:
   each, latent 20). Baseline: the same per-item DataLoader feeding the same model and
   loss through a plain eager step (so only the data path and the step differ).
 
+The floor: for the mlp, a plain loop written in the file with nothing of vaelab (the same
+784-400-20 model as the fewest torch ops, the images resident as floats, index batches,
+Adam), eager and with its loss under torch.compile; every loop's images/s is also printed
+as a fraction of the plain loops' (their first epoch, the compiled one's compilation, is
+not timed).
+
 vaelab runs `vaelab.train` (device-resident uint8 data, index batches, fused Adam, and on
 CUDA the compiled step), timed by its own per-epoch clock (the training loop only, as the
 baseline), on its second epoch so that every loop is timed warm. All loops run in one
@@ -108,6 +114,44 @@ def vaelab_model(cfg: vaelab.Config, data: Data) -> VAE:
     return VAE.from_config(resolve(cfg, data).model, data.image_shape)
 
 
+class Plain(nn.Module):
+    """The reference MLP VAE (784-400-20, ReLU) as the fewest torch ops: one matrix for
+    the posterior's mean and log-variance, Bernoulli logits; its loss the summed negative
+    ELBO. Written here with nothing of vaelab: the floor a training loop cannot beat."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc, self.q = nn.Linear(784, 400), nn.Linear(400, 40)
+        self.dec, self.out = nn.Linear(20, 400), nn.Linear(400, 784)
+
+    def forward(self, x):
+        mu, logvar = self.q(F.relu(self.enc(x))).chunk(2, -1)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        logits = self.out(F.relu(self.dec(z)))
+        bce = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+        return bce - 0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+
+
+def plain_epoch(images: torch.Tensor, device: torch.device, state=None, compiled=False):
+    """One epoch of the plain loop: the images resident on the device as floats, a random
+    permutation cut into batches of 128, Adam 1e-3 (foreach); ``compiled``: the loss
+    under torch.compile (its first epoch pays the compilation)."""
+    if state is None:
+        model = Plain().to(device)
+        step = torch.compile(model) if compiled else model
+        state = model, step, torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)
+    model, step, opt = state
+    x_all = images.to(device).reshape(len(images), -1).float().div_(255)
+    t0 = time.perf_counter()
+    for idx in torch.randperm(len(x_all), device=device).split(128):
+        loss = step(x_all[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    sync(device)
+    return time.perf_counter() - t0, state
+
+
 def baseline_epoch(dataset: Dataset, device: torch.device, state=None, model_cfg=None,
                    data=None):
     """pytorch/examples vae/main.py train(), less its print every 10 batches; with
@@ -155,8 +199,13 @@ def step_flops(cfg: vaelab.Config, data: Data, device: torch.device) -> float:
     return flops(lambda: loss(x, None, torch.tensor(1.0, device=device))[0].backward()) / 128
 
 
-def contenders(model: str, device: torch.device) -> dict[str, dict | None]:
-    """Loop name -> vaelab train settings (None: the DataLoader loop)."""
+PLAIN = "plain loop: fewest torch ops, data resident, eager"
+PLAIN_COMPILED = "plain loop, its loss under torch.compile"
+
+
+def contenders(model: str, device: torch.device) -> dict[str, dict | str | None]:
+    """Loop name -> vaelab train settings (None: the DataLoader loop; "plain",
+    "plain-compiled": the plain loop)."""
     base = ("DataLoader + per-item PIL (pytorch/examples)" if model == "mlp"
             else "DataLoader + per-item PIL, same model, eager step")
     if device.type == "cuda":
@@ -164,7 +213,10 @@ def contenders(model: str, device: torch.device) -> dict[str, dict | None]:
                 "vaelab (compiled step)": {},
                 "vaelab, compiled, --precision bf16": {"precision": "bf16"}}
     loops = {base: None, "vaelab": {}, "vaelab, --precision bf16": {"precision": "bf16"}}
-    if model == "mlp":  # a conv net is not compiled under bf16 on a CPU (see train.py)
+    if model == "mlp":
+        loops.update({PLAIN: "plain", PLAIN_COMPILED: "plain-compiled",
+                      "vaelab, --compile yes": {"compile": "yes"}})
+        # (a conv net is not compiled under bf16 on a CPU: see training/step.py)
         loops["vaelab, --precision bf16 --compile yes"] = {"precision": "bf16", "compile": "yes"}
         # what the optimiser's extras cost per step: the schedule, the moving average,
         # AdamW and clipping (the average's own validation is not in the epoch's seconds)
@@ -195,9 +247,9 @@ def main():
     print(f"2048x2048 matrix product: {peaks[torch.float32] / 1e9:,.0f} GFLOP/s fp32, "
           f"{peaks[torch.bfloat16] / 1e9:,.0f} GFLOP/s bf16")
     print()
-    print("| model | loop | images/epoch | s/epoch | images/s | speed-up | peak memory "
-          "| GFLOP/s (% of matmul) | val ELBO |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| model | loop | images/epoch | s/epoch | images/s | speed-up | of the plain loop "
+          "(eager / compiled) | peak memory | GFLOP/s (% of matmul) | val ELBO |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in args.models.split(","):
         n = args.images if name == "mlp" else (
             args.conv_images or (50_000 if device.type == "cuda" else 5_000))
@@ -208,11 +260,18 @@ def main():
         times: dict[str, list[float]] = {k: [] for k in runs}
         mem: dict[str, int] = {}
         val: dict[str, float] = {}
-        state = None
-        for _ in range(args.epochs):  # alternate, so drifts in machine load hit all alike
+        state, plain = None, {}
+        for epoch in range(args.epochs + 1):  # alternate, so drifts in load hit all alike
             for loop, spec in runs.items():
+                if epoch == args.epochs and not isinstance(spec, str):
+                    continue  # (the plain loops' first epoch is a warm-up: one more)
                 with PeakMemory(device) as peak:
-                    if spec is None:
+                    if isinstance(spec, str):
+                        t, plain[spec] = plain_epoch(data.train.images[:, 0], device,
+                                                     plain.get(spec), spec == "plain-compiled")
+                        if epoch == 0:
+                            continue
+                    elif spec is None:
                         t, state = baseline_epoch(dataset, device, state,
                                                   None if name == "mlp" else config(name), data)
                     else:
@@ -221,15 +280,18 @@ def main():
                 mem[loop] = max(mem.get(loop, 0), peak.bytes or 0)
         per_image = step_flops(config(name), data, device)
         base = statistics.median(next(iter(times.values())))
+        floors = {k: n / statistics.median(times[k]) for k in (PLAIN, PLAIN_COMPILED)
+                  if k in times}
         for loop, ts in times.items():
             m = statistics.median(ts)
-            spec = runs[loop] or {}
+            spec = runs[loop] if isinstance(runs[loop], dict) else {}
             peak_rate = peaks[torch.bfloat16 if spec.get("precision") == "bf16"
                               else torch.float32]
             rate = per_image * n / m
             v = f"{val[loop]:.2f}" if loop in val else "-"
+            of = " / ".join(f"{n / m / f:.2f}" for f in floors.values()) or "-"
             print(f"| {name} | {loop} | {n:,} | {m:.2f} | {n / m:,.0f} | {base / m:.2f}x | "
-                  f"{mem[loop] / 2**20:,.0f} MiB | {rate / 1e9:,.0f} "
+                  f"{of} | {mem[loop] / 2**20:,.0f} MiB | {rate / 1e9:,.0f} "
                   f"({100 * rate / peak_rate:.0f}%) | {v} |", flush=True)
     print()
     print(f"FLOPs per image of a training step: counted by torch.utils.flop_counter; peak "
