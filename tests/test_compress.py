@@ -90,9 +90,27 @@ def test_the_file_of_one_image_has_a_small_fixed_header(runs):
     np.testing.assert_array_equal(decompress(model, verbose), x[:1])
 
 
+def test_an_image_is_never_larger_than_its_png(runs):
+    """Stripes: no digit, a poor fit for the model, but a few bytes of PNG; the file takes
+    the PNG's image data (without its 57 bytes of chunks) and stays below the PNG."""
+    import io
+
+    from PIL import Image
+
+    model, _ = _test_images(runs["dgaussian-mog"])
+    stripes = np.zeros((1, 1, 8, 8), np.uint8)
+    stripes[..., ::2, :] = 16
+    png = io.BytesIO()
+    Image.fromarray(stripes[0, 0]).save(png, "PNG", optimize=True)
+    stats: dict = {}
+    data = compress(model, stripes, stats=stats)
+    assert stats["code"] == "png" and len(data) < len(png.getvalue())
+    np.testing.assert_array_equal(decompress(model, data), stripes)
+
+
 def test_images_the_model_codes_worse_than_plain_pixels_get_the_uniform_code(runs):
     model, x = _test_images(runs["dgaussian-mog"])
-    noise = np.random.default_rng(0).integers(0, 17, (20, *x.shape[1:]), dtype=np.uint8)
+    noise = np.random.default_rng(0).integers(0, 17, (80, *x.shape[1:]), dtype=np.uint8)
     stats: dict = {}
     data = compress(model, noise, stats=stats)
     assert stats["code"] == "uniform"

@@ -117,7 +117,7 @@ FORMAT2 = [  # (fields replaced, or bytes changed, and the words of the error)
     (dict(settings=lambda d: _settings(d, direct_bits=12)), "direct grid bits 12"),
     (dict(settings=lambda d: _settings(d, latent_bits=30)), "latent grid of 30 bits"),
     (lambda d: _checksummed(d[:3] + b"\x09" + d[4:-8]), "format version 9"),
-    (lambda d: _checksummed(d[:4] + b"\xff" + d[5:-8]), "unknown flags"),
+    (lambda d: _checksummed(d[:4] + b"\xff" + d[5:-8]), "name two codes"),
     (lambda d: _checksummed(d[:22]), "ends inside the header"),
     (lambda d: _checksummed(d[:21] + b"\xff" * 11 + d[21:-8]), "past 64 bits"),
 ]

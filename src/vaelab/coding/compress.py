@@ -29,10 +29,11 @@ from ..devices import fast_bf16
 from ..errors import CodingError, ConfigError
 from ..models.vae import VAE
 from .bitsback import Tally, decode_batch, decode_direct, encode_batch, encode_direct
-from .container import (DEFAULT_RANGE, DIGEST, MAX_SAMPLES, check_header, pack, pack_v1,
-                        read_container, versions)
+from .container import (DEFAULT_RANGE, DIGEST, MAX_SAMPLES, PNG_IMAGES, check_header, pack,
+                        pack_v1, read_container, versions)
 from .latents import Grid, entropy_coder
-from .pixels import decode_uniform, encode_uniform, pixel_code
+from .pixels import (decode_uniform, encode_uniform, from_png_stream, pixel_code,
+                     png_stream)
 
 SAMPLES = 32
 PARTICLE_FLOATS = 1 << 24  # samples x batch x latent size of one batch, at most
@@ -167,25 +168,39 @@ def compress(model: VAE, images, *, settings: CodingSettings = CodingSettings(),
     with tqdm(total=len(x), desc="compress", unit="img", disable=None if progress else True,
               leave=False) as bar:
         coder, plan = _code(coder, m, x, levels, settings, tally, bar.update, version)
-    words, code, sizes = coder.get_compressed().astype("<u4"), "bits-back", _sizes(plan, len(x))
-    if version == 2 and len(x) and x.size * math.log2(levels) < 32 * len(words) - 32:
-        coder = constriction.stream.stack.AnsCoder()  # the model loses to plain pixels
-        encode_uniform(coder, x, levels)
-        words, code, sizes = coder.get_compressed().astype("<u4"), "uniform", []
-        plan = {"direct": 0, "rate": 0, "cap": 1, "exceptions": [], "direct_bits": 0}
-    header = _header(model, x, levels, settings, device, plan, meta, len(words), version,
+    body, code, sizes = coder.get_compressed().astype("<u4").tobytes(), "bits-back", \
+        _sizes(plan, len(x))
+    if version == 2 and len(x):  # where the model loses to plain pixels or to PNG
+        body, code = min([(body, code)] + _fallbacks(x, levels), key=lambda b: len(b[0]))
+        if code != "bits-back":
+            sizes, plan = [], {"direct": 0, "rate": 0, "cap": 1, "exceptions": [],
+                               "direct_bits": 0}
+    header = _header(model, x, levels, settings, device, plan, meta, len(body) // 4, version,
                      code, verbose_header)
     try:  # every file vaelab writes, vaelab reads: the reader's limits hold here too
-        check_header(header, 4 * len(words))
+        check_header(header, len(body))
     except CodingError as e:
         raise CodingError(f"{e} (as written here); compress fewer images per file") from None
-    data = (pack if version == 2 else pack_v1)(header, words.tobytes())
+    data = (pack if version == 2 else pack_v1)(header, body)
     if stats is not None:
         stats.update(ideal_bits=float(sum(tally.net_bits)), bits=8 * len(data),
-                     body_bits=32 * len(words), header_bytes=len(data) - 4 * len(words),
+                     body_bits=8 * len(body), header_bytes=len(data) - len(body),
                      count=int(len(x)), batches=len(sizes), code=code,
                      direct=sum(size for size, direct in sizes if direct))
     return data
+
+
+def _fallbacks(x: np.ndarray, levels: int) -> list[tuple[bytes, str]]:
+    """The codes a file falls back to: each pixel uniformly (log2(levels) bits), and, for
+    a few images, the image data of their optimized PNG (without its chunks)."""
+    coder = entropy_coder().stream.stack.AnsCoder()
+    encode_uniform(coder, x, levels)
+    out = [(coder.get_compressed().astype("<u4").tobytes(), "uniform")]
+    if len(x) <= PNG_IMAGES:
+        stream = png_stream(x, levels)
+        if np.array_equal(from_png_stream(stream, x.shape, levels), x):  # (as read back)
+            out.append((stream, "png"))
+    return out
 
 
 def _header(model, x, levels, settings, device, plan, meta, words, version, code,
@@ -328,7 +343,7 @@ def unpack(model: VAE, data: bytes, *, progress: bool = False) -> tuple[np.ndarr
     check_model(model, header)
     shape, levels, s = tuple(header["image_shape"]), header["levels"], header["settings"]
     samples, grid = s.get("samples", 1), Grid(2.0 ** -s["latent_bits"], s["latent_range"])
-    batches = [] if header.get("code") == "uniform" else \
+    batches = [] if header.get("code") in ("uniform", "png") else \
         _sizes(header["schedule"], header["count"]) if header["format"] == 2 else \
         [(b[0], False) for b in header["batches"] for _ in range(b[1])]  # (checked)
     if header["format"] == 2 and header["schedule"]["exceptions"] and \
@@ -339,12 +354,16 @@ def unpack(model: VAE, data: bytes, *, progress: bool = False) -> tuple[np.ndarr
         raise CodingError("damaged header: a batch larger than any writer makes; nothing "
                           "was decoded")
     m = _coding_copy(model, header["device"], samples, bool(s.get("bf16", 0)))
-    coder = constriction.stream.stack.AnsCoder(np.frombuffer(body, "<u4").astype(np.uint32))
+    png = header.get("code") == "png"
+    coder = constriction.stream.stack.AnsCoder(
+        np.frombuffer(b"" if png else body, "<u4").astype(np.uint32))
     out = np.empty((header["count"], *shape), np.uint8)
     end = header["count"]
     try:
         if header.get("code") == "uniform":
             out[:] = decode_uniform(coder, out.shape, levels)
+        if png:
+            out[:] = from_png_stream(body, out.shape, levels)
         direct = Grid(2.0 ** -s.get("direct_bits", 0), s["latent_range"])
         with tqdm(total=end, desc="decompress", unit="img", leave=False,
                   disable=None if progress else True) as bar:

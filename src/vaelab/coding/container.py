@@ -3,8 +3,8 @@
 Format 2, a compact binary header (32 bytes and an 8-byte checksum for a file of one image):
 
     magic and version   4 bytes   89 56 4C 02 ("\\x89VL", 2)
-    flags               1 byte    1 CUDA, 2 meta, 4 versions, 8 latent range, 16 uniform,
-                                  32 coupled samples, 64 bfloat16 weights
+    flags               1 byte    1 CUDA, 2 meta, 4 versions, 8 latent range, 16 uniform
+                                  code, 32 coupled samples, 64 bfloat16 weights, 128 PNG code
     model               8 bytes   the model's fingerprint (SHA-256 of its weights), cut
     images              8 bytes   SHA-256 of the images' bytes, cut
     varints             count, channels, height, width, levels, latent bits, samples K,
@@ -16,7 +16,8 @@ Format 2, a compact binary header (32 bytes and an 8-byte checksum for a file of
     [meta]              varint length + zlib JSON: what restores the original file (the
                         names of PNGs, an IDX header), when not a plain array
     [versions]          varint length + zlib JSON (``--verbose-header``)
-    body                the coder's 32-bit words, little-endian
+    body                the coder's 32-bit words, little-endian (the PNG code: the image
+                        data of the images' optimized PNG, stacked)
     checksum            8 bytes   SHA-256 of everything before, cut
 
 Format 1 (``MAGIC``, a 4-byte length, a zlib JSON header, the words, a SHA-256) is still
@@ -47,11 +48,12 @@ MAX_HEADER = 1 << 20  # bytes of an inflated header or meta (a real one is a few
 MAX_DECODED = 1 << 32  # bytes of images one file decodes to
 MAX_SIDE = 16384  # pixels of an image side
 MAX_SAMPLES = 4096
+PNG_IMAGES = 64  # a file of at most this many images may hold the PNG code
 IMAGES_PER_BYTE = 512  # at most, on average: no image codes in under 1/64 bit
 DEFAULT_RANGE = 16.0
 ARRAY = {"kind": "array"}  # the meta of images given as an array
-FLAG_CUDA, FLAG_META, FLAG_VERSIONS, FLAG_RANGE, FLAG_UNIFORM, FLAG_COUPLED, FLAG_BF16 = \
-    1, 2, 4, 8, 16, 32, 64
+FLAG_CUDA, FLAG_META, FLAG_VERSIONS, FLAG_RANGE, FLAG_UNIFORM, FLAG_COUPLED, FLAG_BF16, \
+    FLAG_PNG = 1, 2, 4, 8, 16, 32, 64, 128
 
 
 def versions() -> dict:
@@ -92,6 +94,7 @@ def pack(header: dict, body: bytes) -> bytes:
              | FLAG_VERSIONS * ("made_with" in header)
              | FLAG_RANGE * (s["latent_range"] != DEFAULT_RANGE)
              | FLAG_UNIFORM * (header["code"] == "uniform") | FLAG_COUPLED * s["coupled"]
+             | FLAG_PNG * (header["code"] == "png")
              | FLAG_BF16 * s["bf16"])
     out = bytearray(MAGIC2 + bytes([FORMAT_VERSION, flags]))
     out += bytes.fromhex(header["model"]) + bytes.fromhex(header["sha256"])
@@ -177,8 +180,8 @@ class _Reader:
 def _fields(data: memoryview) -> tuple[dict, int]:
     r = _Reader(data, 4)
     (flags,) = r.take(1)
-    if flags >= 128:
-        _damaged(f"unknown flags {flags:#x}")
+    if flags & FLAG_UNIFORM and flags & FLAG_PNG:
+        _damaged(f"flags {flags:#x} name two codes")
     model, digest = r.take(DIGEST).hex(), r.take(DIGEST).hex()
     count, c, h, w, levels, bits, samples, direct_bits, direct, rate, cap, n = \
         (r.varint() for _ in range(12))
@@ -190,7 +193,8 @@ def _fields(data: memoryview) -> tuple[dict, int]:
     latent_range = struct.unpack("<d", r.take(8))[0] if flags & FLAG_RANGE else DEFAULT_RANGE
     header = {"format": 2, "model": model, "sha256": digest, "image_shape": [c, h, w],
               "count": count, "levels": levels, "device": "cuda" if flags & FLAG_CUDA else "cpu",
-              "code": "uniform" if flags & FLAG_UNIFORM else "bits-back",
+              "code": "uniform" if flags & FLAG_UNIFORM else "png" if flags & FLAG_PNG
+              else "bits-back",
               "settings": {"latent_bits": bits, "latent_range": latent_range,
                            "samples": samples, "direct_bits": direct_bits,
                            "coupled": int(bool(flags & FLAG_COUPLED)),
@@ -268,7 +272,7 @@ def check_header(header, body_bytes: int) -> None:
         _damaged(f"image shape {shape}")
     if not 2 <= header["levels"] <= 65536 or header["device"] not in ("cpu", "cuda"):
         _damaged(f"levels {header['levels']}, device {header['device']!r}")
-    if 4 * header["words"] != body_bytes:
+    if header.get("code") != "png" and 4 * header["words"] != body_bytes:
         raise CodingError(f"truncated file: the header announces {header['words']} words, "
                           f"the file holds {body_bytes / 4:g}")
     count = header["count"]
@@ -280,8 +284,9 @@ def check_header(header, body_bytes: int) -> None:
     else:
         _check_schedule(header["schedule"], count)
     _check_settings(header["settings"], fmt)
-    if fmt == 2 and header["code"] not in ("bits-back", "uniform"):
-        _damaged(f"code {header['code']!r}")
+    if fmt == 2 and header["code"] not in ("bits-back", "uniform", "png") or \
+            header.get("code") == "png" and count > PNG_IMAGES:
+        _damaged(f"code {header['code']!r} for {count} images")
     if not all(isinstance(v, str) for v in header.get("made_with", {}).values()):
         _damaged("made_with")
 
