@@ -9,19 +9,20 @@
   entered by ``Split.batches`` around each shard it yields; outside any block, a draw is a
   plain ``torch.randn`` / ``torch.rand``.
 
-The shard is a context variable, set and reset only by :func:`batch_shard`.
+The shard is a module-level value, set and reset only by :func:`batch_shard` (not a
+context variable: ``torch.compile`` cannot trace ``ContextVar.get``, and the graph break
+it made in every reparameterized draw cost the compiled step more than it gained).
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
-from contextvars import ContextVar
 from typing import Iterator
 
 import torch
 
 Tensor = torch.Tensor
 
-_SHARD: ContextVar[tuple[int, int, int] | None] = ContextVar("vaelab_batch_shard", default=None)
+_SHARD: list[tuple[int, int, int] | None] = [None]  # the shard of the batch being drawn
 
 
 @contextmanager
@@ -38,15 +39,15 @@ def seeded(seed: int | None, device: torch.device | str = "cpu") -> Iterator[Non
 def batch_shard(start: int, stop: int, total: int) -> Iterator[None]:
     """Within the block, :func:`standard_normal` and :func:`uniform` draw numbers for a
     global batch of ``total`` examples and return rows ``start:stop`` of it."""
-    token = _SHARD.set((start, stop, total))
+    before, _SHARD[0] = _SHARD[0], (start, stop, total)
     try:
         yield
     finally:
-        _SHARD.reset(token)
+        _SHARD[0] = before
 
 
 def _draw(fill, shape: torch.Size, dim: int, **kw) -> Tensor:
-    shard = _SHARD.get()
+    shard = _SHARD[0]
     if shard is None:
         return fill(shape, **kw)
     start, stop, total = shard

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Iterable
 
 import torch
-from torch.distributions import Distribution
-from torch.distributions import kl_divergence as _analytic_kl
+from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import kl_divergence as _registered_kl
 
 from .devices import SINGLE, World
 from .noise import seeded
@@ -33,6 +33,23 @@ class Terms:
     elbo: Tensor
     recon: Tensor  # E_q log p(x|z)
     kl: Tensor  # KL(q(z|x) || p(z))
+
+
+def _analytic_kl(q: Distribution, p: Distribution) -> Tensor:
+    """torch.distributions' closed-form KL; for (independent) Normals computed here, the
+    same formula without the registry's dispatch, which torch.compile cannot trace (a
+    graph break in every training step)."""
+    if isinstance(q, Independent) and isinstance(p, Independent) and \
+            isinstance(q.base_dist, Normal) and isinstance(p.base_dist, Normal) and \
+            q.reinterpreted_batch_ndims == p.reinterpreted_batch_ndims:
+        kl = _analytic_kl(q.base_dist, p.base_dist)
+        n = q.reinterpreted_batch_ndims
+        return kl.reshape(kl.shape[:-n] + (-1,)).sum(-1) if n else kl
+    if isinstance(q, Normal) and isinstance(p, Normal):
+        var_ratio = (q.scale / p.scale).pow(2)
+        t1 = ((q.loc - p.loc) / p.scale).pow(2)
+        return 0.5 * (var_ratio + t1 - 1 - var_ratio.log())
+    return _registered_kl(q, p)
 
 
 def kl_divergence(q: Distribution, p: Distribution, z: Tensor | None = None,
