@@ -1,6 +1,6 @@
 """The compressed file, and every check it gets before anything is decoded.
 
-Format 2, a compact binary header (32 bytes and an 8-byte checksum for a file of one image):
+Format 2, a compact binary header (34 bytes and an 8-byte checksum for a file of one image):
 
     magic and version   4 bytes   89 56 4C 02 ("\\x89VL", 2)
     flags               1 byte    1 CUDA, 2 meta, 4 versions, 8 latent range, 16 uniform
