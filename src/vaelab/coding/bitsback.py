@@ -35,7 +35,7 @@ import torch
 
 from ..objectives import weights_at
 from .latents import Grid, coder_models, decode_layer, encode_layer, layer_walk
-from .particles import Coupled, Independent
+from .particles import Coupled, kind
 from .pixels import TABLE_FLOATS, pixel_code
 
 Tensor = torch.Tensor
@@ -94,11 +94,9 @@ def _others(j: np.ndarray, K: int, B: int, device) -> Tensor:
 
 
 def particles(model, q, samples: int, batch: int, grid: Grid, coupled: bool):
-    """The particles of a batch: coupled (BB-CIS) or drawn one by one (BB-IS; and K = 1,
-    BB-ANS)."""
-    kind = Coupled if coupled and samples > 1 else Independent
-    return kind(grid, layer_walk(q, model),
-                (samples, batch, model.layers, model.latent_dim // model.layers))
+    """The particles of a batch (:func:`particles.kind`)."""
+    return kind(samples, coupled)(grid, layer_walk(q, model),
+                                  (samples, batch, model.layers, model.latent_dim // model.layers))
 
 
 def _pick(z: Tensor, j: np.ndarray) -> Tensor:
@@ -145,8 +143,10 @@ def encode_batch(coder, model, x: np.ndarray, levels: int, grid: Grid, tally: Ta
         coder.encode_reverse(j, coder_models().Uniform(K))
     elif tally.ideal:
         net = -(px.log_prob(xf) + prior.log_prob(zj) - q.log_prob(zj)) / math.log(2)
-    popped = torch.full((B,), float(parts.bits(0))) if isinstance(parts, Coupled) else \
-        -q.log_prob(z).sum(0) / math.log(2) - K * T * dim * math.log2(grid.delta)
+    if isinstance(parts, Coupled):  # the bits the draws took from the stack, per image
+        popped = torch.full((B,), float(parts.bits(K, T * dim, 0)))
+    else:
+        popped = -q.log_prob(z).sum(0) / math.log(2) - K * T * dim * math.log2(grid.delta)
     tally.add(net, popped + math.log2(K), exhausted)
 
 

@@ -29,9 +29,11 @@ from ..devices import fast_bf16
 from ..errors import CodingError, ConfigError
 from ..models.vae import VAE
 from .bitsback import Tally, decode_batch, decode_direct, encode_batch, encode_direct
-from .container import (DEFAULT_RANGE, DIGEST, MAX_SAMPLES, PNG_IMAGES, check_header, pack,
-                        pack_v1, read_container, versions)
+from .container import (DEFAULT_RANGE, DIGEST, MAX_SAMPLES, PNG_IMAGES, batch_sizes,
+                        check_header, grown, pack, pack_v1, read_container, schedule,
+                        versions)
 from .latents import Grid, entropy_coder
+from .particles import kind
 from .pixels import (decode_uniform, encode_uniform, from_png_stream, pixel_code,
                      png_stream)
 
@@ -100,11 +102,9 @@ def levels_of(model: VAE) -> int:
     return model.likelihood.levels
 
 
-def _coding_copy(model: VAE, device: str, samples: int = 1, bf16: bool = False) -> VAE:
+def _coding_copy(model: VAE, device: str) -> VAE:
     """A float64 copy of the model on ``device`` ("cpu" or "cuda"), for the probabilities
-    both sides compute; with ``samples`` > 1 it carries a float32 copy as ``weigh``, which
-    computes the particles' weights (they choose j, they set no code length), its decoder
-    in bfloat16 if ``bf16`` (``weigh_bf16``)."""
+    both sides compute."""
     if model.classes:
         raise ConfigError("a conditional model needs each image's label to code it; compress "
                           "with an unconditional run")
@@ -114,10 +114,15 @@ def _coding_copy(model: VAE, device: str, samples: int = 1, bf16: bool = False) 
     if device == "cuda" and not torch.cuda.is_available():
         raise CodingError("this needs a CUDA device (a file compressed on one decodes only on "
                           "one: the probabilities must be computed the same way)")
-    out = copy.deepcopy(model).to(device, torch.float64).eval()
-    out.weigh = copy.deepcopy(model).to(device, torch.float32).eval() if samples > 1 else None
-    out.weigh_bf16 = bf16
-    return out
+    return copy.deepcopy(model).to(device, torch.float64).eval()
+
+
+def _weigher(model: VAE, device: str, samples: int, bf16: bool) -> dict:
+    """What weighs the particles (``encode_batch``'s and ``decode_batch``'s ``weigh`` and
+    ``bf16``): with ``samples`` > 1 a float32 copy of the model, its decoder in bfloat16
+    if ``bf16`` (the weights choose j; they set no code length)."""
+    weigh = copy.deepcopy(model).to(device, torch.float32).eval() if samples > 1 else None
+    return {"weigh": weigh, "bf16": bf16}
 
 
 def _checked_images(images, shape: tuple[int, ...], levels: int) -> np.ndarray:
@@ -132,14 +137,6 @@ def _checked_images(images, shape: tuple[int, ...], levels: int) -> np.ndarray:
         raise ConfigError(f"pixel values must be in 0..{levels - 1} for this model, got "
                           f"{x.min()}..{x.max()}")
     return np.array(x, dtype=np.uint8, order="C")  # a copy of our own, writable
-
-
-def _sizes(plan: dict, count: int) -> list[tuple[int, bool]]:
-    """(size, direct) of every batch of a format-2 file."""
-    sizes = schedule(count, plan["direct"], plan["rate"], plan["cap"])
-    direct = set(plan["exceptions"])
-    return [(size, b < plan["direct"] or b - plan["direct"] in direct)
-            for b, size in enumerate(sizes)]
 
 
 def compress(model: VAE, images, *, settings: CodingSettings = CodingSettings(),
@@ -161,17 +158,20 @@ def compress(model: VAE, images, *, settings: CodingSettings = CodingSettings(),
     if version not in (1, 2) or (version == 1 and settings.samples != 1):
         raise ConfigError(f"file format {version} with {settings.samples} samples: format 1 "
                           "codes one sample per image, format 2 any number")
-    m = _coding_copy(model, device, settings.samples, settings.bf16(device))
+    m = _coding_copy(model, device)
+    weights = _weigher(model, device, settings.samples, settings.bf16(device))
     coder = constriction.stream.stack.AnsCoder(initial_words(m, settings)) if version == 1 \
         else constriction.stream.stack.AnsCoder()
     tally = Tally(ideal=stats is not None)
     with tqdm(total=len(x), desc="compress", unit="img", disable=None if progress else True,
               leave=False) as bar:
-        coder, plan = _code(coder, m, x, levels, settings, tally, bar.update, version)
+        coder, plan = _code(coder, m, weights, x, levels, settings, tally, bar.update,
+                            version)
     body, code, sizes = coder.get_compressed().astype("<u4").tobytes(), "bits-back", \
-        _sizes(plan, len(x))
+        batch_sizes(plan, len(x))
     if version == 2 and len(x):  # where the model loses to plain pixels or to PNG
-        body, code = min([(body, code)] + _fallbacks(x, levels), key=lambda b: len(b[0]))
+        body, code = min([(body, code)] + _fallbacks(x, levels, 8 * len(body)),
+                         key=lambda b: len(b[0]))
         if code != "bits-back":
             sizes, plan = [], {"direct": 0, "rate": 0, "cap": 1, "exceptions": [],
                                "direct_bits": 0}
@@ -190,12 +190,15 @@ def compress(model: VAE, images, *, settings: CodingSettings = CodingSettings(),
     return data
 
 
-def _fallbacks(x: np.ndarray, levels: int) -> list[tuple[bytes, str]]:
-    """The codes a file falls back to: each pixel uniformly (log2(levels) bits), and, for
-    a few images, the image data of their optimized PNG (without its chunks)."""
-    coder = entropy_coder().stream.stack.AnsCoder()
-    encode_uniform(coder, x, levels)
-    out = [(coder.get_compressed().astype("<u4").tobytes(), "uniform")]
+def _fallbacks(x: np.ndarray, levels: int, bits: int) -> list[tuple[bytes, str]]:
+    """The codes a file falls back to, beside the model's of ``bits``: each pixel uniformly
+    (log2(levels) bits; coded only where that could be smaller), and, for a few images,
+    the image data of their optimized PNG (without its chunks)."""
+    out = []
+    if x.size * math.log2(levels) < bits:
+        coder = entropy_coder().stream.stack.AnsCoder()
+        encode_uniform(coder, x, levels)
+        out.append((coder.get_compressed().astype("<u4").tobytes(), "uniform"))
     if len(x) <= PNG_IMAGES:
         stream = png_stream(x, levels)
         if np.array_equal(from_png_stream(stream, x.shape, levels), x):  # (as read back)
@@ -223,21 +226,9 @@ def _header(model, x, levels, settings, device, plan, meta, words, version, code
     return {**header, "made_with": versions()} if verbose else header
 
 
-def schedule(count: int, direct: int, rate: int, cap: int) -> list[int]:
-    """The batches of a file: after ``direct`` images coded one by one, batches of
-    max(1, floor(n 2^(-rate/4))) images, n the images coded so far, at most ``cap``: the
-    stack's bits grow with n, and so can the batches that pop them. A function of the
-    header's four numbers, so that the file need not list its batches."""
-    sizes, n, rho = [1] * min(direct, count), min(direct, count), 2.0 ** (-rate / 4)
-    while n < count:
-        sizes.append(min(cap, count - n, max(1, int(n * rho))))
-        n += sizes[-1]
-    return sizes
-
-
-def _code(coder, m, x, levels, settings, tally, update, version: int):
+def _code(coder, m, weights: dict, x, levels, settings, tally, update, version: int):
     """Code every image onto ``coder``: (format 2) the first ones by a direct code, until
-    the stack holds the draws of a batch, then the batches of :func:`schedule` by bits
+    the stack holds the draws of a batch, then the batches of :func:`container.schedule` by bits
     back (directly where a batch's draws would still run the stack short: an exception);
     (format 1) one image per batch by bits back from :func:`initial_words`. Returns the
     coder and the schedule's numbers."""
@@ -248,7 +239,7 @@ def _code(coder, m, x, levels, settings, tally, update, version: int):
     n, rate, pushed = 0, 255, 0.0  # (rate 255: batches of one image)
     while direct is not None and n < len(x):  # the direct prefix
         need = _need(tally, m, settings)
-        if n and coder.num_bits() >= need * max(1, int(n * 2.0 ** (-rate / 4))):
+        if n and coder.num_bits() >= need * grown(n, rate):
             break
         before = coder.num_bits()
         encode_direct(coder, m, x[n:n + 1], levels, direct, tally)
@@ -257,7 +248,7 @@ def _code(coder, m, x, levels, settings, tally, update, version: int):
         update(1)
     prefix, exceptions = n, []
     for b, size in enumerate(schedule(len(x), prefix, rate, cap)[prefix:]):
-        coder, ok = _bits_back(coder, m, x[n:n + size], levels, settings, tally)
+        coder, ok = _bits_back(coder, m, weights, x[n:n + size], levels, settings, tally)
         if not ok and direct is None:
             raise CodingError("the stack ran short of bits to give back; write format 2")
         if not ok:
@@ -269,13 +260,13 @@ def _code(coder, m, x, levels, settings, tally, update, version: int):
                    "direct_bits": round(-math.log2(direct.delta)) if direct else 0}
 
 
-def _bits_back(coder, m, x, levels, settings, tally):
+def _bits_back(coder, m, weights: dict, x, levels, settings, tally):
     """Code a batch by bits back; returns the coder and whether it could (whether its
     draws left the stack enough bits; if not, the coder as it was before)."""
     saved = coder.clone() if coder.num_bits() < 4 * _need(tally, m, settings) * len(x) \
         else None
     encode_batch(coder, m, x, levels, settings.grid, tally, settings.samples,
-                 settings.coupled, m.weigh, m.weigh_bf16)
+                 settings.coupled, **weights)
     if saved is None or not tally.exhausted:
         return coder, True
     tally.drop_last()
@@ -311,8 +302,7 @@ def _need(tally: Tally, model: VAE, settings: CodingSettings) -> float:
     if tally.posterior_bits:
         return 1.25 * max(tally.posterior_bits) + 64
     K = settings.samples
-    per = 24 * model.latent_dim if settings.coupled and K > 1 else \
-        K * model.latent_dim * (settings.latent_bits + 4)
+    per = kind(K, settings.coupled).bits(K, model.latent_dim, settings.latent_bits)
     return per + 16 * model.layers + math.log2(K) + 64
 
 
@@ -344,7 +334,7 @@ def unpack(model: VAE, data: bytes, *, progress: bool = False) -> tuple[np.ndarr
     shape, levels, s = tuple(header["image_shape"]), header["levels"], header["settings"]
     samples, grid = s.get("samples", 1), Grid(2.0 ** -s["latent_bits"], s["latent_range"])
     batches = [] if header.get("code") in ("uniform", "png") else \
-        _sizes(header["schedule"], header["count"]) if header["format"] == 2 else \
+        batch_sizes(header["schedule"], header["count"]) if header["format"] == 2 else \
         [(b[0], False) for b in header["batches"] for _ in range(b[1])]  # (checked)
     if header["format"] == 2 and header["schedule"]["exceptions"] and \
             header["schedule"]["exceptions"][-1] >= len(batches) - header["schedule"]["direct"]:
@@ -353,7 +343,8 @@ def unpack(model: VAE, data: bytes, *, progress: bool = False) -> tuple[np.ndarr
     if any(size * samples * model.latent_dim > PARTICLE_FLOATS for size, _ in batches):
         raise CodingError("damaged header: a batch larger than any writer makes; nothing "
                           "was decoded")
-    m = _coding_copy(model, header["device"], samples, bool(s.get("bf16", 0)))
+    m = _coding_copy(model, header["device"])
+    weights = _weigher(model, header["device"], samples, bool(s.get("bf16", 0)))
     png = header.get("code") == "png"
     coder = constriction.stream.stack.AnsCoder(
         np.frombuffer(b"" if png else body, "<u4").astype(np.uint32))
@@ -370,8 +361,7 @@ def unpack(model: VAE, data: bytes, *, progress: bool = False) -> tuple[np.ndarr
             for size, is_direct in reversed(batches):  # a stack: the last batch comes first
                 out[end - size:end] = decode_direct(coder, m, size, shape, levels, direct) \
                     if is_direct else decode_batch(coder, m, size, shape, levels, grid, samples,
-                                                   bool(s.get("coupled", 0)), m.weigh,
-                                                   m.weigh_bf16)
+                                                   bool(s.get("coupled", 0)), **weights)
                 end -= size
                 bar.update(size)
     except (ValueError, RuntimeError, OverflowError, KeyError, IndexError) as e:

@@ -1,4 +1,5 @@
-"""The compressed file, and every check it gets before anything is decoded.
+"""The compressed file, its batch schedule, and every check it gets before anything is
+decoded.
 
 Format 2, a compact binary header (34 bytes and an 8-byte checksum for a file of one image):
 
@@ -119,6 +120,32 @@ def pack_v1(header: dict, body: bytes) -> bytes:
     head = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
     out = MAGIC + struct.pack("<I", len(head)) + head + body
     return out + hashlib.sha256(out).digest()
+
+
+# ---- the batches ------------------------------------------------------------------------
+def schedule(count: int, direct: int, rate: int, cap: int) -> list[int]:
+    """The batches of a file: after ``direct`` images coded one by one, batches of
+    max(1, floor(n 2^(-rate/4))) images, n the images coded so far, at most ``cap``: the
+    stack's bits grow with n, and so can the batches that pop them. A function of the
+    header's four numbers, so that the file need not list its batches."""
+    sizes, n = [1] * min(direct, count), min(direct, count)
+    while n < count:
+        sizes.append(min(cap, count - n, grown(n, rate)))
+        n += sizes[-1]
+    return sizes
+
+
+def grown(n: int, rate: int) -> int:
+    """A batch after n images at this rate, before the cap: max(1, floor(n 2^(-rate/4)))."""
+    return max(1, int(n * 2.0 ** (-rate / 4)))
+
+
+def batch_sizes(plan: dict, count: int) -> list[tuple[int, bool]]:
+    """(size, direct) of every batch of a format-2 file."""
+    sizes = schedule(count, plan["direct"], plan["rate"], plan["cap"])
+    direct = set(plan["exceptions"])
+    return [(size, b < plan["direct"] or b - plan["direct"] in direct)
+            for b, size in enumerate(sizes)]
 
 
 # ---- reading -----------------------------------------------------------------------------

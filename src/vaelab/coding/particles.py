@@ -33,10 +33,11 @@ class Independent:
     def __init__(self, grid: Grid, post, shape: tuple[int, int, int, int]):
         self.grid, self.post, (self.K, self.B, self.T, self.dim) = grid, post, shape
 
-    def bits(self, latent_bits: int) -> float:
+    @staticmethod
+    def bits(samples: int, latent_dim: int, latent_bits: int) -> float:
         """Bits an image's draws may take from the stack, at most (a posterior no wider
-        than the prior)."""
-        return self.K * self.T * self.dim * (latent_bits + 4)
+        than the prior): ``samples`` draws of ``latent_bits`` + 4 bits a dimension."""
+        return samples * latent_dim * (latent_bits + 4)
 
     def _q(self, z: Tensor, t: int) -> tuple[Tensor, Tensor]:
         return gaussian(self.post(z.clone())[t], (self.K, self.B))
@@ -71,11 +72,19 @@ class Independent:
             self.grid.give_back(coder, bins[t].reshape(-1), *self._q(z, t))
 
 
+def kind(samples: int, coupled: bool) -> type[Independent]:
+    """The particles a file uses: coupled (BB-CIS) or drawn one by one (BB-IS; and at
+    K = 1, BB-ANS)."""
+    return Coupled if coupled and samples > 1 else Independent
+
+
 class Coupled(Independent):
     """BB-CIS: one uniform per image and dimension, shifted by fixed offsets per particle."""
 
-    def bits(self, latent_bits: int) -> float:
-        return 24 * self.T * self.dim
+    @staticmethod
+    def bits(samples: int, latent_dim: int, latent_bits: int) -> float:
+        """One uniform of 24 bits a dimension, whatever the number of samples."""
+        return 24 * latent_dim
 
     def _bins(self, z: Tensor, t: int):
         """Q of layer t as bin units: mean and std (K, B, L), float64."""
