@@ -17,6 +17,7 @@ import torch
 
 from ..data.splits import Data, Split
 from ..devices import SINGLE, World, fast_bf16
+from ..errors import ConfigError
 from ..models.vae import VAE
 from ..noise import seeded
 from ..objectives import (bits_per_dim, elbo_over, image_batches, log_likelihood,
@@ -72,6 +73,8 @@ def evaluate(model: VAE, data: Data, split: str = "test", batch_size: int = 1000
     ``precision`` of the importance-sampled decoder passes: "fp32", "bf16" (matrix
     products in bfloat16, log-probabilities in float32) or "auto" (bf16 where the device
     has fast bfloat16)."""
+    if precision not in ("fp32", "bf16", "auto"):
+        raise ConfigError(f"precision must be fp32, bf16 or auto, got {precision!r}")
     s = data.split(split)
     model.eval()
     with seeded(seed, model.device):
