@@ -62,6 +62,17 @@ def test_a_run_selecting_on_nll_resumes_exactly(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_run_stopped_by_its_time_limit_estimates_the_epoch_it_stops_at(tmp_path):
+    """The epoch a time limit stops at is estimated like the run's last, so the kept
+    weights are chosen among all it trained (here: epoch 2 of 6, estimates every 10)."""
+    cfg = small(epochs=6, select_every=10)
+    assert train(cfg, tmp_path / "cut", progress=False, time_limit=1e-3).stopped
+    again = train(Config.load(tmp_path / "cut" / "config.toml"), tmp_path / "cut",
+                  resume=True, progress=False, time_limit=1e-3)
+    assert again.stopped
+    assert [m["epoch"] for m in read_metrics(tmp_path / "cut") if "val_log_px" in m] == [1, 2]
+
+
 def test_the_automatic_interval_costs_about_a_tenth_of_training():
     tc = small(select_every=0, select_k=100, select_images=1000).train
     assert select_every(tc, 50_000, 10_000) == math.ceil(100 * 1000 / (0.1 * 3 * 50_000))

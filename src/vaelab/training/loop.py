@@ -147,13 +147,13 @@ def _train(cfg: Config, run_dir: Path, resume: bool, data: Data | None, progress
         for epoch in range(s.state.epoch + 1, tc.epochs + 1):
             bar.set_description(f"epoch {epoch}/{tc.epochs}")
             m = train_epoch(s, stepper, epoch, bar)
-            val, n_val = validate(s, epoch)
+            stopped = time_limit is not None and epoch < tc.epochs and out_of_time(
+                s, time.perf_counter() - started, epoch, epoch - first, time_limit)
+            val, n_val = validate(s, epoch, last=stopped)
             if n_val and not math.isfinite(val["val_elbo"]):
                 raise _diverged(s, epoch, None, "the validation ELBO")
             record(s, {**m, **val}, n_val > 0, board)
-            if time_limit is not None and epoch < tc.epochs and \
-                    out_of_time(s, time.perf_counter() - started, epoch - first, time_limit):
-                stopped = True
+            if stopped:
                 break
     bar.close()
     if board:
@@ -283,10 +283,11 @@ def select_every(tc, n_train: int, n_val: int) -> int:
     return max(1, math.ceil(cost / (0.1 * 3 * n_train * tc.samples)))
 
 
-def validate(s: Session, epoch: int) -> tuple[dict, int]:
+def validate(s: Session, epoch: int, last: bool = False) -> tuple[dict, int]:
     """The validation ELBO, its terms and bits/dim (and the IWAE bound the run trains), the
     importance-sampled log-likelihood when ``select = "nll"`` estimates it this epoch (the
-    first, every ``select_every``-th and the last), and the number of validation images."""
+    first, every ``select_every``-th and the last: the run's, or ``last``, where a time
+    limit stops it), and the number of validation images."""
     tc = s.cfg.train
     iwae_k = tc.samples if tc.objective == "iwae" else 0
 
@@ -303,7 +304,7 @@ def validate(s: Session, epoch: int) -> tuple[dict, int]:
            **({f"val_iwae{iwae_k}": val["iwae"]} if iwae_k else {})}
     n_val = len(s.data.val)
     if tc.select == "nll" and not tc.autoencoder and n_val and (
-            epoch in (1, tc.epochs) or epoch % select_every(tc, len(s.data.train), n_val) == 0):
+            last or epoch in (1, tc.epochs) or epoch % select_every(tc, len(s.data.train), n_val) == 0):
         first = s.data.val.subset(torch.arange(min(tc.select_images, n_val),
                                                device=s.data.val.images.device))
         out["val_log_px"] = log_likelihood(s.evaluated, first, tc.select_k,
@@ -363,12 +364,14 @@ def record(s: Session, m: dict, has_val: bool, board: "TensorBoard | None") -> N
              m["train_elbo"], shown, m["seconds"], m["images_per_s"])
 
 
-def out_of_time(s: Session, spent: float, epochs_done: int, time_limit: float) -> bool:
+def out_of_time(s: Session, spent: float, epoch: int, epochs_done: int,
+                time_limit: float) -> bool:
     """Whether one more epoch, as long as the mean so far, would end past ``time_limit``
-    seconds; every rank stops if one would overrun."""
+    seconds (asked before ``epoch``'s validation, so that a run selecting on the NLL
+    estimates it on the epoch it stops at); every rank stops if one would overrun."""
     late = spent + spent / epochs_done > time_limit
     if s.world.sum(torch.tensor([float(late)], device=s.device)).item() > 0:
         log.info("time limit: stopping after epoch %d of %d; continue with "
-                 "`vaelab train --resume %s`", s.state.epoch, s.cfg.train.epochs, s.run_dir)
+                 "`vaelab train --resume %s`", epoch, s.cfg.train.epochs, s.run_dir)
         return True
     return False
