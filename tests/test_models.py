@@ -252,6 +252,24 @@ def test_vamp_prior_refuses_a_conditional_model():
         ModelConfig(prior="vamp", conditional=True)
 
 
+def test_dropout_acts_in_training_only_and_is_for_one_layer_mlps():
+    """Dropout (the small-data regularizer): a training-mode pass draws a mask, an
+    evaluation pass is deterministic and equals the net without dropout layers."""
+    model, plain = make(dropout=0.5), make()
+    plain.load_state_dict(model.state_dict())
+    x = images("bernoulli", (1, 8, 8))
+    assert sum(isinstance(m, torch.nn.Dropout) for m in model.modules()) == 2
+    model.train()
+    assert not torch.equal(model.encoder(x), model.encoder(x))
+    model.eval()
+    plain.eval()
+    assert torch.equal(model.encoder(x), plain.encoder(x))
+    for bad in (dict(dropout=1.0), dict(dropout=-0.1), dict(dropout=0.2, net="conv"),
+                dict(dropout=0.2, layers=2)):
+        with pytest.raises(ConfigError, match="dropout must be in"):
+            ModelConfig(**bad)
+
+
 # ---- training on real data, checkpoints ------------------------------------------------
 TRAINED = [("conv", "dlogistic", "vamp", "elbo"), ("conv", "bernoulli", "mog", "iwae"),
            ("mlp", "dgaussian", "mog", "elbo"), ("mlp", "cbernoulli", "vamp", "elbo")]

@@ -93,6 +93,9 @@ class ModelConfig:
     conv_widths: tuple[int, ...] = field(default=(32, 64), metadata=_help(
         "conv net: channels of each stage (each halves the image), comma separated"))
     res_blocks: int = field(default=1, metadata=_help("conv net: residual blocks per stage"))
+    dropout: float = field(default=0.0, metadata=_help(
+        "MLP nets: dropout probability after each hidden layer of the encoder and decoder "
+        "(in training only; a regularizer for small data sets); 0: none"))
     activation: str = field(default="gelu", metadata=_help(
         "hidden activation (gelu: chosen on validation data, docs/quality.md)"))
     likelihood: str = field(default="auto", metadata=_help(
@@ -123,6 +126,9 @@ class ModelConfig:
             if getattr(self, name) < (0 if name == "res_blocks" else 1):
                 raise ConfigError(f"{name} must be >= {0 if name == 'res_blocks' else 1}, "
                                   f"got {getattr(self, name)}")
+        if not 0 <= self.dropout < 1 or (self.dropout and (self.net, self.layers) != ("mlp", 1)):
+            raise ConfigError(f"dropout must be in [0, 1) and is for one-layer MLP nets, got "
+                              f"{self.dropout} with net {self.net}, {self.layers} layer(s)")
         if self.conditional and self.prior == "vamp":
             raise ConfigError("the vamp prior encodes unlabelled pseudo-inputs; it does not go "
                               "with a conditional model (use --prior normal or mog)")

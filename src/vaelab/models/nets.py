@@ -19,16 +19,19 @@ for _name, _cls in {"relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.
 
 
 class MLP(nn.Sequential):
-    """Linear layers with an activation between them: ``in -> hidden... -> out``.
+    """Linear layers with an activation (and optionally dropout) between them:
+    ``in -> hidden... -> out``.
     Works on any leading dimensions: ``(..., in) -> (..., out)``."""
 
     def __init__(self, in_features: int, hidden: Sequence[int], out_features: int,
-                 activation: str = "relu"):
+                 activation: str = "relu", dropout: float = 0.0):
         act = ACTIVATIONS.get(activation)
         widths = [in_features, *hidden]
         layers: list[nn.Module] = []
         for a, b in zip(widths[:-1], widths[1:]):
-            layers += [nn.Linear(a, b), act()]
+            # dropout beside the activation: the Linear layers keep their names either way
+            layers += [nn.Linear(a, b), nn.Sequential(act(), nn.Dropout(dropout)) if dropout
+                       else act()]
         layers.append(nn.Linear(widths[-1], out_features))
         super().__init__(*layers)
 
@@ -63,9 +66,9 @@ def mlp_nets(cfg: ModelConfig, image_shape: tuple[int, int, int], enc_out: int,
     c, h, w = image_shape
     d = c * h * w
     flat, unflat = nn.Flatten(-3), nn.Unflatten(-1, (dec_channels, h, w))
-    enc = MLP(d + classes, cfg.hidden, enc_out, cfg.activation)
+    enc = MLP(d + classes, cfg.hidden, enc_out, cfg.activation, cfg.dropout)
     dec = MLP(cfg.latent_dim + classes, tuple(reversed(cfg.hidden)), dec_channels * h * w,
-              cfg.activation)
+              cfg.activation, cfg.dropout)
     if classes:
         return Labelled(flat, enc, nn.Identity(), classes), \
             Labelled(nn.Identity(), dec, unflat, classes)
