@@ -219,6 +219,30 @@ def test_an_edited_model_setting_of_the_same_shapes_is_refused(run, tmp_path):
         assert r.returncode == 2 and "'gelu' -> 'tanh'" in r.stderr, r.stderr
 
 
+def test_weights_saved_before_a_model_setting_existed_still_load(run, tmp_path):
+    """A run written before `dropout` existed records settings without it (and its
+    config.toml names none): it loads, as the setting's neutral value, and stays checked."""
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    d = tmp_path / "old"
+    shutil.copytree(run, d)
+    with safe_open(str(d / "model.safetensors"), "pt") as f:
+        meta, weights = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    saved = json.loads(json.loads(meta["model_settings"]))
+    del saved["dropout"]
+    meta["model_settings"] = json.dumps(json.dumps(saved, sort_keys=True))
+    save_file(weights, str(d / "model.safetensors"), metadata=meta)
+    cfg = d / "config.toml"
+    cfg.write_text(cfg.read_text().replace("dropout = 0.0\n", ""))
+    assert _cli("evaluate", str(d), "--k", "2").returncode == 0
+    cfg.write_text(cfg.read_text().replace("[model]\n", "[model]\ndropout = 0.5\n"))
+    r = _cli("evaluate", str(d), "--k", "2")
+    assert r.returncode == 2 and "dropout 0.0 -> 0.5" in r.stderr, r.stderr
+
+
 def test_a_relative_data_dir_is_stored_resolved(tmp_path):
     from PIL import Image
 

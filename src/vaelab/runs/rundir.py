@@ -174,6 +174,11 @@ def model_settings(cfg: Config) -> str:
     return json.dumps(cfg.to_dict()["model"], sort_keys=True)
 
 
+# [model] settings added since weights first recorded theirs, with the value that the
+# weights saved before them were trained with
+LEGACY_MODEL = {"dropout": 0.0}
+
+
 def check_settings(meta: dict, cfg: Config, path: Path) -> None:
     """The weights' recorded [model] settings equal config.toml's (when recorded: runs
     from before this check have none). Edits that keep the shapes (an activation) would
@@ -184,6 +189,7 @@ def check_settings(meta: dict, cfg: Config, path: Path) -> None:
         saved = json.loads(json.loads(meta["model_settings"]))
     except (ValueError, TypeError):
         raise RunError(f"{path}: damaged metadata (model_settings)") from None
+    saved = {**LEGACY_MODEL, **saved}
     now = cfg.to_dict()["model"]
     if saved != now:
         changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
