@@ -41,3 +41,18 @@ def test_bad_files(tmp_path, text, match):
 def test_field_names_are_unique_flags():
     names = [name for _, name, _, _ in field_specs()]
     assert len(names) == len(set(names))
+
+
+def test_the_kl_warmup_default_follows_the_objective(tmp_path):
+    """10 epochs for the ELBO (chosen on validation); none for the IWAE bound and the
+    autoencoder, which have no KL weight; an explicit value is kept, and refused where
+    it has no meaning."""
+    assert Config().train.warmup == 10 and Config().train.kl_warmup is None
+    assert Config().override(objective="iwae", samples=5).train.warmup == 0
+    assert Config().override(autoencoder="true").train.warmup == 0
+    assert Config().override(kl_warmup="0").train.warmup == 0
+    assert Config().override(kl_warmup="25").train.warmup == 25
+    with pytest.raises(ConfigError, match="takes no beta, kl_warmup"):
+        Config().override(objective="iwae", samples=5, kl_warmup=3)
+    Config().save(tmp_path / "c.toml")
+    assert Config.load(tmp_path / "c.toml").train.warmup == 10

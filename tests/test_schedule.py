@@ -20,7 +20,7 @@ from vaelab.training.step import Stepper, make_optimizer
 
 def small(**kw) -> Config:
     base = dict(dataset="digits", latent_dim=8, hidden="64", epochs=3, batch_size=64,
-                device="cpu", binarize="dynamic")
+                device="cpu", binarize="dynamic", select="elbo")
     return Config().override(**{**base, **kw})
 
 

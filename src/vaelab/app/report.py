@@ -214,7 +214,7 @@ def run_rows(s: RunSummary) -> list[tuple[str, str]]:
              + (" (autoencoder)" if t.autoencoder else "")),
             ("parameters", f"{s.params:,}"),
             ("epochs", f"{len(s.history)} of {t.epochs}" +
-             (f", KL warm-up {t.kl_warmup}" if t.kl_warmup else "") +
+             (f", KL warm-up {t.warmup}" if t.warmup else "") +
              (f", beta {t.beta:g}" if t.beta != 1 else "") +
              (f", IWAE k = {t.samples}" if t.objective == "iwae" else "") +
              (f", free bits {t.free_bits:g}" if t.free_bits else "")),

@@ -237,7 +237,7 @@ def model_card(cfg: Config, results: dict, image_shape: list[int], params: int,
               f"Data: {ds}, `binarize = {d.binarize}`, validation split {d.val_size} "
               f"(seed {d.split_seed}); {cfg.train.epochs} epochs of Adam, learning rate "
               f"{cfg.train.lr}, batch {cfg.train.batch_size}, objective {cfg.train.objective}"
-              f"{f', KL warm-up {cfg.train.kl_warmup} epochs' if cfg.train.kl_warmup else ''}. "
+              f"{f', KL warm-up {cfg.train.warmup} epochs' if cfg.train.warmup else ''}. "
               "`metrics.jsonl` holds every epoch.", ""]
     return "\n".join(lines)
 

@@ -52,10 +52,10 @@ def check_likelihood(model: VAE, data: Data) -> None:
 
 
 def kl_weight(tc, epoch: int, step: int, n_batches: int) -> float:
-    """beta, reached linearly over the first ``kl_warmup`` epochs (epoch counts from 1)."""
-    if tc.kl_warmup == 0:
+    """beta, reached linearly over the first ``tc.warmup`` epochs (epoch counts from 1)."""
+    if tc.warmup == 0:
         return tc.beta
-    return tc.beta * min(1.0, ((epoch - 1) * n_batches + step + 1) / (tc.kl_warmup * n_batches))
+    return tc.beta * min(1.0, ((epoch - 1) * n_batches + step + 1) / (tc.warmup * n_batches))
 
 
 # ---------------------------------------------------------------------------------------
@@ -225,7 +225,7 @@ def _diverged(s: Session, epoch: int, step: int | None, what: str) -> Diverged:
             f"{s.run_dir}` continues from it, with the same settings)") if s.state.epoch else \
         "no epoch was saved"
     tips = [f"a smaller --lr (now {tc.lr:g})"]
-    if not tc.kl_warmup and not tc.autoencoder:
+    if not tc.warmup and not tc.autoencoder:
         tips.append("--kl-warmup 10")
     if tc.precision == "bf16":
         tips.append("--precision fp32")
