@@ -56,3 +56,20 @@ def test_the_kl_warmup_default_follows_the_objective(tmp_path):
         Config().override(objective="iwae", samples=5, kl_warmup=3)
     Config().save(tmp_path / "c.toml")
     assert Config.load(tmp_path / "c.toml").train.warmup == 10
+
+
+def test_a_run_records_its_warm_up_and_older_runs_keep_what_they_did(tmp_path):
+    """config.toml names the resolved warm-up; a run written before `select` and
+    `kl_warmup` existed resumes as it ran (kept on the ELBO, no warm-up)."""
+    from vaelab.runs.rundir import legacy_settings
+    from vaelab.training.loop import train
+
+    small = Config().override(dataset="digits", epochs=1, hidden="16", latent_dim=2)
+    train(small, tmp_path / "run", progress=False)
+    text = (tmp_path / "run" / "config.toml").read_text()
+    assert "kl_warmup = 10" in text and 'select = "nll"' in text
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "config.toml").write_text("[train]\nepochs = 3\n")
+    tc = legacy_settings(Config(), old).train
+    assert (tc.select, tc.warmup, tc.ema) == ("elbo", 0, 0.0)
