@@ -42,7 +42,7 @@ def read_idx(path: Path) -> np.ndarray:
     raw = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
     ndim = raw[3]
     dims = np.frombuffer(raw, ">u4", count=ndim, offset=4)
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims).copy()
 
 
 def idx_pair(root: Path, part: str) -> np.ndarray:
