@@ -170,12 +170,13 @@ def main() -> None:
         val, test, grey = (flat(torch.from_numpy(v).float() / top)
                            for v in (val_x, test_x, train_x))
     model = VAE(grey.shape[1], grey_levels=0 if binarize == "dynamic" else top + 1)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    lr = 1e-3
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
     epochs, best, best_epoch, t0 = a.epochs, -math.inf, 0, time.perf_counter()
     state, epoch = None, 0
     while epoch < epochs:
         for group in opt.param_groups:  # cosine annealing to 0, stepped per epoch
-            group["lr"] = 1e-3 * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
         warm = max(1, round(0.1 * epochs))
         beta = min(1.0, 1 / 25 + (1 - 1 / 25) * epoch / warm)
         x_all = torch.bernoulli(grey) if binarize == "dynamic" else grey

@@ -245,7 +245,8 @@ class TrainConfig:
         for name in ("lr_warmup", "weight_decay", "grad_clip", "plateau_patience", "beta",
                      "kl_warmup", "free_bits", "select_every"):
             if (getattr(self, name) or 0) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+                hint = " (0: automatic)" if name == "select_every" else ""
+                raise ConfigError(f"{name} must be >= 0{hint}, got {getattr(self, name)}")
         if self.objective == "iwae" and (self.beta != 1 or self.kl_warmup or self.free_bits
                                          or self.autoencoder or self.kl_balance):
             raise ConfigError("the iwae objective is a bound on log p(x) as it stands: it "

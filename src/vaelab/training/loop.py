@@ -303,9 +303,9 @@ def validate(s: Session, epoch: int, last: bool = False) -> tuple[dict, int]:
            "val_bits_per_dim": bits_per_dim(-val["elbo"], dims, s.model.likelihood.discrete),
            **({f"val_iwae{iwae_k}": val["iwae"]} if iwae_k else {})}
     n_val = len(s.data.val)
-    due = last or epoch in (1, tc.epochs) or \
-        epoch % select_every(tc, len(s.data.train), max(1, n_val)) == 0
-    if tc.select == "nll" and not tc.autoencoder and n_val and due:
+    if tc.select == "nll" and not tc.autoencoder and n_val and (
+            last or epoch in (1, tc.epochs)
+            or epoch % select_every(tc, len(s.data.train), n_val) == 0):
         first = s.data.val.subset(torch.arange(min(tc.select_images, n_val),
                                                device=s.data.val.images.device))
         out["val_log_px"] = log_likelihood(s.evaluated, first, tc.select_k,
