@@ -150,6 +150,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
     a = ap.parse_args()
+    if a.minutes < 0 or a.epochs < 2:
+        ap.error("--minutes must be >= 0 (0: --epochs) and --epochs >= 2")
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)

@@ -157,16 +157,17 @@ def training_curves(history: list[dict], path: str | Path, title: str | None = N
         if estimated:  # select = nll: the estimates that chose the best weights
             ax.plot([m["epoch"] for m in estimated], [m["val_log_px"] for m in estimated],
                     "o-", ms=3, lw=1, label="validation log p(x), importance-sampled")
-        tail = [m[f"val_{key}"] for m in history[len(history) // 10:]] + \
-            [m["val_log_px"] for m in estimated[len(estimated) // 10:]]
+        start = history[len(history) // 10]["epoch"]  # the tail: epochs from here on
+        tail = [m[f"val_{key}"] for m in history if m["epoch"] >= start] + \
+            [m["val_log_px"] for m in estimated if m["epoch"] >= start]
         lo, hi = min(tail), max(tail)
         pad = 0.5 * (hi - lo) + 1e-3
         ax.set_ylim(lo - pad, hi + pad)  # the tail of the curve, not epoch 1
         ax.set_title(f"{label} (nats)", fontsize=11)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-        if i == 0:
-            ax.legend()
+        if i == 0:  # the curves rise from the lower left: the legend below them
+            ax.legend(loc="lower right", fontsize=8)
     if scheduled:
         ax = fig.add_subplot(1, panels, 4)
         ax.plot(epochs, lrs, color="C3")
