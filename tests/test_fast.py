@@ -8,7 +8,7 @@ import vaelab
 from vaelab.data.splits import load_data, resolve
 from vaelab.devices import SINGLE
 from vaelab.models.vae import VAE
-from vaelab.training.step import Loss, Stepper, fast_paths, make_optimizer
+from vaelab.training.step import CPU_COMPILE_STEPS, Loss, Stepper, fast_paths, make_optimizer
 
 SETTINGS = {"mlp": dict(hidden="64", latent_dim=8),
             "conv": dict(net="conv", conv_widths="8,16", latent_dim=8),
@@ -133,5 +133,71 @@ def test_auto_switches_pick_the_fast_paths_per_device():
     assert fast_paths(cfg.train, conv, torch.device("mps"))["channels_last"] is False
     _, mlp, _ = _setup("mlp")
     assert fast_paths(cfg.train, mlp, cpu) == {"compile": False, "channels_last": False}
+    # on a CPU, auto compiles a single-layer MLP only for a run long enough to pay it back
+    long = CPU_COMPILE_STEPS
+    assert fast_paths(cfg.train, mlp, cpu, long - 1)["compile"] is False
+    assert fast_paths(cfg.train, mlp, cpu, long)["compile"] is True
+    assert fast_paths(cfg.train, conv, cpu, long)["compile"] is False
+    assert fast_paths(cfg.train, hvae, cpu, long)["compile"] is False
+    no = cfg.override(compile="no").train
+    assert fast_paths(no, mlp, cpu, long)["compile"] is False
     with pytest.raises(vaelab.ConfigError, match="choose one of: auto, no, yes"):
         cfg.override(compile="always")
+
+
+def test_the_compilation_time_is_measured_once_per_batch_shape():
+    """The first call of the compiled step at each batch size is its compilation: counted
+    in all and per epoch (take_compiling), and left out of nothing else."""
+    cfg, model, x = _setup("mlp", compile="yes")
+    step = Stepper(model, make_optimizer(model, 1e-3), cfg.train, torch.device("cpu"),
+                   SINGLE, backend="eager")  # dynamo's tracing without inductor: quick
+    assert step.net is not step.eager and step.compile_seconds == 0
+    step(x, None, 1.0, len(x))
+    first = step.compile_seconds
+    assert first > 0 and step.take_compiling() == first and step.take_compiling() == 0
+    step(x, None, 1.0, len(x))  # the same shape: nothing compiled
+    assert step.compile_seconds == first and step.take_compiling() == 0
+    step(x[:10], None, 1.0, 10)  # a last, smaller batch compiles once more
+    assert step.compile_seconds > first and step.take_compiling() > 0
+    eager = Stepper(model, make_optimizer(model, 1e-3), cfg.override(compile="no").train,
+                    torch.device("cpu"), SINGLE)
+    eager(x, None, 1.0, len(x))
+    assert eager.compile_seconds == 0 and eager.take_compiling() == 0
+
+
+def test_fast_bf16_is_measured_not_read_off_the_cpu_flags(monkeypatch):
+    from vaelab import devices
+
+    def flags(value):
+        for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+            monkeypatch.setattr(torch.cpu, name, lambda: value, raising=False)
+
+    def speedup(value):
+        monkeypatch.setattr(devices, "_cpu_bf16_speedup", lambda: value)
+
+    flags(False)
+    speedup(9.0)
+    assert devices.fast_bf16("cpu") is False  # no bf16 instructions: not timed at all
+    flags(True)
+    assert devices.fast_bf16("cpu") is True
+    speedup(1.1)  # the instructions, but slower than float32 or barely faster
+    assert devices.fast_bf16("cpu") is False
+    assert devices.fast_bf16("meta") is False
+    monkeypatch.undo()
+    ratio = devices._cpu_bf16_speedup.__wrapped__()  # the real timing, on this CPU
+    assert 0.05 < ratio < 20
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_precision_auto_is_resolved_for_the_device_and_recorded(tmp_path, monkeypatch, fast):
+    import vaelab.training.loop as loop
+
+    monkeypatch.setattr(loop, "fast_bf16", lambda device: fast)
+    cfg = vaelab.Config().override(dataset="digits", hidden="32", latent_dim=4, epochs=1,
+                                   precision="auto", device="cpu")
+    vaelab.train(cfg, tmp_path / "run", progress=False)
+    saved = vaelab.Config.load(tmp_path / "run" / "config.toml").train
+    assert saved.precision == ("bf16" if fast else "fp32")
+    vaelab.train(cfg.override(epochs=2), tmp_path / "run", resume=True, progress=False)
+    assert vaelab.Config.load(tmp_path / "run" / "config.toml").train.precision == \
+        saved.precision

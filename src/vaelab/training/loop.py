@@ -19,7 +19,7 @@ import torch
 
 from ..config import Config
 from ..data.splits import Data, load_data, resolve
-from ..devices import World, current_world, join, resolve_device
+from ..devices import World, current_world, fast_bf16, join, resolve_device
 from ..errors import RunError
 from ..files import atomic_write
 from ..models.vae import VAE
@@ -132,7 +132,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, data: Data | None, progress
            tensorboard: bool, time_limit: float | None) -> TrainResult:
     s = start(cfg, run_dir, resume, data)
     tc = s.cfg.train
-    stepper = Stepper(s.model, s.opt, tc, s.device, s.world)
+    stepper = Stepper(s.model, s.opt, tc, s.device, s.world,
+                      steps=s.n_batches * max(0, tc.epochs - s.state.epoch))
     if s.average and stepper.channels_last:
         s.average.model.to(memory_format=torch.channels_last)
 
@@ -148,7 +149,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, data: Data | None, progress
             bar.set_description(f"epoch {epoch}/{tc.epochs}")
             m = train_epoch(s, stepper, epoch, bar)
             stopped = time_limit is not None and epoch < tc.epochs and out_of_time(
-                s, time.perf_counter() - started, epoch, epoch - first, time_limit)
+                s, time.perf_counter() - started, epoch, epoch - first, time_limit,
+                stepper.compile_seconds)
             val, n_val = validate(s, epoch, last=stopped)
             if n_val and not math.isfinite(val["val_elbo"]):
                 raise _diverged(s, epoch, None, "the validation ELBO")
@@ -179,6 +181,9 @@ def start(cfg: Config, run_dir: Path, resume: bool, data: Data | None) -> Sessio
     torch.manual_seed(tc.seed)
     data = data if data is not None else load_data(cfg.data, device)
     cfg = resolve(cfg, data)
+    if tc.precision == "auto":  # resolved for this device (bf16 if fast on every rank)
+        votes = world.sum(torch.tensor([float(fast_bf16(device))], device=device))
+        cfg = cfg.override(precision="bf16" if votes.item() == world.size else "fp32")
     model = VAE.from_config(cfg.model, data.image_shape).to(device)
     check_likelihood(model, data)
     if tc.init and not resume:
@@ -267,6 +272,9 @@ def train_epoch(s: Session, stepper: Stepper, epoch: int, bar) -> dict:
     seconds = time.perf_counter() - t0
     m = {"epoch": epoch, "train_loss": loss, "train_elbo": elbo_m, "train_recon": recon,
          "train_kl": kl, "seconds": seconds, "images_per_s": n_train / seconds, "lr": lr}
+    compiling = stepper.take_compiling()
+    if compiling:  # what compiling the step took of this epoch's seconds
+        m["compile_seconds"] = compiling
     if tc.grad_clip:  # the mean gradient norm before clipping, the share of steps clipped
         total, clipped = stepper.take_norms()
         m.update(grad_norm=total / s.n_batches, clipped=clipped / s.n_batches)
@@ -361,16 +369,19 @@ def record(s: Session, m: dict, has_val: bool, board: "TensorBoard | None") -> N
         shown += f"  val NLL {-m['val_log_px']:.3f} (k={tc.select_k})"
     if tc.lr_schedule != "constant" or tc.lr_warmup:
         shown += f"  lr {m['lr']:.3g}"
-    log.info("epoch %d/%d  train ELBO %.3f  %s  %.1fs  %.0f img/s", m["epoch"], tc.epochs,
-             m["train_elbo"], shown, m["seconds"], m["images_per_s"])
+    took = f"{m['seconds']:.1f}s" + (f" ({m['compile_seconds']:.1f} of it compiling)"
+                                      if "compile_seconds" in m else "")
+    log.info("epoch %d/%d  train ELBO %.3f  %s  %s  %.0f img/s", m["epoch"], tc.epochs,
+             m["train_elbo"], shown, took, m["images_per_s"])
 
 
 def out_of_time(s: Session, spent: float, epoch: int, epochs_done: int,
-                time_limit: float) -> bool:
-    """Whether one more epoch, as long as the mean so far, would end past ``time_limit``
-    seconds (asked before ``epoch``'s validation, so that a run selecting on the NLL
-    estimates it on the epoch it stops at); every rank stops if one would overrun."""
-    late = spent + spent / epochs_done > time_limit
+                time_limit: float, compiling: float = 0.0) -> bool:
+    """Whether one more epoch, as long as the mean so far (less the ``compiling``
+    seconds, paid once), would end past ``time_limit`` seconds (asked before ``epoch``'s
+    validation, so that a run selecting on the NLL estimates it on the epoch it stops at);
+    every rank stops if one would overrun."""
+    late = spent + (spent - compiling) / epochs_done > time_limit
     if s.world.sum(torch.tensor([float(late)], device=s.device)).item() > 0:
         log.info("time limit: stopping after epoch %d of %d; continue with "
                  "`vaelab train --resume %s`", epoch, s.cfg.train.epochs, s.run_dir)

@@ -6,6 +6,7 @@ the ELBO, with shapes: :mod:`vaelab.training`."""
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable
 
 import torch
@@ -59,14 +60,24 @@ class Loss(nn.Module):
                                   t.recon.detach().sum(), t.kl.detach().sum()])
 
 
-def fast_paths(tc: TrainConfig, model: VAE, device: torch.device) -> dict[str, bool]:
-    """Which of compile and channels-last a run uses ("auto" resolved for this device)."""
+# a run this many optimizer steps long pays back compiling its step on a CPU: the
+# compilation takes 8-30 s (a warm or cold inductor cache), the compiled step of an MLP
+# saves about 1 ms (benchmarks/train_speed.py: 784-400-20 at batch 128, 1.17x)
+CPU_COMPILE_STEPS = 30_000
+
+
+def fast_paths(tc: TrainConfig, model: VAE, device: torch.device,
+               steps: int = 0) -> dict[str, bool]:
+    """Which of compile and channels-last a run of ``steps`` optimizer steps uses ("auto"
+    resolved for this device: compiled on CUDA for single-layer models; on a CPU for
+    single-layer MLPs of at least CPU_COMPILE_STEPS steps, where the compilation pays)."""
     def pick(value: str, auto: bool) -> bool:
         return value == "yes" or (value == "auto" and auto)
 
     cuda = device.type == "cuda"
     conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
-    compiled = pick(tc.compile, cuda and model.layers == 1)
+    long_cpu_mlp = device.type == "cpu" and not conv and steps >= CPU_COMPILE_STEPS
+    compiled = pick(tc.compile, (cuda or long_cpu_mlp) and model.layers == 1)
     if compiled and conv and tc.precision == "bf16" and device.type == "cpu":
         # measured with PyTorch 2.13: the compiled step under bf16 autocast on a CPU gives
         # a conv decoder of two or more stages zero gradients (tests/test_fast.py)
@@ -84,12 +95,16 @@ class Stepper:
     forward/backward compiled where asked (a CUDA graph on CUDA)."""
 
     def __init__(self, model: VAE, opt: torch.optim.Optimizer, tc: TrainConfig,
-                 device: torch.device, world: World, backend: str | Callable = "inductor"):
+                 device: torch.device, world: World, backend: str | Callable = "inductor",
+                 steps: int = 0):
         self.opt, self.world, self.device = opt, world, device
         self.model, self.clip = model, tc.grad_clip
         # the global gradient norms before clipping, and how many steps were clipped
         self.norms = torch.zeros(2, device=device)
-        paths = fast_paths(tc, model, device)
+        # seconds of the compiled step's first call at each batch shape (its compilation):
+        # in all, and since take_compiling()
+        self.compile_seconds, self._compiling, self._shapes = 0.0, 0.0, set()
+        paths = fast_paths(tc, model, device, steps)
         self.channels_last = paths["channels_last"]
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -118,6 +133,8 @@ class Stepper:
         # DDP averages gradients over ranks; weighting by the shard's share keeps the
         # gradient that of the global batch's mean when shards differ in size
         share = x.shape[0] * self.world.size / n_global
+        first = self.net is not self.eager and x.shape not in self._shapes
+        t0 = time.perf_counter()
         try:
             sums = self._gradients(self.net, x, y, beta, share)
         except Exception as e:  # compilation can fail (no compiler, an unsupported GPU)
@@ -128,6 +145,12 @@ class Stepper:
                         "here on (--compile no skips the attempt)", type(e).__name__, why)
             self.net = self.eager
             sums = self._gradients(self.net, x, y, beta, share)
+        if first and self.net is not self.eager:
+            self._shapes.add(x.shape)
+            took = time.perf_counter() - t0
+            self.compile_seconds += took
+            self._compiling += took
+            log.info("compiled the training step for batches of %d in %.1f s", len(x), took)
         self._step()
         return sums
 
@@ -147,6 +170,11 @@ class Stepper:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
             self.norms += torch.stack([norm, (norm > self.clip).float()])
         self.opt.step()
+
+    def take_compiling(self) -> float:
+        """Seconds spent compiling the step since the last call."""
+        took, self._compiling = self._compiling, 0.0
+        return took
 
     def take_norms(self) -> tuple[float, float]:
         """(sum of the gradient norms, steps clipped) since the last call."""
