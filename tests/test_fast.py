@@ -8,7 +8,7 @@ import vaelab
 from vaelab.data.splits import load_data, resolve
 from vaelab.devices import SINGLE
 from vaelab.models.vae import VAE
-from vaelab.training.step import CPU_COMPILE_STEPS, Loss, Stepper, fast_paths, make_optimizer
+from vaelab.training.step import Loss, Stepper, fast_paths, make_optimizer
 
 SETTINGS = {"mlp": dict(hidden="64", latent_dim=8),
             "conv": dict(net="conv", conv_widths="8,16", latent_dim=8),
@@ -133,14 +133,6 @@ def test_auto_switches_pick_the_fast_paths_per_device():
     assert fast_paths(cfg.train, conv, torch.device("mps"))["channels_last"] is False
     _, mlp, _ = _setup("mlp")
     assert fast_paths(cfg.train, mlp, cpu) == {"compile": False, "channels_last": False}
-    # on a CPU, auto compiles a single-layer MLP only for a run long enough to pay it back
-    long = CPU_COMPILE_STEPS
-    assert fast_paths(cfg.train, mlp, cpu, long - 1)["compile"] is False
-    assert fast_paths(cfg.train, mlp, cpu, long)["compile"] is True
-    assert fast_paths(cfg.train, conv, cpu, long)["compile"] is False
-    assert fast_paths(cfg.train, hvae, cpu, long)["compile"] is False
-    no = cfg.override(compile="no").train
-    assert fast_paths(no, mlp, cpu, long)["compile"] is False
     with pytest.raises(vaelab.ConfigError, match="choose one of: auto, no, yes"):
         cfg.override(compile="always")
 
@@ -201,3 +193,16 @@ def test_precision_auto_is_resolved_for_the_device_and_recorded(tmp_path, monkey
     vaelab.train(cfg.override(epochs=2), tmp_path / "run", resume=True, progress=False)
     assert vaelab.Config.load(tmp_path / "run" / "config.toml").train.precision == \
         saved.precision
+
+
+def test_the_time_limit_leaves_the_compilation_out_of_the_epoch_it_extrapolates():
+    from types import SimpleNamespace
+
+    from vaelab.training.loop import out_of_time
+
+    s = SimpleNamespace(world=SINGLE, device=torch.device("cpu"), run_dir="run",
+                        cfg=vaelab.Config().override(epochs=10))
+    # one epoch of 100 s, 60 of them compiling: the next one should take 40, not 100
+    assert out_of_time(s, 100.0, 1, 1, 150.0, compiling=60.0) is False
+    assert out_of_time(s, 100.0, 1, 1, 150.0) is True
+    assert out_of_time(s, 100.0, 1, 1, 130.0, compiling=60.0) is True

@@ -214,8 +214,7 @@ class TrainConfig:
     compile: str = field(default="auto", metadata=_help(
         "compile the training step (forward and backward) with torch.compile; on CUDA in "
         "mode reduce-overhead, which replays it as a CUDA graph. auto: yes on CUDA for "
-        "single-layer models, and on a CPU for single-layer MLPs trained for 30,000 steps "
-        "or more (where the 10-30 s of compilation pay back)", choices=SWITCHES))
+        "single-layer models, no elsewhere", choices=SWITCHES))
     channels_last: str = field(default="auto", metadata=_help(
         "conv nets: channels-last memory format; auto: yes on CUDA and CPU", choices=SWITCHES))
 

@@ -132,8 +132,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, data: Data | None, progress
            tensorboard: bool, time_limit: float | None) -> TrainResult:
     s = start(cfg, run_dir, resume, data)
     tc = s.cfg.train
-    stepper = Stepper(s.model, s.opt, tc, s.device, s.world,
-                      steps=s.n_batches * max(0, tc.epochs - s.state.epoch))
+    stepper = Stepper(s.model, s.opt, tc, s.device, s.world)
     if s.average and stepper.channels_last:
         s.average.model.to(memory_format=torch.channels_last)
 
