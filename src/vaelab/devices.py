@@ -147,7 +147,7 @@ def fast_bf16(device: str | torch.device) -> bool:
     """Whether bfloat16 matrix products are faster than float32 ones on ``device``: a CUDA
     device that supports them; a CPU with AVX512-BF16 or AMX where a product of the size
     of a decoder pass (1024x512 by 512x784) measures at least 1.25x float32's rate (the
-    flag alone says nothing: a CPU that has AVX512-BF16 but no AMX was measured at 0.55x).
+    flag alone says nothing: a CPU that has AVX512-BF16 but no AMX measured 0.54-0.66x).
     Measured once per process."""
     device = torch.device(device)
     if device.type == "cuda":

@@ -63,8 +63,9 @@ class Loss(nn.Module):
 def fast_paths(tc: TrainConfig, model: VAE, device: torch.device) -> dict[str, bool]:
     """Which of compile and channels-last a run uses ("auto" resolved for this device).
     auto leaves the step eager on a CPU: compiled, the Fashion-MNIST configs' GELU MLP
-    step measured 1.16x alone but whole epochs only 1.04x (alternating in one process),
-    the ReLU reference MLP's 0.97-1.0x, against 5-30 s of compilation (docs/benchmarks.md)."""
+    step measured 1.16-1.22x alone but whole epochs only 1.04-1.05x (alternating in one
+    process), the ReLU reference MLP's 0.97-1.0x, against 5-30 s of compilation
+    (docs/benchmarks.md)."""
     def pick(value: str, auto: bool) -> bool:
         return value == "yes" or (value == "auto" and auto)
 
