@@ -97,10 +97,13 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    cfg = vaelab.Config.load(args.config) if args.config else vaelab.Config().override(
-        **REFERENCE)
-    cfg = cfg.override(device=device.type)
-    data = load_data(cfg.data, device)
+    try:
+        cfg = vaelab.Config.load(args.config) if args.config else vaelab.Config().override(
+            **REFERENCE)
+        cfg = cfg.override(device=device.type)
+        data = load_data(cfg.data, device)
+    except (vaelab.ConfigError, vaelab.DataError) as e:
+        ap.error(str(e))
     cfg = resolve(cfg, data)
     b = cfg.train.batch_size
     xs = [data.train.batch(slice(i * b, (i + 1) * b)) for i in range(args.steps)]
