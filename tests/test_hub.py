@@ -148,7 +148,10 @@ def test_hf_paths_load_through_huggingface_hub_offline(run, exported, tmp_path):
         r = _vaelab(["evaluate", spec, "--json"], cache, home)
         assert r.returncode == 0, r.stderr
         got = json.loads(r.stdout)
-        assert got["elbo"] == local["elbo"] and got["kl_per_dim"] == local["kl_per_dim"]
+        # the same weights and seed; two processes' float32 products need not split their
+        # sums alike (MKL picks its threads at run time), so equal to ~1e-6, not bit for bit
+        assert got["elbo"] == pytest.approx(local["elbo"], abs=1e-3)
+        assert got["kl_per_dim"] == pytest.approx(local["kl_per_dim"], abs=1e-4)
     r = _vaelab(["sample", "hf://someone/digits-vae", "--n", "16"], cache, home)
     assert r.returncode == 0, r.stderr
     # what the commands wrote went to the user's folder, never into the Hub's cache

@@ -86,8 +86,9 @@ def test_the_numbers_are_those_of_evaluate_and_baselines(page, runs, env, browse
     got = _numbers(browser)
     ev = json.loads(_cli(env, "-q", "evaluate", runs / "vae", "--k", got["k"], "--json",
                          "--no-progress").stdout)
-    assert got["vae-nll"] == pytest.approx(ev["nll"], abs=1e-6)
-    assert got["vae-elbo"] == pytest.approx(-ev["elbo"], abs=1e-6)
+    # another process: its float32 sums may split differently (MKL threads), hence 1e-3
+    assert got["vae-nll"] == pytest.approx(ev["nll"], abs=1e-3)
+    assert got["vae-elbo"] == pytest.approx(-ev["elbo"], abs=1e-3)
     base = json.loads(_cli(env, "-q", "baselines", "--run", runs / "vae", "--models",
                            "gaussian", "--json").stdout)
     assert got["factorized-nll"] == pytest.approx(base[0]["nll"], abs=1e-6)
