@@ -9,7 +9,7 @@
 
 The package, data flowing one way (each imports only from those before it)::
 
-    config, registry, errors, files, noise, devices, objectives   the base
+    config, values, registry, errors, files, noise, devices, objectives   the base
     data/       IDX files, image folders and files, the data sets, splits on the device
     models/     distributions, likelihoods p(x|z), priors p(z), nets, the VAE, hierarchies
     runs/       the run directory, its lock, load_run, export and the Hub

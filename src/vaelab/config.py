@@ -11,23 +11,16 @@ activation) are looked up in a :class:`Registry`; an unknown name raises
 from __future__ import annotations
 
 import dataclasses
-import math
-import sys
-import types
 import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
-
 import tomli_w
 
 from .errors import ConfigError
 from .files import atomic_write  # replaces a link, never writes through it
+from .values import coerce, read_toml
 
 
 BINARIZE_MODES = ("auto", "none", "dynamic", "static")
@@ -188,6 +181,10 @@ class TrainConfig:
     objective: str = field(default="elbo", metadata=_help(
         "elbo, or iwae: the importance-weighted bound with k = samples (Burda et al. 2016)",
         choices=OBJECTIVES))
+    iwae_epochs: int = field(default=0, metadata=_help(
+        "the last iwae_epochs of the run train on the importance-weighted bound with k = "
+        "iwae_k (the ELBO's model fine-tuned in the same run; select = nll); 0: none"))
+    iwae_k: int = field(default=5, metadata=_help("importance samples of the iwae_epochs' bound"))
     free_bits: float = field(default=0.0, metadata=_help(
         "free bits (Kingma et al. 2016): nats per latent dimension below which its batch-mean "
         "KL is not penalised in training; 0: none"))
@@ -225,13 +222,21 @@ class TrainConfig:
             return self.kl_warmup
         return 0 if self.objective == "iwae" or self.autoencoder else DEFAULT_KL_WARMUP
 
+    def at(self, epoch: int) -> "TrainConfig":
+        """The settings epoch ``epoch`` (from 1) trains with: the IWAE bound in the last
+        ``iwae_epochs`` of the run, these settings before."""
+        if epoch <= self.epochs - self.iwae_epochs:
+            return self
+        return replace(self, objective="iwae", samples=self.iwae_k, kl_warmup=0,
+                       kl_balance=False, iwae_epochs=0)
+
     def __post_init__(self) -> None:
         for name, choices in (("device", DEVICES), ("precision", PRECISIONS), ("compile",
                               SWITCHES), ("channels_last", SWITCHES), ("lr_schedule",
                               LR_SCHEDULES), ("objective", OBJECTIVES), ("select", SELECTS)):
             _check_choice(name, getattr(self, name), choices)
         for name in ("epochs", "batch_size", "samples", "eval_batch_size", "select_k",
-                     "select_images"):
+                     "select_images", "iwae_k"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
@@ -245,7 +250,7 @@ class TrainConfig:
         if not 0 <= self.ema < 1:
             raise ConfigError(f"ema is a decay in [0, 1) (e.g. 0.999; 0: none), got {self.ema:g}")
         for name in ("lr_warmup", "weight_decay", "grad_clip", "plateau_patience", "beta",
-                     "kl_warmup", "free_bits", "select_every"):
+                     "kl_warmup", "free_bits", "select_every", "iwae_epochs"):
             if (getattr(self, name) or 0) < 0:
                 hint = " (0: automatic)" if name == "select_every" else ""
                 raise ConfigError(f"{name} must be >= 0{hint}, got {getattr(self, name)}")
@@ -253,6 +258,14 @@ class TrainConfig:
                                          or self.autoencoder or self.kl_balance):
             raise ConfigError("the iwae objective is a bound on log p(x) as it stands: it "
                               "takes no beta, kl_warmup, free_bits, kl_balance or autoencoder")
+        if self.iwae_epochs and (self.objective == "iwae" or self.autoencoder or self.beta != 1
+                                 or self.free_bits or self.select != "nll"
+                                 or self.iwae_epochs >= self.epochs):
+            raise ConfigError(
+                f"iwae_epochs = {self.iwae_epochs} fine-tunes an ELBO run (objective elbo, beta "
+                "1, no free_bits, not an autoencoder) on the IWAE bound for its last epochs, "
+                "fewer than epochs, choosing the weights on the log-likelihood (select = nll: "
+                "the two bounds do not compare)")
 
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
@@ -316,23 +329,6 @@ class Config:
                          for sec, vals in sections.items()})
 
 
-def read_toml(path: str | Path) -> dict[str, Any]:
-    """A TOML file's tables; a ConfigError says what is wrong with a file that is not one."""
-    path = Path(path)
-    try:
-        return tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path} is a directory; give a TOML file") from None
-    except OSError as e:
-        raise ConfigError(f"cannot read {path} ({e.strerror or e})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path} is not a text file; give a TOML file") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path} is not valid TOML: {e}") from None
-
-
 def _check_choice(name: str, value: Any, choices: tuple) -> None:
     if value not in choices:
         raise ConfigError(f"invalid {name} {value!r}; choose one of: "
@@ -352,46 +348,3 @@ def field_specs() -> list[tuple[str, str, Any, dataclasses.Field]]:
 
 FIELD_SECTION: dict[str, str] = {name: sec for sec, name, _, _ in field_specs()}
 assert len(FIELD_SECTION) == len(field_specs()), "config field names must be unique"
-
-
-def coerce(tp: Any, value: Any, name: str = "value") -> Any:
-    """Convert ``value`` (a TOML value or a command-line string) to type ``tp``."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() in ("", "none")):
-            return None
-        return coerce(args[0], value, name)
-    if origin is tuple:
-        (elem, _) = typing.get_args(tp)
-        if isinstance(value, str):
-            value = [v for v in value.replace(" ", "").split(",") if v]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{name} must be a list, got {value!r}")
-        return tuple(coerce(elem, v, name) for v in value)
-    try:
-        if tp is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
-                return True
-            if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
-                return False
-            raise ValueError
-        if tp in (int, float) and isinstance(value, bool):
-            raise ValueError  # TOML's true is not a number
-        if tp is int and isinstance(value, float) and not value.is_integer():
-            raise ValueError
-        if tp is int and isinstance(value, str):
-            return int(float(value)) if "e" in value.lower() else int(value)
-        if tp is float:
-            number = float(value)
-            if not math.isfinite(number):
-                raise ConfigError(f"{name} must be a finite number, got {value!r}")
-            return number
-        return tp(value)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be of type {getattr(tp, '__name__', tp)}, "
-                          f"got {value!r}") from None

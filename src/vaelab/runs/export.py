@@ -237,7 +237,8 @@ def model_card(cfg: Config, results: dict, image_shape: list[int], params: int,
               f"Data: {ds}, `binarize = {d.binarize}`, validation split {d.val_size} "
               f"(seed {d.split_seed}); {cfg.train.epochs} epochs of Adam, learning rate "
               f"{cfg.train.lr}, batch {cfg.train.batch_size}, objective {cfg.train.objective}"
-              f"{f', KL warm-up {cfg.train.warmup} epochs' if cfg.train.warmup else ''}. "
+              f"{f', KL warm-up {cfg.train.warmup} epochs' if cfg.train.warmup else ''}"
+              f"{_tail(cfg.train)}. "
               "`metrics.jsonl` holds every epoch.", ""]
     return "\n".join(lines)
 
@@ -250,3 +251,8 @@ def push_run(run: str | Path, repo_id: str, private: bool = False) -> str:
 
     with tempfile.TemporaryDirectory() as tmp:
         return upload(export_run(run, Path(tmp) / "model", repo_id=repo_id), repo_id, private)
+
+
+def _tail(tc) -> str:
+    return (f", the last {tc.iwae_epochs} epochs on the IWAE bound (k = {tc.iwae_k})"
+            if tc.iwae_epochs else "")

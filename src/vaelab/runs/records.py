@@ -74,10 +74,11 @@ def _read_result(path: Path) -> dict:
                        f"`vaelab {path.stem}` again") from e
 
 
-def selection(tc) -> tuple[str, str]:
-    """(metrics key, words) of the validation number the best checkpoint is chosen on: the
-    objective the run trains, with beta = 1, or the importance-sampled log-likelihood."""
-    if tc.select == "nll" and not tc.autoencoder:
+def selection(tc, select: str | None = None) -> tuple[str, str]:
+    """(metrics key, words) of the validation number the best checkpoint is chosen on
+    (``select``, or the run's): the objective the run trains, with beta = 1, or the
+    importance-sampled log-likelihood."""
+    if (select or tc.select) == "nll" and not tc.autoencoder:
         return "val_log_px", (f"validation log-likelihood (importance-sampled, k = "
                               f"{tc.select_k}, the first {tc.select_images} images)")
     if tc.autoencoder:

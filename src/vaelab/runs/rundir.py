@@ -32,7 +32,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 
-from ..config import Config, read_toml
+from ..config import Config
+from ..values import read_toml
 from ..errors import ConfigError, RunError
 from ..files import atomic_write, user_dir
 from ..models.vae import VAE

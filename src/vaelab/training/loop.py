@@ -5,7 +5,6 @@ resumed), then per epoch ``train_epoch`` (one :class:`~.step.Stepper` call per b
 in one place: :mod:`vaelab.training`."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -146,6 +145,9 @@ def _train(cfg: Config, run_dir: Path, resume: bool, data: Data | None, progress
     with logging_redirect_tqdm():  # epoch lines above the bar, not through it
         for epoch in range(s.state.epoch + 1, tc.epochs + 1):
             bar.set_description(f"epoch {epoch}/{tc.epochs}")
+            if tc.at(epoch) != tc.at(epoch - 1):
+                log.info("epoch %d on: the IWAE bound, k = %d", epoch, tc.iwae_k)
+            stepper.use(tc.at(epoch))
             m = train_epoch(s, stepper, epoch, bar)
             stopped = time_limit is not None and epoch < tc.epochs and out_of_time(
                 s, time.perf_counter() - started, epoch, epoch - first, time_limit,
@@ -242,7 +244,7 @@ def _diverged(s: Session, epoch: int, step: int | None, what: str) -> Diverged:
 def train_epoch(s: Session, stepper: Stepper, epoch: int, bar) -> dict:
     """One pass over the training split: the epoch's mean loss, ELBO, reconstruction and KL
     (over every rank's examples), its seconds and images per second."""
-    tc, n_train = s.cfg.train, len(s.data.train)
+    tc, n_train = s.cfg.train.at(epoch), len(s.data.train)
     s.model.train()
     t0 = time.perf_counter()
     sums = torch.zeros(4, device=s.device)
@@ -296,7 +298,8 @@ def validate(s: Session, epoch: int, last: bool = False) -> tuple[dict, int]:
     first, every ``select_every``-th and the last: the run's, or ``last``, where a time
     limit stops it), and the number of validation images."""
     tc = s.cfg.train
-    iwae_k = tc.samples if tc.objective == "iwae" else 0
+    now = tc.at(epoch)  # the objective this epoch trained
+    iwae_k = now.samples if now.objective == "iwae" else 0
 
     def bound(model: VAE, k: int) -> dict:
         model.eval()
@@ -311,7 +314,7 @@ def validate(s: Session, epoch: int, last: bool = False) -> tuple[dict, int]:
            **({f"val_iwae{iwae_k}": val["iwae"]} if iwae_k else {})}
     n_val = len(s.data.val)
     if tc.select == "nll" and not tc.autoencoder and n_val and (
-            last or epoch in (1, tc.epochs)
+            last or epoch in (1, tc.epochs - tc.iwae_epochs, tc.epochs)
             or epoch % select_every(tc, len(s.data.train), n_val) == 0):
         first = s.data.val.subset(torch.arange(min(tc.select_images, n_val),
                                                device=s.data.val.images.device))
@@ -329,14 +332,14 @@ def record(s: Session, m: dict, has_val: bool, board: "TensorBoard | None") -> N
     """Keep the epoch's metrics; choose the best checkpoint on the objective the run trains
     (beta = 1; the training numbers when there is no validation set); rank 0 writes the
     metrics line, the best weights and the checkpoint."""
-    tc, world = s.cfg.train, s.world
+    tc, world = s.cfg.train.at(m["epoch"]), s.world
     order = ["epoch", "train_loss", "train_elbo", "train_recon", "train_kl", "val_elbo",
              "val_recon", "val_kl", "val_bits_per_dim", "seconds", "images_per_s"]
     m = {k: m[k] for k in order + [k for k in m if k not in order]}  # the log's column order
     s.history.append(m)
     fallback = m["train_recon"] if tc.autoencoder else \
         -m["train_loss"] if tc.objective == "iwae" else m["train_elbo"]
-    bound = m[selection(dataclasses.replace(tc, select="elbo"))[0]] if has_val else fallback
+    bound = m[selection(tc, "elbo")[0]] if has_val else fallback
     score = m.get(selection(tc)[0]) if has_val else fallback  # None between NLL estimates
     state = s.state
     state.epoch = m["epoch"]
@@ -364,6 +367,8 @@ def record(s: Session, m: dict, has_val: bool, board: "TensorBoard | None") -> N
         f"KL {m['train_kl']:.2f} (no validation set)"
     if s.average and has_val:
         shown += f"  (trained weights {m['val_elbo_online']:.3f})"
+    if any(k.startswith("val_iwae") and not k.endswith("online") for k in m):
+        shown += f"  IWAE{tc.samples} {m[f'val_iwae{tc.samples}']:.3f}"
     if "val_log_px" in m:
         shown += f"  val NLL {-m['val_log_px']:.3f} (k={tc.select_k})"
     if tc.lr_schedule != "constant" or tc.lr_warmup:

@@ -102,6 +102,7 @@ class Stepper:
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         net: nn.Module = Loss(model, tc, device)
+        self.loss = net
         if world.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -146,6 +147,13 @@ class Stepper:
             log.info("compiled the training step for batches of %d in %.1f s", len(x), took)
         self._step()
         return sums
+
+    def use(self, tc: TrainConfig) -> None:
+        """Train on ``tc``'s objective from the next step on (the IWAE bound of a run's last
+        epochs: ``TrainConfig.at``); a compiled step compiles again for it."""
+        if tc != self.loss.tc:
+            self.loss.tc = tc
+            self._shapes.clear()
 
     def _empty_share(self, x: Tensor, y: Tensor | None, beta: float, n_global: int) -> Tensor:
         """Take part in the gradients' all-reduce with one zero-weighted dummy example that
