@@ -34,6 +34,15 @@ def test_the_settings_of_each_epoch():
     assert all(plain.at(e) is plain for e in range(1, 5))
 
 
+def test_the_default_tail_is_a_sixth_of_an_elbo_run_kept_on_the_nll():
+    assert Config().train.tail == 60 // 6 == 10
+    assert [Config().override(epochs=n).train.tail for n in (1, 5, 6, 13, 180)] == [0, 0, 1, 2, 30]
+    for other in (dict(select="elbo"), dict(objective="iwae", samples=5), dict(beta=0.5),
+                  dict(free_bits=0.5), dict(autoencoder=True)):
+        assert Config().override(**other).train.tail == 0, other
+    assert Config().override(iwae_epochs=0).train.tail == 0
+
+
 @pytest.mark.slow
 def test_the_last_epochs_train_the_iwae_bound_and_are_kept_on_the_nll(tmp_path):
     train(small(), tmp_path / "tail", progress=False)

@@ -30,6 +30,7 @@ PRECISIONS = ("fp32", "bf16", "auto")
 OBJECTIVES = ("elbo", "iwae")
 SELECTS = ("elbo", "nll")
 DEFAULT_KL_WARMUP = 10
+DEFAULT_TAIL = 6  # the IWAE tail's default: a sixth of the epochs
 LR_SCHEDULES = ("constant", "cosine", "iwae", "plateau")
 
 
@@ -181,9 +182,11 @@ class TrainConfig:
     objective: str = field(default="elbo", metadata=_help(
         "elbo, or iwae: the importance-weighted bound with k = samples (Burda et al. 2016)",
         choices=OBJECTIVES))
-    iwae_epochs: int = field(default=0, metadata=_help(
+    iwae_epochs: int | None = field(default=None, metadata=_help(
         "the last iwae_epochs of the run train on the importance-weighted bound with k = "
-        "iwae_k (the ELBO's model fine-tuned in the same run; select = nll); 0: none"))
+        "iwae_k (the ELBO's model fine-tuned in the same run; select = nll); 0: none; "
+        "default: a sixth of the epochs for an ELBO run kept on the NLL (chosen on "
+        "validation, docs/quality.md), none otherwise"))
     iwae_k: int = field(default=5, metadata=_help("importance samples of the iwae_epochs' bound"))
     free_bits: float = field(default=0.0, metadata=_help(
         "free bits (Kingma et al. 2016): nats per latent dimension below which its batch-mean "
@@ -222,10 +225,18 @@ class TrainConfig:
             return self.kl_warmup
         return 0 if self.objective == "iwae" or self.autoencoder else DEFAULT_KL_WARMUP
 
+    @property
+    def tail(self) -> int:
+        """iwae_epochs, or its default: the epochs of the IWAE tail."""
+        if self.iwae_epochs is not None:
+            return self.iwae_epochs
+        plain = (self.objective, self.beta, self.free_bits, self.select) == ("elbo", 1, 0, "nll")
+        return self.epochs // DEFAULT_TAIL if plain and not self.autoencoder else 0
+
     def at(self, epoch: int) -> "TrainConfig":
         """The settings epoch ``epoch`` (from 1) trains with: the IWAE bound in the last
-        ``iwae_epochs`` of the run, these settings before."""
-        if epoch <= self.epochs - self.iwae_epochs:
+        ``tail`` epochs of the run, these settings before."""
+        if epoch <= self.epochs - self.tail:
             return self
         return replace(self, objective="iwae", samples=self.iwae_k, kl_warmup=0,
                        kl_balance=False, iwae_epochs=0)

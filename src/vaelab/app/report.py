@@ -217,8 +217,7 @@ def run_rows(s: RunSummary) -> list[tuple[str, str]]:
              (f", KL warm-up {t.warmup}" if t.warmup else "") +
              (f", beta {t.beta:g}" if t.beta != 1 else "") +
              (f", IWAE k = {t.samples}" if t.objective == "iwae" else "") +
-             (f", the last {t.iwae_epochs} on the IWAE bound (k = {t.iwae_k})"
-              if t.iwae_epochs else "") +
+             (f", the last {t.tail} on the IWAE bound (k = {t.iwae_k})" if t.tail else "") +
              (f", free bits {t.free_bits:g}" if t.free_bits else "")),
             ("training time", f"{secs / 60:.1f} min" if secs else "–"),
             ("validation ELBO", f"{best['val_elbo']:.2f} nats" +

@@ -254,5 +254,5 @@ def push_run(run: str | Path, repo_id: str, private: bool = False) -> str:
 
 
 def _tail(tc) -> str:
-    return (f", the last {tc.iwae_epochs} epochs on the IWAE bound (k = {tc.iwae_k})"
-            if tc.iwae_epochs else "")
+    return (f", the last {tc.tail} epochs on the IWAE bound (k = {tc.iwae_k})"
+            if tc.tail else "")

@@ -201,7 +201,7 @@ def check_settings(meta: dict, cfg: Config, path: Path) -> None:
 
 # [train] settings added since runs were first written, with what runs without them did:
 # a run's config.toml names every setting of its time, so a missing one means "before it"
-LEGACY_TRAIN = {"ema": 0.0, "select": "elbo", "kl_warmup": 0}
+LEGACY_TRAIN = {"ema": 0.0, "select": "elbo", "kl_warmup": 0, "iwae_epochs": 0}
 
 
 def legacy_settings(cfg: Config, run_dir: Path) -> Config:

@@ -314,7 +314,7 @@ def validate(s: Session, epoch: int, last: bool = False) -> tuple[dict, int]:
            **({f"val_iwae{iwae_k}": val["iwae"]} if iwae_k else {})}
     n_val = len(s.data.val)
     if tc.select == "nll" and not tc.autoencoder and n_val and (
-            last or epoch in (1, tc.epochs - tc.iwae_epochs, tc.epochs)
+            last or epoch in (1, tc.epochs - tc.tail, tc.epochs)
             or epoch % select_every(tc, len(s.data.train), n_val) == 0):
         first = s.data.val.subset(torch.arange(min(tc.select_images, n_val),
                                                device=s.data.val.images.device))
