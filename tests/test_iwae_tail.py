@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from vaelab.app.plots import training_curves
 from vaelab.config import Config
 from vaelab.devices import SINGLE
 from vaelab.errors import ConfigError
@@ -58,6 +59,7 @@ def test_the_last_epochs_train_the_iwae_bound_and_are_kept_on_the_nll(tmp_path):
         assert m["val_iwae3"] > m["val_elbo"] + 0.1
     text = (tmp_path / "tail" / "config.toml").read_text()
     assert "iwae_epochs = 2" in text and "iwae_k = 3" in text
+    assert training_curves(tail, tmp_path / "curves.png").stat().st_size > 10_000
 
 
 @pytest.mark.slow

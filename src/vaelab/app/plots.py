@@ -139,6 +139,9 @@ def training_curves(history: list[dict], path: str | Path, title: str | None = N
     the validation log-likelihood estimates of a run that selects on them, and the learning
     rate when it changes over the run."""
     epochs = [m["epoch"] for m in history]
+    iwae = next((k for m in history for k in m if k.startswith("val_iwae")
+                 and not k.endswith("_online")), None)  # the IWAE bound trained, if any
+    bound = [m for m in history if iwae in m]
     lrs = [m.get("lr") for m in history]
     scheduled = None not in lrs and len(set(lrs)) > 1
     fig = _figure(16 if scheduled else 12, 3.6)
@@ -157,9 +160,17 @@ def training_curves(history: list[dict], path: str | Path, title: str | None = N
         if estimated:  # select = nll: the estimates that chose the best weights
             ax.plot([m["epoch"] for m in estimated], [m["val_log_px"] for m in estimated],
                     "o-", ms=3, lw=1, label="validation log p(x), importance-sampled")
+        shown = bound if key == "elbo" else []
+        if shown:
+            ax.plot([m["epoch"] for m in shown], [m[iwae] for m in shown], lw=1.2,
+                    label=f"validation IWAE bound, k = {iwae.removeprefix('val_iwae')}")
+        if 0 < len(bound) < len(history):  # an IWAE tail: the epochs trained on that bound
+            ax.axvspan(bound[0]["epoch"] - 0.5, bound[-1]["epoch"] + 0.5, color="0.9",
+                       zorder=0, label="trained on the IWAE bound" if i == 0 else None)
         start = history[len(history) // 10]["epoch"]  # the tail: epochs from here on
         tail = [m[f"val_{key}"] for m in history if m["epoch"] >= start] + \
-            [m["val_log_px"] for m in estimated if m["epoch"] >= start]
+            [m["val_log_px"] for m in estimated if m["epoch"] >= start] + \
+            [m[iwae] for m in shown if m["epoch"] >= start]
         lo, hi = min(tail), max(tail)
         pad = 0.5 * (hi - lo) + 1e-3
         ax.set_ylim(lo - pad, hi + pad)  # the tail of the curve, not epoch 1
