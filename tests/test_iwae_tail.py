@@ -98,11 +98,12 @@ def test_a_compiled_step_follows_the_switch():
 
 
 @pytest.mark.parametrize("bad, words", [
-    (dict(select="elbo"), "select = nll"),
-    (dict(objective="iwae", samples=5), "fine-tunes an ELBO run"),
-    (dict(iwae_epochs=4), "fewer than epochs"),
-    (dict(beta=0.5), "beta 1"),
-    (dict(free_bits=0.1), "free_bits"),
+    (dict(select="elbo"), "select = elbo .* select = nll keeps"),
+    (dict(objective="iwae", samples=5), "does not go with objective = iwae"),
+    (dict(iwae_epochs=4), "with epochs = 4 .the tail is part of the run"),
+    (dict(beta=0.5), "with beta = 0.5: change those, or set iwae_epochs = 0"),
+    (dict(free_bits=0.1), "free_bits = 0.1"),
+    (dict(autoencoder=True), "autoencoder"),
     (dict(iwae_k=0), "iwae_k must be >= 1"),
     (dict(iwae_epochs=-1), "iwae_epochs must be >= 0"),
 ])

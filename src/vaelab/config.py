@@ -269,14 +269,18 @@ class TrainConfig:
                                          or self.autoencoder or self.kl_balance):
             raise ConfigError("the iwae objective is a bound on log p(x) as it stands: it "
                               "takes no beta, kl_warmup, free_bits, kl_balance or autoencoder")
-        if self.iwae_epochs and (self.objective == "iwae" or self.autoencoder or self.beta != 1
-                                 or self.free_bits or self.select != "nll"
-                                 or self.iwae_epochs >= self.epochs):
-            raise ConfigError(
-                f"iwae_epochs = {self.iwae_epochs} fine-tunes an ELBO run (objective elbo, beta "
-                "1, no free_bits, not an autoencoder) on the IWAE bound for its last epochs, "
-                "fewer than epochs, choosing the weights on the log-likelihood (select = nll: "
-                "the two bounds do not compare)")
+        clash = [what for what, bad in (
+            ("objective = iwae", self.objective == "iwae"), ("autoencoder", self.autoencoder),
+            (f"beta = {self.beta:g}", self.beta != 1),
+            (f"free_bits = {self.free_bits:g}", self.free_bits > 0),
+            (f"select = {self.select} (the ELBO and the IWAE bound do not compare: select = "
+             "nll keeps the weights on the log-likelihood)", self.select != "nll"),
+            (f"epochs = {self.epochs} (the tail is part of the run)",
+             (self.iwae_epochs or 0) >= self.epochs)) if bad]
+        if self.iwae_epochs and clash:
+            raise ConfigError(f"iwae_epochs = {self.iwae_epochs} (an ELBO run's last epochs on "
+                              f"the IWAE bound) does not go with {'; '.join(clash)}: change "
+                              "those, or set iwae_epochs = 0")
 
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
