@@ -110,3 +110,29 @@ def test_a_compiled_step_follows_the_switch():
 def test_bad_tail_settings_are_refused(bad, words):
     with pytest.raises(ConfigError, match=words):
         small(**bad)
+
+
+@pytest.mark.slow
+def test_the_default_tail_follows_a_resumed_runs_epochs(tmp_path):
+    """Not written into config.toml: a sixth of the epochs the run has, also when a resume
+    asks for fewer or more (here: started for 60, stopped after 1, resumed to 6)."""
+    cfg = small(iwae_epochs=None, epochs=60)
+    assert train(cfg, tmp_path / "r", progress=False, time_limit=1e-3).stopped
+    text = (tmp_path / "r" / "config.toml").read_text()
+    assert "iwae_epochs" not in text and "iwae_k = 3" in text
+    cfg = Config.load(tmp_path / "r" / "config.toml").override(epochs=6)
+    train(cfg, tmp_path / "r", resume=True, progress=False)
+    assert [("val_iwae3" in m) for m in read_metrics(tmp_path / "r")] == [False] * 5 + [True]
+
+
+@pytest.mark.slow
+def test_a_run_from_before_the_tail_resumes_without_one(tmp_path):
+    train(small(iwae_epochs=0, epochs=1), tmp_path / "old", progress=False)
+    path = tmp_path / "old" / "config.toml"
+    path.write_text("\n".join(line for line in path.read_text().splitlines()
+                              if not line.startswith("iwae")) + "\n")
+    cfg = Config.load(path).override(epochs=12)
+    assert cfg.train.tail == 2  # what a reader of the file alone would think
+    train(cfg, tmp_path / "old", resume=True, progress=False)
+    assert not any("val_iwae3" in m or "val_iwae5" in m for m in read_metrics(tmp_path / "old"))
+    assert Config.load(path).train.tail == 0  # said in the file from now on

@@ -284,5 +284,5 @@ def resolve(cfg: Config, data: Data) -> Config:
         classes = len(data.classes)
     extra = {"data_dir": str(Path(cfg.data.data_dir).resolve())} if cfg.data.data_dir else {}
     return cfg.override(binarize=data.binarize, likelihood=likelihood, levels=data.levels,
-                        classes=classes, kl_warmup=cfg.train.warmup,  # defaults resolved
-                        iwae_epochs=cfg.train.tail, **extra)  # a relative data_dir: stored resolved
+                        classes=classes, kl_warmup=cfg.train.warmup,  # its default resolved
+                        **extra)  # a relative data_dir: stored resolved

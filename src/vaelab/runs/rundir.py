@@ -201,7 +201,10 @@ def check_settings(meta: dict, cfg: Config, path: Path) -> None:
 
 # [train] settings added since runs were first written, with what runs without them did:
 # a run's config.toml names every setting of its time, so a missing one means "before it"
-LEGACY_TRAIN = {"ema": 0.0, "select": "elbo", "kl_warmup": 0, "iwae_epochs": 0}
+LEGACY_TRAIN = {"ema": 0.0, "select": "elbo", "kl_warmup": 0}
+# and settings whose default is worked out as the run goes (a sixth of its epochs, also when
+# a resumed run gets more or fewer), so not written: known by a key written with them
+LEGACY_BY = {"iwae_epochs": ("iwae_k", 0)}
 
 
 def legacy_settings(cfg: Config, run_dir: Path) -> Config:
@@ -212,6 +215,7 @@ def legacy_settings(cfg: Config, run_dir: Path) -> Config:
     except ConfigError:
         return cfg  # no readable config.toml: nothing to resume, said elsewhere
     missing = {k: v for k, v in LEGACY_TRAIN.items() if k not in saved}
+    missing.update({k: v for k, (known, v) in LEGACY_BY.items() if known not in saved})
     return cfg.override(**missing) if missing else cfg
 
 

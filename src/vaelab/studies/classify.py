@@ -57,7 +57,7 @@ def learn_features(task: Task, vae: VAE, vae_seconds: float, data: Data) -> dict
     """Codes of the run's VAE, and of an autoencoder of the same size trained here on the
     same (unlabelled) training images."""
     add_codes(task, vae, "VAE", vae_seconds)
-    cfg = task.cfg.override(autoencoder=True, kl_warmup=0,
+    cfg = task.cfg.override(autoencoder=True, kl_warmup=0, iwae_epochs=0,
                             epochs=task.epochs_for(len(data.train)))
     t0 = time.perf_counter()
     ae = train(cfg, fresh_run(task.out_dir / "autoencoder"), data=data, progress=False).model
