@@ -73,3 +73,15 @@ def test_a_run_records_its_warm_up_and_older_runs_keep_what_they_did(tmp_path):
     (old / "config.toml").write_text("[train]\nepochs = 3\n")
     tc = legacy_settings(Config(), old).train
     assert (tc.select, tc.warmup, tc.ema) == ("elbo", 0, 0.0)
+
+
+def test_every_shipped_config_loads():
+    """configs/*.toml: each parses and its settings pass their checks (an IWAE tail that
+    does not fit its run, a misspelt key, would be refused here, not at a user's run)."""
+    from pathlib import Path
+
+    files = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
+    assert len(files) >= 10
+    for f in files:
+        cfg = Config.load(f)
+        assert cfg.train.tail < cfg.train.epochs, f.name
