@@ -6,8 +6,8 @@ chunk eager against `torch.compile`, alternating in one process.
     python benchmarks/eval_profile.py [--config configs/fashion-mnist-mlp-ema.toml]
         [--batch 100] [--samples 53] [--rounds 3]
 
-The model is freshly initialised (the arithmetic is the trained model's); the images are
-random binary ones of the config's data set shape.
+The model is freshly initialised (the arithmetic is the trained model's) for 28x28 images
+(the MNIST-likes' configs); the images are random binary ones.
 """
 from __future__ import annotations
 

@@ -230,8 +230,17 @@ class TrainConfig:
         """iwae_epochs, or its default: the epochs of the IWAE tail."""
         if self.iwae_epochs is not None:
             return self.iwae_epochs
-        plain = (self.objective, self.beta, self.free_bits, self.select) == ("elbo", 1, 0, "nll")
-        return self.epochs // DEFAULT_TAIL if plain and not self.autoencoder else 0
+        return 0 if self._tail_clashes() else self.epochs // DEFAULT_TAIL
+
+    def _tail_clashes(self) -> list[str]:
+        """The settings that an IWAE tail does not go with (none: an ELBO run with beta 1,
+        no free bits, kept on the NLL)."""
+        return [what for what, bad in (
+            ("objective = iwae", self.objective == "iwae"), ("autoencoder", self.autoencoder),
+            (f"beta = {self.beta:g}", self.beta != 1),
+            (f"free_bits = {self.free_bits:g}", self.free_bits > 0),
+            (f"select = {self.select} (the ELBO and the IWAE bound do not compare: select = "
+             "nll keeps the weights on the log-likelihood)", self.select != "nll")) if bad]
 
     def at(self, epoch: int) -> "TrainConfig":
         """The settings epoch ``epoch`` (from 1) trains with: the IWAE bound in the last
@@ -269,14 +278,8 @@ class TrainConfig:
                                          or self.autoencoder or self.kl_balance):
             raise ConfigError("the iwae objective is a bound on log p(x) as it stands: it "
                               "takes no beta, kl_warmup, free_bits, kl_balance or autoencoder")
-        clash = [what for what, bad in (
-            ("objective = iwae", self.objective == "iwae"), ("autoencoder", self.autoencoder),
-            (f"beta = {self.beta:g}", self.beta != 1),
-            (f"free_bits = {self.free_bits:g}", self.free_bits > 0),
-            (f"select = {self.select} (the ELBO and the IWAE bound do not compare: select = "
-             "nll keeps the weights on the log-likelihood)", self.select != "nll"),
-            (f"epochs = {self.epochs} (the tail is part of the run)",
-             (self.iwae_epochs or 0) >= self.epochs)) if bad]
+        clash = self._tail_clashes() + ([f"epochs = {self.epochs} (the tail is part of the "
+                                         "run)"] if (self.iwae_epochs or 0) >= self.epochs else [])
         if self.iwae_epochs and clash:
             raise ConfigError(f"iwae_epochs = {self.iwae_epochs} (an ELBO run's last epochs on "
                               f"the IWAE bound) does not go with {'; '.join(clash)}: change "

@@ -21,7 +21,7 @@ from ..config import Config
 from ..data.splits import data_examples, load_data
 from ..devices import resolve_device
 from ..files import atomic_write
-from ..runs.records import best_epoch, read_metrics, read_results
+from ..runs.records import best_epoch, read_metrics, read_results, tail_words
 from ..runs.rundir import load_run, place, workdir
 from ..studies.evaluate import ACTIVE_THRESHOLD, latent_diagnostics
 from ..studies.sample import interpolate, latent_means, manifold, prior_interpolate, traverse
@@ -217,7 +217,7 @@ def run_rows(s: RunSummary) -> list[tuple[str, str]]:
              (f", KL warm-up {t.warmup}" if t.warmup else "") +
              (f", beta {t.beta:g}" if t.beta != 1 else "") +
              (f", IWAE k = {t.samples}" if t.objective == "iwae" else "") +
-             (f", the last {t.tail} on the IWAE bound (k = {t.iwae_k})" if t.tail else "") +
+             tail_words(t) +
              (f", free bits {t.free_bits:g}" if t.free_bits else "")),
             ("training time", f"{secs / 60:.1f} min" if secs else "–"),
             ("validation ELBO", f"{best['val_elbo']:.2f} nats" +

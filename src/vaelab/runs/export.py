@@ -24,7 +24,7 @@ from pathlib import Path
 from ..config import Config
 from ..errors import ConfigError, RunError
 from ..files import atomic_dir, atomic_write
-from .records import RESULTS, read_results
+from .records import RESULTS, read_results, tail_words
 from .rundir import EXPORT, load_run, place, weights_digest
 
 log = logging.getLogger(__name__)
@@ -238,7 +238,7 @@ def model_card(cfg: Config, results: dict, image_shape: list[int], params: int,
               f"(seed {d.split_seed}); {cfg.train.epochs} epochs of Adam, learning rate "
               f"{cfg.train.lr}, batch {cfg.train.batch_size}, objective {cfg.train.objective}"
               f"{f', KL warm-up {cfg.train.warmup} epochs' if cfg.train.warmup else ''}"
-              f"{_tail(cfg.train)}. "
+              f"{tail_words(cfg.train)}. "
               "`metrics.jsonl` holds every epoch.", ""]
     return "\n".join(lines)
 
@@ -251,8 +251,3 @@ def push_run(run: str | Path, repo_id: str, private: bool = False) -> str:
 
     with tempfile.TemporaryDirectory() as tmp:
         return upload(export_run(run, Path(tmp) / "model", repo_id=repo_id), repo_id, private)
-
-
-def _tail(tc) -> str:
-    return (f", the last {tc.tail} epochs on the IWAE bound (k = {tc.iwae_k})"
-            if tc.tail else "")

@@ -88,6 +88,11 @@ def selection(tc, select: str | None = None) -> tuple[str, str]:
     return "val_elbo", "validation ELBO"
 
 
+def tail_words(tc) -> str:
+    """The IWAE tail of a run's settings, as its report and model card say it ("" if none)."""
+    return f", the last {tc.tail} epochs on the IWAE bound (k = {tc.iwae_k})" if tc.tail else ""
+
+
 def best_epoch(history: list[dict], tc) -> dict | None:
     """The metrics of the epoch whose weights are model.safetensors."""
     key = selection(tc)[0]

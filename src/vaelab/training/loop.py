@@ -367,7 +367,7 @@ def record(s: Session, m: dict, has_val: bool, board: "TensorBoard | None") -> N
         f"KL {m['train_kl']:.2f} (no validation set)"
     if s.average and has_val:
         shown += f"  (trained weights {m['val_elbo_online']:.3f})"
-    if any(k.startswith("val_iwae") and not k.endswith("online") for k in m):
+    if f"val_iwae{tc.samples}" in m:  # the IWAE bound this epoch trained
         shown += f"  IWAE{tc.samples} {m[f'val_iwae{tc.samples}']:.3f}"
     if "val_log_px" in m:
         shown += f"  val NLL {-m['val_log_px']:.3f} (k={tc.select_k})"
