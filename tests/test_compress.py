@@ -22,7 +22,11 @@ from vaelab.coding.container import read_header
 from vaelab.config import Config  # noqa: E402
 from vaelab.errors import CodingError, ConfigError
 
-SMALL = dict(epochs=2, hidden=(64, 32), latent_dim=4, prior_components=5, seed=0)
+# 8 epochs: after 2, some codes sit out at |z| ~ 3-6 in the prior's tails, where the
+# grid's edge bins and the coder's 24-bit probabilities make the stack up to 4 % shorter
+# than the ideal lengths (measured over seeds), which the checks below would read as a
+# coding error; after 8 the two agree within 0.2 %
+SMALL = dict(epochs=8, hidden=(64, 32), latent_dim=4, prior_components=5, seed=0)
 KINDS = {  # name: settings; digits have 17 grey levels, "static" makes them binary
     "bernoulli-normal": dict(likelihood="bernoulli", binarize="static"),
     "dgaussian-mog": dict(likelihood="dgaussian", prior="mog"),

@@ -1,6 +1,7 @@
 """The importance-sampled log-likelihood against closed forms."""
 import math
 
+import pytest
 import torch
 from test_objectives import LinearGaussian
 
@@ -84,3 +85,47 @@ def test_active_units_and_collapse_warning():
         collapsed.encoder[1].weight.zero_()  # q(z|x) no longer depends on x
     bad = latent_diagnostics(collapsed, x)
     assert bad["active_units"] == 0 and "posterior collapse" in bad["warnings"][0]
+
+
+def _fresh(prior: str = "normal", layers: int = 1):
+    from vaelab.config import Config
+    from vaelab.models.vae import VAE
+
+    torch.manual_seed(0)
+    cfg = Config().override(hidden="64,32", latent_dim=6, activation="gelu", prior=prior,
+                            prior_components=5, layers=layers, likelihood="bernoulli").model
+    model = VAE.from_config(cfg, (1, 28, 28)).eval()
+    x = (torch.rand(7, 1, 28, 28) < 0.3).float()
+    return model, x
+
+
+@pytest.mark.parametrize("prior,bf16", [("normal", False), ("vamp", True)])
+def test_compiled_log_likelihood_is_the_eager_one(prior, bf16):
+    """Chunks of 3 images x 5 samples over k = 37: full and shorter chunks, a shorter
+    last batch; the same samples, so the same numbers up to rounding."""
+    model, x = _fresh(prior)
+    args = dict(k=37, batch_size=3, budget=3 * 5 * 784, seed=4, bf16=bf16)
+    eager = log_likelihood(model, x, **args)
+    compiled = log_likelihood(model, x, compiled=True, **args)
+    assert eager.shape == compiled.shape == (7,)
+    assert torch.allclose(eager, compiled, rtol=0, atol=1e-3 if bf16 else 1e-4)
+    assert not torch.equal(eager, log_likelihood(model, x, **{**args, "seed": 5}))
+
+
+def test_a_hierarchy_is_evaluated_eagerly_and_a_failed_compile_falls_back(caplog):
+    import torch._inductor.config as inductor
+
+    from vaelab.objectives import compiled_decoder_log_prob
+
+    model, x = _fresh(layers=2)
+    assert compiled_decoder_log_prob(model) is None  # its decoder reads its prior's walk
+    assert torch.equal(log_likelihood(model, x, k=9, compiled=True),
+                       log_likelihood(model, x, k=9))
+    model, x = _fresh()
+    torch._dynamo.reset()
+    with pytest.MonkeyPatch.context() as mp, caplog.at_level("WARNING"):
+        mp.setattr(inductor.cpp, "cxx", ("/nonexistent/c++",))  # no compiler on this machine
+        got = log_likelihood(model, x, k=9, compiled=True)
+    torch._dynamo.reset()
+    assert torch.allclose(got, log_likelihood(model, x, k=9), rtol=0, atol=1e-4)
+    assert "compiling log p(x|z) failed" in caplog.text

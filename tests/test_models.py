@@ -6,12 +6,12 @@ import math
 
 import pytest
 import torch
-from torch.distributions import Independent, Normal
+from torch.distributions import Bernoulli, Independent, Normal
 
 from vaelab.config import Config, ModelConfig, TrainConfig
 from vaelab.errors import ConfigError
-from vaelab.models.distributions import (CoupledLogisticMixture, discretized_logistic_log_prob,
-                                         to_levels)
+from vaelab.models.distributions import (BernoulliImage, CoupledLogisticMixture,
+                                         discretized_logistic_log_prob, to_levels)
 from vaelab.models.vae import VAE
 from vaelab.noise import seeded
 from vaelab.objectives import _analytic_kl, elbo, kl_divergence, log_weights
@@ -135,6 +135,43 @@ def test_dlogistic_likelihood_on_rgb_has_pixelcnn_parameters_and_old_grey_layout
     assert torch.isfinite(params.grad).all() and params.grad.abs().sum() > 0
     grey = lik(torch.randn(4, 15, 6, 7))
     assert grey.coeffs.shape[-3] == 0 and grey.loc.shape == (5, 4, 1, 6, 7)
+
+
+@pytest.mark.parametrize("logit_shape,x_shape", [
+    ((6, 1, 4, 5), (6, 1, 4, 5)),          # a training batch
+    ((3, 6, 1, 4, 5), (6, 1, 4, 5)),       # samples of z over one image per example
+    ((2, 3, 6, 3, 4, 5), (6, 3, 4, 5)),    # two sample dimensions, RGB
+    ((6, 1, 4, 5), (2, 6, 1, 4, 5)),       # images with more dimensions than the logits
+    ((3, 1, 1, 4, 5), (6, 1, 4, 5)),       # one set of logits for every image
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bernoulli_image_log_prob_is_the_bernoulli_sum_with_its_gradients(logit_shape, x_shape,
+                                                                          dtype):
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(logit_shape, generator=g, dtype=dtype) * 15).requires_grad_()
+    logits.data.view(-1)[:4] = torch.tensor([-120.0, 120.0, 19.9, 20.1], dtype=dtype)
+    x = torch.rand(x_shape, generator=g, dtype=dtype)  # grey values: the same formula
+    x.view(-1)[4:40] = x.view(-1)[4:40].round()
+    fast = BernoulliImage(logits).log_prob(x)
+    slow = Independent(Bernoulli(logits=logits, validate_args=False), 3).log_prob(x)
+    assert fast.shape == slow.shape and fast.dtype == dtype
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    assert torch.allclose(fast, slow, rtol=0, atol=tol)
+    (g_fast,), (g_slow,) = (torch.autograd.grad(v.sum(), logits) for v in (fast, slow))
+    assert torch.allclose(g_fast, g_slow, rtol=0, atol=tol / 10)
+    d = BernoulliImage(logits.detach())  # the rest of the distribution is Bernoulli's
+    assert torch.equal(d.mean, torch.sigmoid(logits.detach()))
+    assert d.event_shape == logits.shape[-3:] and d.sample().shape == logits.shape
+
+
+def test_bernoulli_image_widens_bfloat16_logits_before_the_sum():
+    g = torch.Generator().manual_seed(1)
+    logits = (torch.randn(4, 8, 1, 28, 28, generator=g) * 6).bfloat16()
+    x = (torch.rand(8, 1, 28, 28, generator=g) < 0.3).float()
+    fast = BernoulliImage(logits).log_prob(x)
+    exact = Independent(Bernoulli(logits=logits.double()), 3).log_prob(x.double())
+    assert fast.dtype == torch.float32
+    assert (fast.double() - exact).abs().max() < 1e-3  # (a bfloat16 sum would be ~1 nat off)
 
 
 def test_discretized_logistic_matches_the_cdf_and_has_finite_gradients():

@@ -12,9 +12,10 @@ Units: every term is summed over pixels and latent dimensions and is per example
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch.distributions import Distribution, Independent, Normal
@@ -22,6 +23,8 @@ from torch.distributions import kl_divergence as _registered_kl
 
 from .devices import SINGLE, World
 from .noise import seeded
+
+log = logging.getLogger(__name__)
 
 Tensor = torch.Tensor
 
@@ -114,23 +117,56 @@ def _kl_term(q: Distribution, prior: Distribution, kl: Tensor, free_bits: float)
         return kl.mean().clamp_min(free_bits * q.event_shape[0])
 
 
-def log_weights(model, x: Tensor, k: int, y: Tensor | None = None, bf16: bool = False
-                ) -> Tensor:
+def log_weights(model, x: Tensor, k: int, y: Tensor | None = None, bf16: bool = False,
+                lik: Callable | None = None) -> Tensor:
     """log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x), z_k ~ q(z|x); shape (k, B).
-    With labels y: the weights of log p(x|y). ``bf16``: see :func:`weights_at`."""
+    With labels y: the weights of log p(x|y). ``bf16``, ``lik``: see :func:`weights_at`."""
     q = model.encode(x, y)
-    return weights_at(model, q, x, q.sample((k,)), y, bf16)  # z: (k, B, L)
+    return weights_at(model, q, x, q.sample((k,)), y, bf16, lik)  # z: (k, B, L)
 
 
-def weights_at(model, q, x: Tensor, z: Tensor, y: Tensor | None = None, bf16: bool = False
-               ) -> Tensor:
+def weights_at(model, q, x: Tensor, z: Tensor, y: Tensor | None = None, bf16: bool = False,
+               lik: Callable | None = None) -> Tensor:
     """log w = log p(x|z) + log p(z) - log q(z|x) at given codes z (..., B, L): (..., B),
     in the model's dtype. ``bf16``: the decoder's matrix products in bfloat16 (autocast;
-    the log-probabilities themselves in the model's dtype)."""
+    the log-probabilities themselves in at least float32). ``lik``: the function that
+    computes log p(x|z) (:func:`decoder_log_prob`, or its compiled form)."""
     latent = model.prior().log_prob(z) - q.log_prob(z)  # (first: a hierarchy's walk caches
-    with torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):  # its states)
-        lik = model.decode(z, y).log_prob(x)
+    lik = (lik or decoder_log_prob)(model, z, x, y, bf16)  # its states)
     return lik.to(latent.dtype) + latent
+
+
+def decoder_log_prob(model, z: Tensor, x: Tensor, y: Tensor | None = None, bf16: bool = False
+                     ) -> Tensor:
+    """log p(x|z) (or p(x|y,z)) summed over the pixels, (..., B) for codes (..., B, L);
+    ``bf16``: the decoder's matrix products in bfloat16."""
+    with torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):
+        return model.decode(z, y).log_prob(x)
+
+
+def compiled_decoder_log_prob(model) -> Callable | None:
+    """:func:`decoder_log_prob` under ``torch.compile`` (shapes dynamic, so the last,
+    shorter chunks compile once), which fuses the pixels' log-probabilities with the
+    bfloat16 products' casts: None for a model it does not serve (a hierarchy, whose
+    decoder reads the states its prior's walk left). The codes z stay eager samples, so
+    the numbers are eager's up to rounding. If compiling fails on first use (no C++
+    compiler on this machine, say), it says so once and runs eagerly."""
+    if model.layers > 1:
+        return None
+    compiled = torch.compile(decoder_log_prob, dynamic=True)
+    state = {"fn": compiled}
+
+    def run(*args):
+        try:
+            return state["fn"](*args)
+        except Exception as e:  # torch.compile's failures have no common base class
+            if state["fn"] is decoder_log_prob:
+                raise
+            log.warning("compiling log p(x|z) failed (%s: %s); evaluating eagerly",
+                        type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            state["fn"] = decoder_log_prob
+            return decoder_log_prob(*args)
+    return run
 
 
 def iwae_bound(model, x: Tensor, k: int, y: Tensor | None = None) -> Tensor:
@@ -214,16 +250,19 @@ def image_batches(model, data, batch_size: int, labels: Tensor | None = None):
 @torch.no_grad()
 def log_likelihood(model, data, k: int = 5000, batch_size: int = 100,
                    seed: int = 0, budget: int | None = None, progress: bool = False,
-                   labels: Tensor | None = None, bf16: bool = False) -> Tensor:
+                   labels: Tensor | None = None, bf16: bool = False, compiled: bool = False
+                   ) -> Tensor:
     """Importance-sampled log p(x) in nats for every image of ``data`` (a split or a
     tensor of images), shape (N,): log (1/k) sum_k w_k with the log-weights of
     :func:`log_weights`, chunked over k so that a chunk's decoder output fits ``budget``
     floats, combined by a running logsumexp. Seeded; the caller's RNG is left untouched.
     For a conditional model log p(x|y), with the split's labels or ``labels`` (N,).
-    ``bf16``: the decoder's matrix products in bfloat16 (see :func:`weights_at`)."""
+    ``bf16``: the decoder's matrix products in bfloat16 (see :func:`weights_at`);
+    ``compiled``: log p(x|z) compiled (:func:`compiled_decoder_log_prob`)."""
     model.eval()
     out = []
     chunk = _chunk(model, k, batch_size, budget or default_budget(model.device))
+    lik = compiled_decoder_log_prob(model) if compiled else None
     from tqdm.auto import tqdm  # (not at import: vaelab's import stays light)
 
     with seeded(seed, model.device):
@@ -232,7 +271,7 @@ def log_likelihood(model, data, k: int = 5000, batch_size: int = 100,
         for x, y in image_batches(model, data, batch_size, labels):
             acc = torch.full((x.shape[0],), -math.inf, device=x.device)
             for start in range(0, k, chunk):
-                lw = log_weights(model, x, min(chunk, k - start), y, bf16).float()  # (kc, B)
+                lw = log_weights(model, x, min(chunk, k - start), y, bf16, lik).float()  # (kc, B)
                 acc = torch.logaddexp(acc, torch.logsumexp(lw, dim=0))
             out.append(acc - math.log(k))
             bar.update(x.shape[0])

@@ -15,11 +15,16 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.distributions import Bernoulli, ContinuousBernoulli, Distribution, Independent
+from torch.distributions import ContinuousBernoulli, Distribution, Independent
 
 from ..config import ModelConfig
 from ..registry import Registry
-from .distributions import CoupledLogisticMixture, DiscretizedNormal, independent_normal
+from .distributions import (
+    BernoulliImage,
+    CoupledLogisticMixture,
+    DiscretizedNormal,
+    independent_normal,
+)
 
 Tensor = torch.Tensor
 
@@ -55,7 +60,7 @@ class BernoulliLikelihood(Likelihood):
         pass
 
     def __call__(self, params: Tensor) -> Distribution:
-        return Independent(Bernoulli(logits=params, validate_args=False), 3, validate_args=False)
+        return BernoulliImage(params)
 
 
 @LIKELIHOODS.register("cbernoulli")

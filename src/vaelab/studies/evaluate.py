@@ -55,10 +55,14 @@ def latent_diagnostics(model: VAE, data: Split | Tensor, batch_size: int = 1000)
             "active_units": active, "latent_dim": dims, "warnings": warnings}
 
 
+COMPILE_FROM = 10_000_000  # decoder passes (images x k): ~1 minute of a CPU's, against
+# 10-20 s of compiling (docs/benchmarks.md)
+
+
 @torch.no_grad()
 def evaluate(model: VAE, data: Data, split: str = "test", batch_size: int = 1000,
              seed: int = 0, k: int = 0, progress: bool = False, world: World = SINGLE,
-             precision: str = "fp32") -> dict:
+             precision: str = "fp32", compile: str = "auto") -> dict:
     """ELBO terms of ``model`` on a split and, with ``k`` > 0, the importance-sampled
     negative log-likelihood ``nll`` with its standard error over examples. Seeded; the
     caller's RNG is left untouched.
@@ -72,9 +76,13 @@ def evaluate(model: VAE, data: Data, split: str = "test", batch_size: int = 1000
 
     ``precision`` of the importance-sampled decoder passes: "fp32", "bf16" (matrix
     products in bfloat16, log-probabilities in float32) or "auto" (bf16 where the device
-    has fast bfloat16)."""
-    if precision not in ("fp32", "bf16", "auto"):
-        raise ConfigError(f"precision must be fp32, bf16 or auto, got {precision!r}")
+    has fast bfloat16). ``compile`` them (the decoder and the pixels' log-probabilities,
+    :func:`~vaelab.objectives.compiled_decoder_log_prob`): "yes", "no", or "auto" (on a
+    CPU, for at least ``COMPILE_FROM`` decoder passes, where compiling's seconds pay)."""
+    for name, value in (("precision", precision), ("compile", compile)):
+        choices = ("fp32", "bf16", "auto") if name == "precision" else ("yes", "no", "auto")
+        if value not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
     s = data.split(split)
     model.eval()
     with seeded(seed, model.device):
@@ -101,9 +109,13 @@ def evaluate(model: VAE, data: Data, split: str = "test", batch_size: int = 1000
     if k > 0:
         mine = s.subset(slice(*world.part(len(s))))
         bf16 = precision == "bf16" or (precision == "auto" and fast_bf16(model.device))
+        compiled = compile == "yes" or (compile == "auto" and model.device.type == "cpu"
+                                        and len(mine) * k >= COMPILE_FROM)
         log_px = world.gather(log_likelihood(model, mine, k, seed=seed + world.rank,
-                                             progress=progress and world.main, bf16=bf16))
+                                             progress=progress and world.main, bf16=bf16,
+                                             compiled=compiled))
         nll, se = mean_stderr(-log_px)
         out.update(k=k, nll=nll, nll_stderr=se, precision="bf16" if bf16 else "fp32",
+                   compiled=compiled,
                    nll_bits_per_dim=bits_per_dim(nll, dims, discrete), gap=-nll - res["elbo"])
     return out

@@ -25,6 +25,9 @@ class Evaluate(Command):
                        help="the decoder passes of log p(x): fp32 (default), bf16 (matrix "
                        "products in bfloat16, log-probabilities in float32), or auto (bf16 "
                        "where the CPU or GPU has fast bfloat16)")
+        p.add_argument("--compile", choices=["auto", "yes", "no"], default="auto",
+                       help="compile the decoder passes of log p(x) with torch.compile "
+                       "(default auto: on a CPU when images x k is at least 10^7)")
         p.add_argument("--batch-size", type=int, default=1000)
         p.add_argument("--json", action="store_true", help="print one JSON object")
         add_progress_flag(p)
@@ -39,7 +42,7 @@ class Evaluate(Command):
         world = current_world()
         r = evaluate(model, data, args.split, args.batch_size, args.seed, args.k,
                      progress=not (args.json or args.no_progress), world=world,
-                     precision=args.precision)
+                     precision=args.precision, compile=args.compile)
         if not world.main:  # one of several torchrun processes: rank 0 reports
             return 0
         r["run"] = str(args.run)
@@ -64,7 +67,8 @@ def _evaluation(r: dict) -> str:
              f"  KL(q(z|x)||p(z)){r['kl']:10.3f} nats"]
     if r.get("k"):
         lines.append(f"  -log {px:9s} {r['nll']:10.3f} ± {r['nll_stderr']:.3f} {unit} "
-                     f"{bits(r['nll_bits_per_dim'])}, importance-sampled, k = {r['k']}")
+                     f"{bits(r['nll_bits_per_dim'])}, importance-sampled, k = {r['k']}, "
+                     f"{r['precision']} products" + (", compiled" if r.get("compiled") else ""))
         lines.append(f"  log {px} - ELBO{r['gap']:{10 if px == 'p(x)' else 8}.3f} nats")
     if "kl_per_layer" in r:
         lines.append("  KL per layer    " + "  ".join(f"{v:.2f}" for v in r["kl_per_layer"])
