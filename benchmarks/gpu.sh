@@ -10,7 +10,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out
 python -m pytest -q -rs tests/test_fast.py tests/test_distributed.py -k "cuda or stream" \
     2>&1 | tee "$out/tests.txt"
 python benchmarks/train_speed.py --device cuda --epochs 5 2>&1 | tee "$out/train_speed.txt"
-python benchmarks/eval_speed.py --k 5000 --n 10000 --device cuda --skip-loop \
+python benchmarks/eval_speed.py --k 5000 --n 10000 --device cuda --rounds 1 \
     2>&1 | tee "$out/eval_speed.txt"
 # lossless compression with the nets on the GPU (a 1-epoch Fashion-MNIST model; the
 # coding itself runs on the CPU, so this shows what the GPU takes off the nets)

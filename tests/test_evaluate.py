@@ -129,3 +129,20 @@ def test_a_hierarchy_is_evaluated_eagerly_and_a_failed_compile_falls_back(caplog
     torch._dynamo.reset()
     assert torch.allclose(got, log_likelihood(model, x, k=9), rtol=0, atol=1e-4)
     assert "compiling log p(x|z) failed" in caplog.text
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_an_images_estimate_does_not_depend_on_batches_chunks_or_processes(layers):
+    """Each image draws its codes from its own stream: the same numbers whether it is
+    estimated in a batch of 7 or of 3, in chunks of 5 samples or of all 1500 (crossing the
+    streams' blocks of 1024), or as image 4 of the data set in a second process's share."""
+    model, x = _fresh(layers=layers)
+    whole = log_likelihood(model, x, k=1500, batch_size=7)
+    assert torch.allclose(whole, log_likelihood(model, x, k=1500, batch_size=3,
+                                                budget=3 * 5 * 784), rtol=0, atol=1e-4)
+    shared = torch.cat([log_likelihood(model, x[:4], k=1500),
+                        log_likelihood(model, x[4:], k=1500, first=4)])
+    assert torch.allclose(whole, shared, rtol=0, atol=1e-4)
+    # and the streams are the images' own: another seed, or another place, other numbers
+    assert not torch.allclose(whole, log_likelihood(model, x, k=1500, seed=1), atol=1e-3)
+    assert not torch.allclose(whole[4:], log_likelihood(model, x[4:], k=1500), atol=1e-3)

@@ -8,6 +8,11 @@
   uses the numbers that one process would (see :mod:`vaelab.devices`). The block is
   entered by ``Split.batches`` around each shard it yields; outside any block, a draw is a
   plain ``torch.randn`` / ``torch.rand``.
+* Inside an :class:`ExampleStreams` block, :func:`standard_normal`'s draws of samples of
+  examples, (samples, B, L), take every example's numbers from a stream of its own,
+  keyed by the seed, the example's index in the data and the samples' place: the
+  importance-sampled log-likelihood then draws the same codes for an image whatever the
+  batch, the chunk of samples or the number of processes it is computed in.
 
 The shard is a module-level value, set and reset only by :func:`batch_shard` (not a
 context variable: ``torch.compile`` cannot trace ``ContextVar.get``, and the graph break
@@ -23,6 +28,7 @@ import torch
 Tensor = torch.Tensor
 
 _SHARD: list[tuple[int, int, int] | None] = [None]  # the shard of the batch being drawn
+_STREAMS: list["ExampleStreams | None"] = [None]  # the streams being drawn from
 
 
 @contextmanager
@@ -46,7 +52,72 @@ def batch_shard(start: int, stop: int, total: int) -> Iterator[None]:
         _SHARD[0] = before
 
 
+class ExampleStreams:
+    """Codes for a batch of examples ``first``, ``first + 1``, ... of a data set, each
+    example's from a stream of its own: samples in blocks of ``block``, each block from
+    a generator seeded by (seed, example, block, the draw's ordinal within a chunk: a
+    hierarchy draws once per layer). ``with streams.at(sample):`` makes
+    :func:`standard_normal`'s draws of shape (samples, B, L) inside it take samples
+    ``sample``, ``sample + 1``, ...; the blocks a chunk of samples started are kept for
+    the next chunk, so every number is drawn once."""
+
+    def __init__(self, seed: int, first: int, block: int):
+        self.seed, self.first, self.block = seed, first, block
+        self._start, self._ordinal = 0, 0
+        self._blocks: dict[tuple, Tensor] = {}  # (ordinal, block, dtype) -> (B, block, L)
+
+    @contextmanager
+    def at(self, sample: int) -> Iterator[None]:
+        before, _STREAMS[0] = _STREAMS[0], self
+        self._start, self._ordinal = sample, 0
+        try:
+            yield
+        finally:
+            _STREAMS[0] = before
+
+    def _make(self, ordinal: int, block: int, b: int, width: int, dtype) -> Tensor:
+        """A block of every example's stream, (block, B, L), filled example by example
+        (one copy each: torch.stack, or one strided copy of them all, is 8-30x slower)."""
+        g, row = torch.Generator(), torch.empty(self.block, width, dtype=dtype)
+        out = torch.empty(self.block, b, width, dtype=dtype)
+        for i in range(b):
+            torch.randn(self.block, width, dtype=dtype, out=row,
+                        generator=g.manual_seed(_key(self.seed, self.first + i, block, ordinal)))
+            out[:, i].copy_(row)
+        return out
+
+    def draw(self, shape: torch.Size, dtype: torch.dtype, device) -> Tensor:
+        if len(shape) != 3:
+            raise RuntimeError(f"a draw in example streams has shape (samples, examples, L), "
+                               f"got {tuple(shape)}")
+        k, b, width = shape
+        ordinal, start, n = self._ordinal, self._start, self.block
+        self._ordinal += 1
+        lo, hi = start // n, (start + k - 1) // n
+        for key in [key for key in self._blocks if key[0] == ordinal and key[1] < lo]:
+            del self._blocks[key]  # blocks behind this chunk are done with
+        pieces = []
+        for block in range(lo, hi + 1):
+            key = (ordinal, block, dtype)
+            if key not in self._blocks:
+                self._blocks[key] = self._make(ordinal, block, b, width, dtype)
+            a, z = max(start, block * n), min(start + k, (block + 1) * n)  # samples [a, z)
+            pieces.append(self._blocks[key][a - block * n:z - block * n])
+        return (pieces[0] if len(pieces) == 1 else torch.cat(pieces)).to(device)
+
+
+def _key(*parts: int) -> int:
+    """A 63-bit seed from integers (a fixed mix, the same in every process and version)."""
+    h = 0x9E3779B97F4A7C15
+    for v in parts:
+        h = ((h ^ (v & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
 def _draw(fill, shape: torch.Size, dim: int, **kw) -> Tensor:
+    if _STREAMS[0] is not None and fill is torch.randn and kw.get("generator") is None:
+        return _STREAMS[0].draw(shape, kw["dtype"], kw["device"])
     shard = _SHARD[0]
     if shard is None:
         return fill(shape, **kw)

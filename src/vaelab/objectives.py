@@ -22,7 +22,7 @@ from torch.distributions import Distribution, Independent, Normal
 from torch.distributions import kl_divergence as _registered_kl
 
 from .devices import SINGLE, World
-from .noise import seeded
+from .noise import ExampleStreams, seeded
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +215,9 @@ def mean_stderr(values: Tensor) -> tuple[float, float]:
     return v.mean().item(), se
 
 
+STREAM_BLOCK = 1024  # samples of an image drawn at a time (its codes' stream, see below)
+
+
 def default_budget(device: torch.device) -> int:
     """Floats per chunk: cache-sized on a CPU (larger chunks only add page faults; measured
     in benchmarks/eval_speed.py), an eighth of the free memory on a GPU."""
@@ -250,15 +253,19 @@ def image_batches(model, data, batch_size: int, labels: Tensor | None = None):
 @torch.no_grad()
 def log_likelihood(model, data, k: int = 5000, batch_size: int = 100,
                    seed: int = 0, budget: int | None = None, progress: bool = False,
-                   labels: Tensor | None = None, bf16: bool = False, compiled: bool = False
-                   ) -> Tensor:
+                   labels: Tensor | None = None, bf16: bool = False, compiled: bool = False,
+                   first: int = 0) -> Tensor:
     """Importance-sampled log p(x) in nats for every image of ``data`` (a split or a
     tensor of images), shape (N,): log (1/k) sum_k w_k with the log-weights of
     :func:`log_weights`, chunked over k so that a chunk's decoder output fits ``budget``
-    floats, combined by a running logsumexp. Seeded; the caller's RNG is left untouched.
-    For a conditional model log p(x|y), with the split's labels or ``labels`` (N,).
-    ``bf16``: the decoder's matrix products in bfloat16 (see :func:`weights_at`);
-    ``compiled``: log p(x|z) compiled (:func:`compiled_decoder_log_prob`)."""
+    floats, combined by a running logsumexp. Every image's k codes come from its own
+    stream (:class:`~vaelab.noise.ExampleStreams`, keyed by ``seed`` and its index,
+    ``first`` for the first image of ``data``): an image's estimate is the same, up to
+    rounding, whatever the batch size, the budget or the processes it is shared among.
+    The caller's RNG is left untouched. For a conditional model log p(x|y), with the
+    split's labels or ``labels`` (N,). ``bf16``: the decoder's matrix products in
+    bfloat16 (see :func:`weights_at`); ``compiled``: log p(x|z) compiled
+    (:func:`compiled_decoder_log_prob`)."""
     model.eval()
     out = []
     chunk = _chunk(model, k, batch_size, budget or default_budget(model.device))
@@ -268,12 +275,16 @@ def log_likelihood(model, data, k: int = 5000, batch_size: int = 100,
     with seeded(seed, model.device):
         bar = tqdm(total=len(data), desc=f"log p(x), k={k}", unit="img",
                    disable=None if progress else True, leave=False)
+        index = first
         for x, y in image_batches(model, data, batch_size, labels):
             acc = torch.full((x.shape[0],), -math.inf, device=x.device)
+            streams = ExampleStreams(seed, index, min(k, STREAM_BLOCK))
             for start in range(0, k, chunk):
-                lw = log_weights(model, x, min(chunk, k - start), y, bf16, lik).float()  # (kc, B)
-                acc = torch.logaddexp(acc, torch.logsumexp(lw, dim=0))
+                with streams.at(start):
+                    lw = log_weights(model, x, min(chunk, k - start), y, bf16, lik).float()
+                acc = torch.logaddexp(acc, torch.logsumexp(lw, dim=0))  # lw: (kc, B)
             out.append(acc - math.log(k))
+            index += x.shape[0]
             bar.update(x.shape[0])
         bar.close()
     return torch.cat(out) if out else torch.zeros(0, device=model.device)

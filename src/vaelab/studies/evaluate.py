@@ -55,14 +55,14 @@ def latent_diagnostics(model: VAE, data: Split | Tensor, batch_size: int = 1000)
             "active_units": active, "latent_dim": dims, "warnings": warnings}
 
 
-COMPILE_FROM = 10_000_000  # decoder passes (images x k): ~1 minute of a CPU's, against
-# 10-20 s of compiling (docs/benchmarks.md)
+COMPILE_FROM = 10_000_000  # decoder passes (images x k): 1-2 minutes of 2 CPU cores, which
+# compiling (4-5 s) makes 1.05x (fp32) to 1.12x (bf16) faster (docs/benchmarks.md)
 
 
 @torch.no_grad()
 def evaluate(model: VAE, data: Data, split: str = "test", batch_size: int = 1000,
              seed: int = 0, k: int = 0, progress: bool = False, world: World = SINGLE,
-             precision: str = "fp32", compile: str = "auto") -> dict:
+             precision: str = "auto", compile: str = "auto") -> dict:
     """ELBO terms of ``model`` on a split and, with ``k`` > 0, the importance-sampled
     negative log-likelihood ``nll`` with its standard error over examples. Seeded; the
     caller's RNG is left untouched.
@@ -72,11 +72,14 @@ def evaluate(model: VAE, data: Data, split: str = "test", batch_size: int = 1000
     False) these are densities on [0, 1]^D, not probabilities of the 8-bit data.
 
     Over several processes (``world``), the ELBO's batches and the importance-sampled
-    images are shared out among the ranks (each with its own seed, ``seed + rank``).
+    images are shared out among the ranks (each image with its own stream of codes, so the
+    estimate is the one process's, up to rounding).
 
     ``precision`` of the importance-sampled decoder passes: "fp32", "bf16" (matrix
-    products in bfloat16, log-probabilities in float32) or "auto" (bf16 where the device
-    has fast bfloat16). ``compile`` them (the decoder and the pixels' log-probabilities,
+    products in bfloat16, log-probabilities in float32), or "auto" (the default: bf16
+    where the device's bf16 products measure faster than float32's, ``fast_bf16``; the
+    estimate moved by 0.001-0.019 nats on the documented runs, docs/benchmarks.md).
+    ``compile`` them (the decoder and the pixels' log-probabilities,
     :func:`~vaelab.objectives.compiled_decoder_log_prob`): "yes", "no", or "auto" (on a
     CPU, for at least ``COMPILE_FROM`` decoder passes, where compiling's seconds pay)."""
     for name, value in (("precision", precision), ("compile", compile)):
@@ -107,11 +110,12 @@ def evaluate(model: VAE, data: Data, split: str = "test", batch_size: int = 1000
             "compare with published bits/dim (not reported). Train with --likelihood "
             "dgaussian for a discrete likelihood of grey images."))
     if k > 0:
-        mine = s.subset(slice(*world.part(len(s))))
+        part = world.part(len(s))
+        mine = s.subset(slice(*part))
         bf16 = precision == "bf16" or (precision == "auto" and fast_bf16(model.device))
         compiled = compile == "yes" or (compile == "auto" and model.device.type == "cpu"
                                         and len(mine) * k >= COMPILE_FROM)
-        log_px = world.gather(log_likelihood(model, mine, k, seed=seed + world.rank,
+        log_px = world.gather(log_likelihood(model, mine, k, seed=seed, first=part[0],
                                              progress=progress and world.main, bf16=bf16,
                                              compiled=compiled))
         nll, se = mean_stderr(-log_px)

@@ -21,10 +21,10 @@ class Evaluate(Command):
         p.add_argument("--k", type=int, default=0, metavar="K",
                        help="importance samples for log p(x) (the literature uses 5000; "
                        "default 0: ELBO only)")
-        p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
-                       help="the decoder passes of log p(x): fp32 (default), bf16 (matrix "
-                       "products in bfloat16, log-probabilities in float32), or auto (bf16 "
-                       "where the CPU or GPU has fast bfloat16)")
+        p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="auto",
+                       help="the decoder passes of log p(x): fp32, bf16 (matrix products in "
+                       "bfloat16, log-probabilities in float32), or auto (the default: bf16 "
+                       "where the CPU or GPU does bfloat16 products faster than float32's)")
         p.add_argument("--compile", choices=["auto", "yes", "no"], default="auto",
                        help="compile the decoder passes of log p(x) with torch.compile "
                        "(default auto: on a CPU when images x k is at least 10^7)")
