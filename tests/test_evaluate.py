@@ -139,10 +139,10 @@ def test_an_images_estimate_does_not_depend_on_batches_chunks_or_processes(layer
     model, x = _fresh(layers=layers)
     whole = log_likelihood(model, x, k=1500, batch_size=7)
     assert torch.allclose(whole, log_likelihood(model, x, k=1500, batch_size=3,
-                                                budget=3 * 5 * 784), rtol=0, atol=1e-4)
+                                                budget=3 * 5 * 784), rtol=0, atol=1e-3)
     shared = torch.cat([log_likelihood(model, x[:4], k=1500),
                         log_likelihood(model, x[4:], k=1500, first=4)])
-    assert torch.allclose(whole, shared, rtol=0, atol=1e-4)
+    assert torch.allclose(whole, shared, rtol=0, atol=1e-3)  # (float32 sums of ~545 nats)
     # and the streams are the images' own: another seed, or another place, other numbers
-    assert not torch.allclose(whole, log_likelihood(model, x, k=1500, seed=1), atol=1e-3)
-    assert not torch.allclose(whole[4:], log_likelihood(model, x[4:], k=1500), atol=1e-3)
+    assert not torch.allclose(whole, log_likelihood(model, x, k=1500, seed=1), atol=1e-2)
+    assert not torch.allclose(whole[4:], log_likelihood(model, x[4:], k=1500), atol=1e-2)

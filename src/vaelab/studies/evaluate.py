@@ -110,16 +110,23 @@ def evaluate(model: VAE, data: Data, split: str = "test", batch_size: int = 1000
             "compare with published bits/dim (not reported). Train with --likelihood "
             "dgaussian for a discrete likelihood of grey images."))
     if k > 0:
-        part = world.part(len(s))
-        mine = s.subset(slice(*part))
-        bf16 = precision == "bf16" or (precision == "auto" and fast_bf16(model.device))
-        compiled = compile == "yes" or (compile == "auto" and model.device.type == "cpu"
-                                        and len(mine) * k >= COMPILE_FROM)
-        log_px = world.gather(log_likelihood(model, mine, k, seed=seed, first=part[0],
-                                             progress=progress and world.main, bf16=bf16,
-                                             compiled=compiled))
-        nll, se = mean_stderr(-log_px)
-        out.update(k=k, nll=nll, nll_stderr=se, precision="bf16" if bf16 else "fp32",
-                   compiled=compiled,
+        nll, se, how = _nll(model, s, k, seed, progress, world, precision, compile)
+        out.update(k=k, nll=nll, nll_stderr=se, **how,
                    nll_bits_per_dim=bits_per_dim(nll, dims, discrete), gap=-nll - res["elbo"])
     return out
+
+
+def _nll(model: VAE, s, k: int, seed: int, progress: bool, world: World, precision: str,
+         compile: str) -> tuple[float, float, dict]:
+    """-log p(x) by k importance samples over split ``s`` (this rank's share of it): its
+    mean, standard error, and how it was computed (precision, compiled)."""
+    part = world.part(len(s))
+    mine = s.subset(slice(*part))
+    bf16 = precision == "bf16" or (precision == "auto" and fast_bf16(model.device))
+    compiled = compile == "yes" or (compile == "auto" and model.device.type == "cpu"
+                                    and len(mine) * k >= COMPILE_FROM)
+    log_px = world.gather(log_likelihood(model, mine, k, seed=seed, first=part[0],
+                                         progress=progress and world.main, bf16=bf16,
+                                         compiled=compiled))
+    nll, se = mean_stderr(-log_px)
+    return nll, se, {"precision": "bf16" if bf16 else "fp32", "compiled": compiled}
