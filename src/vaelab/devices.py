@@ -159,6 +159,12 @@ def fast_bf16(device: str | torch.device) -> bool:
         _cpu_bf16_speedup() >= 1.25
 
 
+def fast_bf16_everywhere(device: torch.device, world: "World") -> bool:
+    """:func:`fast_bf16` on every rank of ``world`` (one choice for all of them)."""
+    votes = world.sum(torch.tensor([float(fast_bf16(device))], device=device))
+    return votes.item() == world.size
+
+
 @functools.cache
 def _cpu_bf16_speedup() -> float:
     """bf16 over fp32 matrix-product rate on this CPU (the best of 5 rounds of each)."""

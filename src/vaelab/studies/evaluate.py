@@ -16,7 +16,7 @@ import math
 import torch
 
 from ..data.splits import Data, Split
-from ..devices import SINGLE, World, fast_bf16
+from ..devices import SINGLE, World, fast_bf16_everywhere
 from ..errors import ConfigError
 from ..models.vae import VAE
 from ..noise import seeded
@@ -78,7 +78,7 @@ def evaluate(model: VAE, data: Data, split: str = "test", batch_size: int = 1000
     ``precision`` of the importance-sampled decoder passes: "fp32", "bf16" (matrix
     products in bfloat16, log-probabilities in float32), or "auto" (the default: bf16
     where the device's bf16 products measure faster than float32's, ``fast_bf16``; the
-    estimate moved by 0.001-0.019 nats on the documented runs, docs/benchmarks.md).
+    estimate moved by 0.0002-0.019 nats on the documented runs, docs/benchmarks.md).
     ``compile`` them (the decoder and the pixels' log-probabilities,
     :func:`~vaelab.objectives.compiled_decoder_log_prob`): "yes", "no", or "auto" (on a
     CPU, for at least ``COMPILE_FROM`` decoder passes, where compiling's seconds pay)."""
@@ -122,7 +122,8 @@ def _nll(model: VAE, s, k: int, seed: int, progress: bool, world: World, precisi
     mean, standard error, and how it was computed (precision, compiled)."""
     part = world.part(len(s))
     mine = s.subset(slice(*part))
-    bf16 = precision == "bf16" or (precision == "auto" and fast_bf16(model.device))
+    bf16 = precision == "bf16" or (precision == "auto"
+                                   and fast_bf16_everywhere(model.device, world))
     compiled = compile == "yes" or (compile == "auto" and model.device.type == "cpu"
                                     and len(mine) * k >= COMPILE_FROM)
     log_px = world.gather(log_likelihood(model, mine, k, seed=seed, first=part[0],

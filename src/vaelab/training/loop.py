@@ -18,7 +18,7 @@ import torch
 
 from ..config import Config
 from ..data.splits import Data, load_data, resolve
-from ..devices import World, current_world, fast_bf16, join, resolve_device
+from ..devices import World, current_world, fast_bf16_everywhere, join, resolve_device
 from ..errors import RunError
 from ..files import atomic_write
 from ..models.vae import VAE
@@ -183,8 +183,7 @@ def start(cfg: Config, run_dir: Path, resume: bool, data: Data | None) -> Sessio
     data = data if data is not None else load_data(cfg.data, device)
     cfg = resolve(cfg, data)
     if tc.precision == "auto":  # resolved for this device (bf16 if fast on every rank)
-        votes = world.sum(torch.tensor([float(fast_bf16(device))], device=device))
-        cfg = cfg.override(precision="bf16" if votes.item() == world.size else "fp32")
+        cfg = cfg.override(precision="bf16" if fast_bf16_everywhere(device, world) else "fp32")
     model = VAE.from_config(cfg.model, data.image_shape).to(device)
     check_likelihood(model, data)
     if tc.init and not resume:
