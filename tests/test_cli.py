@@ -141,7 +141,10 @@ def test_colour_folder_end_to_end(tmp_path):
     assert p.returncode == 0, p.stderr
     r = json.loads(p.stdout)
     assert r["dims"] == 3 * 12 * 12 and r["discrete"] and r["bits_per_dim"] > 0
-    assert r["nll"] <= -r["elbo"] + 1e-6
+    # bounds ordered: -log p(x) <= -ELBO in expectation; both are Monte-Carlo estimates and
+    # 3 epochs on 40 noise images leave q(z|x) ~ p(z), a gap of ~0.01 nats, so within 0.1
+    # (log k forgotten would be 2.1 nats off; a sum in bfloat16, ~1)
+    assert r["nll"] <= -r["elbo"] + 0.1
     for cmd in (["sample", out, "--n", 16], ["report", out]):
         p = vaelab(*cmd)
         assert p.returncode == 0, p.stderr

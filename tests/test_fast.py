@@ -182,9 +182,9 @@ def test_fast_bf16_is_measured_not_read_off_the_cpu_flags(monkeypatch):
 
 @pytest.mark.parametrize("fast", [True, False])
 def test_precision_auto_is_resolved_for_the_device_and_recorded(tmp_path, monkeypatch, fast):
-    import vaelab.training.loop as loop
+    from vaelab import devices
 
-    monkeypatch.setattr(loop, "fast_bf16", lambda device: fast)
+    monkeypatch.setattr(devices, "fast_bf16", lambda device: fast)
     cfg = vaelab.Config().override(dataset="digits", hidden="32", latent_dim=4, epochs=1,
                                    precision="auto", device="cpu")
     vaelab.train(cfg, tmp_path / "run", progress=False)

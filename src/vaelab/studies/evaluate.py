@@ -55,6 +55,10 @@ def latent_diagnostics(model: VAE, data: Split | Tensor, batch_size: int = 1000)
             "active_units": active, "latent_dim": dims, "warnings": warnings}
 
 
+BF16_LEVELS = 17  # "auto" takes bf16 products for likelihoods of at most this many levels:
+# binary and the digits' 17 moved the estimate by <= 0.002 nats; over 256 levels the
+# decoder's rounded locations and scales moved it by 0.02 (a discretized Gaussian) to 0.04
+# (a logistic mixture), so those, and densities, stay float32 (docs/benchmarks.md)
 COMPILE_FROM = 10_000_000  # decoder passes (images x k): 1-2 minutes of 2 CPU cores, which
 # compiling (4-5 s) makes 1.05x (fp32) to 1.12x (bf16) faster (docs/benchmarks.md)
 
@@ -77,8 +81,9 @@ def evaluate(model: VAE, data: Data, split: str = "test", batch_size: int = 1000
 
     ``precision`` of the importance-sampled decoder passes: "fp32", "bf16" (matrix
     products in bfloat16, log-probabilities in float32), or "auto" (the default: bf16
-    where the device's bf16 products measure faster than float32's, ``fast_bf16``; the
-    estimate moved by 0.0002-0.019 nats on the documented runs, docs/benchmarks.md).
+    for a likelihood of at most ``BF16_LEVELS`` levels, where the device's bf16 products
+    measure faster than float32's, ``fast_bf16``: the estimate moved by 0.0002-0.002 nats
+    there on the documented runs, docs/benchmarks.md).
     ``compile`` them (the decoder and the pixels' log-probabilities,
     :func:`~vaelab.objectives.compiled_decoder_log_prob`): "yes", "no", or "auto" (on a
     CPU, for at least ``COMPILE_FROM`` decoder passes, where compiling's seconds pay)."""
@@ -122,7 +127,9 @@ def _nll(model: VAE, s, k: int, seed: int, progress: bool, world: World, precisi
     mean, standard error, and how it was computed (precision, compiled)."""
     part = world.part(len(s))
     mine = s.subset(slice(*part))
-    bf16 = precision == "bf16" or (precision == "auto"
+    levels = model.likelihood.levels
+    bf16 = precision == "bf16" or (precision == "auto" and levels is not None
+                                   and levels <= BF16_LEVELS
                                    and fast_bf16_everywhere(model.device, world))
     compiled = compile == "yes" or (compile == "auto" and model.device.type == "cpu"
                                     and len(mine) * k >= COMPILE_FROM)
