@@ -57,7 +57,7 @@ def latent_diagnostics(model: VAE, data: Split | Tensor, batch_size: int = 1000)
 
 BF16_LEVELS = 17  # "auto" takes bf16 products for likelihoods of at most this many levels:
 # binary and the digits' 17 moved the estimate by <= 0.002 nats; over 256 levels the
-# decoder's rounded locations and scales moved it by 0.02 (a discretized Gaussian) to 0.04
+# decoder's rounded locations and scales moved it by 0.02 (a discretized Gaussian) to 0.03
 # (a logistic mixture), so those, and densities, stay float32 (docs/benchmarks.md)
 COMPILE_FROM = 10_000_000  # decoder passes (images x k): 1-2 minutes of 2 CPU cores, which
 # compiling (4-5 s) makes 1.05x (fp32) to 1.12x (bf16) faster (docs/benchmarks.md)
