@@ -215,9 +215,6 @@ def mean_stderr(values: Tensor) -> tuple[float, float]:
     return v.mean().item(), se
 
 
-STREAM_BLOCK = 1024  # samples of an image drawn at a time (its codes' stream, see below)
-
-
 def default_budget(device: torch.device) -> int:
     """Floats per chunk: cache-sized on a CPU (larger chunks only add page faults; measured
     in benchmarks/eval_speed.py), an eighth of the free memory on a GPU."""
@@ -248,6 +245,9 @@ def image_batches(model, data, batch_size: int, labels: Tensor | None = None):
         raise ValueError("a conditional model needs the labels of the images")
     for i in range(0, len(data), batch_size):
         yield data[i:i + batch_size], None if labels is None else labels[i:i + batch_size]
+
+
+STREAM_BLOCK = 1024  # samples of an image's stream of codes drawn at a time
 
 
 @torch.no_grad()
