@@ -21,7 +21,7 @@ from ..config import Config
 from ..data.splits import data_examples, load_data
 from ..devices import resolve_device
 from ..files import atomic_write
-from ..runs.records import best_epoch, read_metrics, read_results, tail_words
+from ..runs.records import best_epoch, estimate_words, read_metrics, read_results, tail_words
 from ..runs.rundir import load_run, place, workdir
 from ..studies.evaluate import ACTIVE_THRESHOLD, latent_diagnostics
 from ..studies.sample import interpolate, latent_means, manifold, prior_interpolate, traverse
@@ -226,7 +226,8 @@ def run_rows(s: RunSummary) -> list[tuple[str, str]]:
             *([("validation −log p(x)", f"{-best['val_log_px']:.2f} nats (importance-sampled, "
                 f"k = {t.select_k}, {t.select_images} images): what chose the weights")]
               if best and "val_log_px" in best else []),
-            ("test −log p(x)", f"{ev['nll']:.2f} ± {ev['nll_stderr']:.2f} nats (k = {ev['k']})"
+            ("test −log p(x)", f"{ev['nll']:.2f} ± {ev['nll_stderr']:.2f} nats "
+                               f"({estimate_words(ev)})"
              if ev else "–"),
             ("active units", f"{s.diagnostics['active_units']} of "
                              f"{s.diagnostics['latent_dim']}" if s.diagnostics else "–")]

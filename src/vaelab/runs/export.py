@@ -24,7 +24,7 @@ from pathlib import Path
 from ..config import Config
 from ..errors import ConfigError, RunError
 from ..files import atomic_dir, atomic_write
-from .records import RESULTS, read_results, tail_words
+from .records import RESULTS, estimate_words, read_results, tail_words
 from .rundir import EXPORT, load_run, place, weights_digest
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ def model_card(cfg: Config, results: dict, image_shape: list[int], params: int,
         lines += ["| test set | value |", "|---|---:|",
                   f"| -ELBO (nats per image) | {-ev['elbo']:.2f} |"]
         if ev.get("k"):
-            lines.append(f"| -log p(x), importance-sampled, k = {ev['k']} (nats) | "
+            lines.append(f"| -log p(x), importance-sampled, {estimate_words(ev)} (nats) | "
                          f"{ev['nll']:.2f} ± {ev['nll_stderr']:.2f} |")
         bpd = ev.get("nll_bits_per_dim") if ev.get("k") else ev.get("bits_per_dim")
         if bpd is not None:

@@ -93,6 +93,13 @@ def tail_words(tc) -> str:
     return f", the last {tc.tail} epochs on the IWAE bound (k = {tc.iwae_k})" if tc.tail else ""
 
 
+def estimate_words(ev: dict) -> str:
+    """How a recorded importance-sampled log-likelihood was computed, as the report and
+    the model card say it: "k = 5000", with ", bf16 products" where the decoder's matrix
+    products ran in bfloat16."""
+    return f"k = {ev['k']}" + (", bf16 products" if ev.get("precision") == "bf16" else "")
+
+
 def best_epoch(history: list[dict], tc) -> dict | None:
     """The metrics of the epoch whose weights are model.safetensors."""
     key = selection(tc)[0]
