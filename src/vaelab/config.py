@@ -66,9 +66,9 @@ class DataConfig:
         "than a quarter of its free memory", choices=SWITCHES))
 
     def __post_init__(self) -> None:
-        _check_choice("binarize", self.binarize, BINARIZE_MODES)
-        _check_choice("channels", self.channels, (1, 3))
-        _check_choice("stream", self.stream, SWITCHES)
+        check_choice("binarize", self.binarize, BINARIZE_MODES)
+        check_choice("channels", self.channels, (1, 3))
+        check_choice("stream", self.stream, SWITCHES)
         if self.val_size is not None and self.val_size < 0:
             raise ConfigError(f"val_size must be >= 0, got {self.val_size}")
         if self.image_size is not None and self.image_size < 1:
@@ -254,7 +254,7 @@ class TrainConfig:
         for name, choices in (("device", DEVICES), ("precision", PRECISIONS), ("compile",
                               SWITCHES), ("channels_last", SWITCHES), ("lr_schedule",
                               LR_SCHEDULES), ("objective", OBJECTIVES), ("select", SELECTS)):
-            _check_choice(name, getattr(self, name), choices)
+            check_choice(name, getattr(self, name), choices)
         for name in ("epochs", "batch_size", "samples", "eval_batch_size", "select_k",
                      "select_images", "iwae_k"):
             if getattr(self, name) < 1:
@@ -347,7 +347,8 @@ class Config:
                          for sec, vals in sections.items()})
 
 
-def _check_choice(name: str, value: Any, choices: tuple) -> None:
+def check_choice(name: str, value: Any, choices: tuple) -> None:
+    """A ConfigError naming the choices unless ``value`` is one of them."""
     if value not in choices:
         raise ConfigError(f"invalid {name} {value!r}; choose one of: "
                           f"{', '.join(map(str, choices))}")

@@ -15,9 +15,9 @@ import math
 
 import torch
 
+from ..config import PRECISIONS, SWITCHES, check_choice
 from ..data.splits import Data, Split
 from ..devices import SINGLE, World, fast_bf16_everywhere
-from ..errors import ConfigError
 from ..models.vae import VAE
 from ..noise import seeded
 from ..objectives import (bits_per_dim, elbo_over, image_batches, log_likelihood,
@@ -87,10 +87,8 @@ def evaluate(model: VAE, data: Data, split: str = "test", batch_size: int = 1000
     ``compile`` them (the decoder and the pixels' log-probabilities,
     :func:`~vaelab.objectives.compiled_decoder_log_prob`): "yes", "no", or "auto" (on a
     CPU, for at least ``COMPILE_FROM`` decoder passes, where compiling's seconds pay)."""
-    for name, value in (("precision", precision), ("compile", compile)):
-        choices = ("fp32", "bf16", "auto") if name == "precision" else ("yes", "no", "auto")
-        if value not in choices:
-            raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    check_choice("precision", precision, PRECISIONS)
+    check_choice("compile", compile, SWITCHES)
     s = data.split(split)
     model.eval()
     with seeded(seed, model.device):

@@ -5,6 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ...config import PRECISIONS, SWITCHES
 from ...devices import current_world
 from ...errors import ConfigError
 from .common import (Command, add_config_flags, add_progress_flag, add_run_args, at_least, command,
@@ -21,11 +22,11 @@ class Evaluate(Command):
         p.add_argument("--k", type=int, default=0, metavar="K",
                        help="importance samples for log p(x) (the literature uses 5000; "
                        "default 0: ELBO only)")
-        p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="auto",
+        p.add_argument("--precision", choices=PRECISIONS, default="auto",
                        help="the decoder passes of log p(x): fp32, bf16 (matrix products in "
                        "bfloat16, log-probabilities in float32), or auto (the default: bf16 "
                        "where the CPU or GPU does bfloat16 products faster than float32's)")
-        p.add_argument("--compile", choices=["auto", "yes", "no"], default="auto",
+        p.add_argument("--compile", choices=SWITCHES, default="auto",
                        help="compile the decoder passes of log p(x) with torch.compile "
                        "(default auto: on a CPU when images x k is at least 10^7)")
         p.add_argument("--batch-size", type=int, default=1000)
