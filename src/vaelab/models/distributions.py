@@ -79,9 +79,10 @@ class BernoulliImage(Independent):
         dtype = torch.promote_types(self.base_dist.logits.dtype, torch.float32)
         logits = self.base_dist.logits.flatten(-3).to(dtype)  # (..., D)
         x = value.flatten(-3).to(dtype)
-        with torch.autocast(logits.device.type, enabled=False):  # (autocast would take the
-            if x.dim() == 2 and logits.dim() >= 2 and logits.shape[-2] == x.shape[0]:  # sum
-                xl = torch.einsum("...bd,bd->...b", logits, x)  # to bfloat16: 1-2 nats off)
+        # outside autocast, which would run the einsum, and so the sum, in bfloat16 (1-2 nats off)
+        with torch.autocast(logits.device.type, enabled=False):
+            if x.dim() == 2 and logits.dim() >= 2 and logits.shape[-2] == x.shape[0]:
+                xl = torch.einsum("...bd,bd->...b", logits, x)
             else:  # any other broadcast
                 xl = (logits * x).sum(-1)
             threshold = 20.0 if dtype == torch.float32 else 40.0
