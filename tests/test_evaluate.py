@@ -87,6 +87,21 @@ def test_active_units_and_collapse_warning():
     assert bad["active_units"] == 0 and "posterior collapse" in bad["warnings"][0]
 
 
+def test_a_mixture_prior_has_no_per_dimension_kl_and_says_so_in_strict_json():
+    """A VampPrior's KL has no per-dimension closed form: null, not NaN (which strict JSON
+    parsers refuse), and the report and explorer order its dimensions as if it were 0."""
+    import json
+
+    from vaelab.studies.evaluate import known_kl, latent_diagnostics
+
+    model, x = _fresh("vamp")
+    diag = latent_diagnostics(model, x)
+    assert diag["kl_per_dim"] == [None] * 6 and known_kl(diag) == [0.0] * 6
+    json.loads(json.dumps(diag, allow_nan=False))
+    normal = latent_diagnostics(_fresh()[0], x)
+    assert known_kl(normal) == normal["kl_per_dim"] and all(v > 0 for v in known_kl(normal))
+
+
 def _fresh(prior: str = "normal", layers: int = 1):
     from vaelab.config import Config
     from vaelab.models.vae import VAE

@@ -206,3 +206,28 @@ def test_the_time_limit_leaves_the_compilation_out_of_the_epoch_it_extrapolates(
     assert out_of_time(s, 100.0, 1, 1, 150.0, compiling=60.0) is False
     assert out_of_time(s, 100.0, 1, 1, 150.0) is True
     assert out_of_time(s, 100.0, 1, 1, 130.0, compiling=60.0) is True
+
+
+def test_in_training_estimates_take_bf16_products_where_evaluate_would(tmp_path, monkeypatch):
+    """select = "nll" estimates with the rule of `vaelab evaluate --precision auto`: bf16
+    where it is fast and the likelihood has few levels; the training itself is unchanged
+    (the estimates draw from their own streams), so only the estimates move, by rounding."""
+    from vaelab import devices
+    from vaelab.models.vae import VAE
+    from vaelab.objectives import bf16_estimates
+
+    cfg = vaelab.Config().override(dataset="digits", hidden="32", latent_dim=4, epochs=2,
+                                   iwae_epochs=0, select_k=20, device="cpu")
+    runs = {}
+    for fast in (True, False):
+        monkeypatch.setattr(devices, "fast_bf16", lambda device, fast=fast: fast)
+        runs[fast] = vaelab.train(cfg, tmp_path / str(fast), progress=False).history
+    assert [h["val_elbo"] for h in runs[True]] == [h["val_elbo"] for h in runs[False]]
+    gaps = [abs(a["val_log_px"] - b["val_log_px"]) for a, b in zip(runs[True], runs[False])]
+    assert all(0 < g < 0.05 for g in gaps), gaps
+    monkeypatch.setattr(devices, "fast_bf16", lambda device: True)
+    grey = VAE.from_config(vaelab.ModelConfig(hidden=(8,), latent_dim=2,
+                                              likelihood="dgaussian"), (1, 4, 4))
+    assert bf16_estimates(grey) is False  # 256 levels: bf16 moved estimates by 0.02-0.03
+    monkeypatch.setattr(devices, "fast_bf16", lambda device: False)
+    assert bf16_estimates(vaelab.load_run(tmp_path / "True")[0]) is False

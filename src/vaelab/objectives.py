@@ -21,7 +21,7 @@ import torch
 from torch.distributions import Distribution, Independent, Normal
 from torch.distributions import kl_divergence as _registered_kl
 
-from .devices import SINGLE, World
+from .devices import SINGLE, World, fast_bf16_everywhere
 from .noise import ExampleStreams, seeded
 
 log = logging.getLogger(__name__)
@@ -248,6 +248,21 @@ def image_batches(model, data, batch_size: int, labels: Tensor | None = None):
 
 
 STREAM_BLOCK = 1024  # samples of an image's stream of codes drawn at a time
+
+
+BF16_LEVELS = 17  # estimates take bf16 products for likelihoods of at most this many levels:
+# binary and the digits' 17 moved the estimate by <= 0.002 nats; over 256 levels the
+# decoder's rounded locations and scales moved it by 0.02 (a discretized Gaussian) to 0.03
+# (a logistic mixture), so those, and densities, stay float32 (docs/benchmarks.md)
+
+
+def bf16_estimates(model, world: World = SINGLE) -> bool:
+    """Whether importance-sampled estimates of ``model`` take bfloat16 decoder products
+    (precision "auto"): a likelihood of at most ``BF16_LEVELS`` levels, on a device whose
+    bf16 products measure faster than float32's on every rank (``fast_bf16``)."""
+    levels = model.likelihood.levels
+    return levels is not None and levels <= BF16_LEVELS and \
+        fast_bf16_everywhere(model.device, world)
 
 
 @torch.no_grad()

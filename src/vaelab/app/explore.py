@@ -24,7 +24,7 @@ from ..data.splits import load_data
 from ..noise import seeded
 from ..objectives import bits_per_dim, elbo, log_likelihood
 from ..runs.rundir import load_run
-from ..studies.evaluate import latent_diagnostics
+from ..studies.evaluate import known_kl, latent_diagnostics
 from ..studies.posterior import posterior_grid
 from ..studies.sample import imagine, latent_means, slerp
 
@@ -54,7 +54,7 @@ class Explorer:
         self.labels = sub.labels.tolist() if sub.labels is not None else []
         self.examples = sub.batch(slice(0, min(n, 100))).cpu()  # images for the page
         diag = latent_diagnostics(self.model, sub)
-        kl = np.nan_to_num(np.array(diag["kl_per_dim"], dtype=float), nan=0.0)
+        kl = np.array(known_kl(diag), dtype=float)
         self.order = [int(i) for i in np.argsort(-kl)]  # most informative first
         self.kl_per_dim = kl.tolist()
         self.center = mu.mean(0)  # (L,)

@@ -23,7 +23,7 @@ from ..devices import resolve_device
 from ..files import atomic_write
 from ..runs.records import best_epoch, estimate_words, read_metrics, read_results, tail_words
 from ..runs.rundir import load_run, place, workdir
-from ..studies.evaluate import ACTIVE_THRESHOLD, latent_diagnostics
+from ..studies.evaluate import ACTIVE_THRESHOLD, known_kl, latent_diagnostics
 from ..studies.sample import interpolate, latent_means, manifold, prior_interpolate, traverse
 from .plots import (interpolation_figure, latent_figure, manifold_figure, sample_figures,
                     time_to_quality, training_curves, traversal_figure)
@@ -120,7 +120,7 @@ def _traversals(model, x, y, diagnostics: dict, out_dir: Path, max_rows: int,
                 inactive_rows: int = 2) -> Path:
     """Rows for the active dimensions, largest KL first, then a few inactive ones (they all
     decode to the same image, so the rest are counted, not drawn)."""
-    kl = torch.tensor(diagnostics["kl_per_dim"]).nan_to_num(0.0)
+    kl = torch.tensor(known_kl(diagnostics))
     active = torch.tensor(diagnostics["posterior_mean_var"]) > ACTIVE_THRESHOLD
     order = torch.argsort(kl, descending=True).tolist()
     on = [d for d in order if active[d]][:max_rows]

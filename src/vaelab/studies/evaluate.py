@@ -17,11 +17,11 @@ import torch
 
 from ..config import PRECISIONS, SWITCHES, check_choice
 from ..data.splits import Data, Split
-from ..devices import SINGLE, World, fast_bf16_everywhere
+from ..devices import SINGLE, World
 from ..models.vae import VAE
 from ..noise import seeded
-from ..objectives import (bits_per_dim, elbo_over, image_batches, log_likelihood,
-                          mean_stderr)
+from ..objectives import (bf16_estimates, bits_per_dim, elbo_over, image_batches,
+                          log_likelihood, mean_stderr)
 
 Tensor = torch.Tensor
 
@@ -51,14 +51,18 @@ def latent_diagnostics(model: VAE, data: Split | Tensor, batch_size: int = 1000)
         warnings.append(f"posterior collapse: only {active} of {dims} latent dimensions are "
                         f"active (Cov_x E_q[z_d] > {ACTIVE_THRESHOLD}); the others carry no "
                         "information about x. KL warm-up, free bits or a smaller latent help.")
-    return {"kl_per_dim": kl_per_dim.tolist(), "posterior_mean_var": var.tolist(),
-            "active_units": active, "latent_dim": dims, "warnings": warnings}
+    # null (None) where the prior has no per-dimension closed form (a mixture): strict JSON
+    return {"kl_per_dim": [None if math.isnan(v) else v for v in kl_per_dim.tolist()],
+            "posterior_mean_var": var.tolist(), "active_units": active, "latent_dim": dims,
+            "warnings": warnings}
 
 
-BF16_LEVELS = 17  # "auto" takes bf16 products for likelihoods of at most this many levels:
-# binary and the digits' 17 moved the estimate by <= 0.002 nats; over 256 levels the
-# decoder's rounded locations and scales moved it by 0.02 (a discretized Gaussian) to 0.03
-# (a logistic mixture), so those, and densities, stay float32 (docs/benchmarks.md)
+def known_kl(diagnostics: dict) -> list[float]:
+    """The per-dimension KLs of :func:`latent_diagnostics`, 0 where there are none (to
+    order dimensions by)."""
+    return [0.0 if v is None else v for v in diagnostics["kl_per_dim"]]
+
+
 COMPILE_FROM = 10_000_000  # decoder passes (images x k): 1-2 minutes of 2 CPU cores, which
 # compiling (4-5 s) makes 1.05x (fp32) to 1.12x (bf16) faster (docs/benchmarks.md)
 
@@ -81,9 +85,8 @@ def evaluate(model: VAE, data: Data, split: str = "test", batch_size: int = 1000
 
     ``precision`` of the importance-sampled decoder passes: "fp32", "bf16" (matrix
     products in bfloat16, log-probabilities in float32), or "auto" (the default: bf16
-    for a likelihood of at most ``BF16_LEVELS`` levels, where the device's bf16 products
-    measure faster than float32's, ``fast_bf16``: the estimate moved by 0.0002-0.002 nats
-    there on the documented runs, docs/benchmarks.md).
+    where :func:`~vaelab.objectives.bf16_estimates` says so; the estimate moved by
+    0.0002-0.002 nats there on the documented runs, docs/benchmarks.md).
     ``compile`` them (the decoder and the pixels' log-probabilities,
     :func:`~vaelab.objectives.compiled_decoder_log_prob`): "yes", "no", or "auto" (on a
     CPU, for at least ``COMPILE_FROM`` decoder passes, where compiling's seconds pay)."""
@@ -125,10 +128,7 @@ def _nll(model: VAE, s, k: int, seed: int, progress: bool, world: World, precisi
     mean, standard error, and how it was computed (precision, compiled)."""
     part = world.part(len(s))
     mine = s.subset(slice(*part))
-    levels = model.likelihood.levels
-    bf16 = precision == "bf16" or (precision == "auto" and levels is not None
-                                   and levels <= BF16_LEVELS
-                                   and fast_bf16_everywhere(model.device, world))
+    bf16 = precision == "bf16" or (precision == "auto" and bf16_estimates(model, world))
     compiled = compile == "yes" or (compile == "auto" and model.device.type == "cpu"
                                     and len(mine) * k >= COMPILE_FROM)
     log_px = world.gather(log_likelihood(model, mine, k, seed=seed, first=part[0],

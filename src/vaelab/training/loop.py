@@ -22,7 +22,7 @@ from ..devices import World, current_world, fast_bf16_everywhere, join, resolve_
 from ..errors import RunError
 from ..files import atomic_write
 from ..models.vae import VAE
-from ..objectives import bits_per_dim, elbo_over, log_likelihood, unpack
+from ..objectives import bf16_estimates, bits_per_dim, elbo_over, log_likelihood, unpack
 from ..runs.checkpoint import TrainState, restore_checkpoint, save_checkpoint
 from ..runs.lock import RunLock, check_run_dir
 from ..runs.records import read_metrics, selection
@@ -317,8 +317,9 @@ def validate(s: Session, epoch: int, last: bool = False) -> tuple[dict, int]:
             or epoch % select_every(tc, len(s.data.train), n_val) == 0):
         first = s.data.val.subset(torch.arange(min(tc.select_images, n_val),
                                                device=s.data.val.images.device))
-        out["val_log_px"] = log_likelihood(s.evaluated, first, tc.select_k,
-                                           seed=tc.seed).mean().item()  # same seed each time
+        out["val_log_px"] = log_likelihood(  # the same seed each time
+            s.evaluated, first, tc.select_k, seed=tc.seed,
+            bf16=bf16_estimates(s.evaluated, s.world)).mean().item()
     if s.average and val["n"]:  # the weights being trained, beside their average
         online = bound(s.model, iwae_k)
         out["val_elbo_online"] = online["elbo"]
