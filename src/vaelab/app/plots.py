@@ -25,10 +25,11 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _save(fig, path: str | Path, suptitle: str | None = None) -> Path:
+def _save(fig, path: str | Path, suptitle: str | None = None, bottom: float = 0.0) -> Path:
+    """Write ``fig`` as a PNG; ``bottom``: the share of its height kept for a figure legend."""
     if suptitle:
         fig.suptitle(suptitle, fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:  # replaces a link at ``path``, never writes through it
@@ -144,7 +145,7 @@ def training_curves(history: list[dict], path: str | Path, title: str | None = N
     bound = [m for m in history if iwae in m]
     lrs = [m.get("lr") for m in history]
     scheduled = None not in lrs and len(set(lrs)) > 1
-    fig = _figure(16 if scheduled else 12, 3.6)
+    fig = _figure(16 if scheduled else 12, 4.6)
     panels = 4 if scheduled else 3
     for i, (key, label) in enumerate([("elbo", "ELBO"), ("recon", "E_q log p(x|z)"),
                                       ("kl", "KL(q(z|x) || p(z))")]):
@@ -177,8 +178,9 @@ def training_curves(history: list[dict], path: str | Path, title: str | None = N
         ax.set_title(f"{label} (nats)", fontsize=11)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-        if i == 0:  # the curves rise from the lower left: the legend below them
-            ax.legend(loc="lower right", fontsize=8)
+        if i == 0:  # one legend below the panels, not over the curves it names
+            handles, names = ax.get_legend_handles_labels()
+            fig.legend(handles, names, loc="lower center", ncol=3, fontsize=8, frameon=False)
     if scheduled:
         ax = fig.add_subplot(1, panels, 4)
         ax.plot(epochs, lrs, color="C3")
@@ -186,7 +188,7 @@ def training_curves(history: list[dict], path: str | Path, title: str | None = N
         ax.set_title("learning rate (last step of each epoch)", fontsize=11)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    return _save(fig, path, title)
+    return _save(fig, path, title, bottom=0.14)
 
 
 def time_to_quality(runs: dict[str, list[dict]], path: str | Path,
