@@ -7,12 +7,18 @@ schedule, checks), eager and compiled, alternating epoch by epoch.
 Variants: vaelab's step eager (`--compile no`), compiled (`--compile yes`: the loss, its
 backward and the reparameterized noise in one graph), and the compiled step with Adam
 compiled as well (foreach Adam, capturable, under torch.compile: the whole step in
-graphs, against fused Adam's one kernel). Printed: the compilation's seconds (its first
-steps), the median and the best round's milliseconds per step, and each variant's speed
+graphs, against fused Adam's one kernel). ``--vary "KEY=VALUE ..."`` (repeatable) adds a
+variant with those training settings (``batch_size``, ``compile``, ``precision``), each
+round then stepping every variant over the same images, cut into its own batches.
+Printed: the compilation's seconds (its first steps), the median and the best round's
+milliseconds per step, seconds per epoch of 50,000 images, and each variant's speed
 against the eager step.
 
     python benchmarks/step_speed.py                                   # the reference MLP
     python benchmarks/step_speed.py --config configs/fashion-mnist-mlp-ema.toml --epochs 30
+    python benchmarks/step_speed.py --config configs/fashion-mnist-mlp-vamp-ema.toml \
+        --vary "batch_size=128 compile=no precision=fp32" --vary "compile=no precision=fp32" \
+        --vary "compile=yes precision=fp32" --vary "compile=yes precision=bf16"
 """
 from __future__ import annotations
 
@@ -37,11 +43,16 @@ REFERENCE = dict(dataset="fashion-mnist", binarize="none", likelihood="bernoulli
                  hidden="400", latent_dim=20, activation="relu", batch_size=128, ema=0.999)
 
 
+KINDS = {"eager": {"compile": "no"}, "compiled": {"compile": "yes"},
+         "compiled, Adam compiled too": {"compile": "yes"}}
+
+
 def variant(cfg: vaelab.Config, shape, kind: str, device: torch.device):
-    """A step function ``x -> None`` of one of the variants, from the same initial weights."""
+    """A step function ``x -> None`` of one of the variants, from the same initial weights
+    (``kind``: one of KINDS, or "KEY=VALUE ..." training settings)."""
     torch.manual_seed(0)
     model = VAE.from_config(cfg.model, shape).to(device)
-    tc = cfg.override(compile="no" if kind == "eager" else "yes").train
+    tc = settings(cfg, kind).train
     average = WeightAverage(model, tc.ema) if tc.ema else None
     if kind == "compiled, Adam compiled too":
         opt = torch.optim.Adam(model.parameters(), lr=torch.tensor(tc.lr), foreach=True,
@@ -58,6 +69,13 @@ def variant(cfg: vaelab.Config, shape, kind: str, device: torch.device):
             average.update(count[0])
         count[0] += 1
     return step
+
+
+def settings(cfg: vaelab.Config, kind: str) -> vaelab.Config:
+    """``cfg`` with a variant's settings."""
+    if kind in KINDS:
+        return cfg.override(**KINDS[kind])
+    return cfg.override(**dict(item.split("=", 1) for item in kind.split()))
 
 
 def epochs(cfg: vaelab.Config, n: int) -> dict[str, list[float]]:
@@ -87,7 +105,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", help="a config file (default: the reference MLP 784-400-20)")
     ap.add_argument("--rounds", type=int, default=9)
-    ap.add_argument("--steps", type=int, default=40, help="steps per round")
+    ap.add_argument("--steps", type=int, default=40,
+                    help="steps per round (of the config's batch size; the other variants "
+                         "step over the same images)")
+    ap.add_argument("--vary", action="append", default=[], metavar='"KEY=VALUE ..."',
+                    help="also time the step with these training settings")
     ap.add_argument("--epochs", type=int, default=0,
                     help="also time this many whole epochs of each, alternating")
     ap.add_argument("--threads", type=int, default=None)
@@ -106,35 +128,42 @@ def main():
         ap.error(str(e))
     cfg = resolve(cfg, data)
     b = cfg.train.batch_size
-    xs = [data.train.batch(slice(i * b, (i + 1) * b)) for i in range(args.steps)]
-    kinds = ["eager", "compiled", "compiled, Adam compiled too"]
+    kinds = list(KINDS) + args.vary
+    try:
+        sizes = {k: settings(cfg, k).train.batch_size for k in kinds}
+    except (vaelab.ConfigError, ValueError) as e:
+        ap.error(f"--vary: {e}")
+    images = b * args.steps
+    xs = {k: [data.train.batch(slice(i, min(i + n, images))) for i in range(0, images, n)]
+          for k, n in sizes.items()}
     steps = {k: variant(cfg, data.image_shape, k, device) for k in kinds}
     warm = {}
     for kind, step in steps.items():
         t0 = time.perf_counter()
-        for x in xs[:3]:
+        for x in xs[kind][:3]:
             step(x)
         warm[kind] = time.perf_counter() - t0
     times: dict[str, list[float]] = {k: [] for k in kinds}
     for _ in range(args.rounds):
         for kind, step in steps.items():
             t0 = time.perf_counter()
-            for x in xs:
+            for x in xs[kind]:
                 step(x)
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            times[kind].append(1e3 * (time.perf_counter() - t0) / len(xs))
+            times[kind].append(time.perf_counter() - t0)
     print(f"{args.config or 'the reference MLP 784-400-20 (ReLU)'}: {device.type}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, batch {b}, "
-          f"{args.rounds} rounds of {args.steps} steps")
+          f"{args.rounds} rounds of {images:,} images")
     print()
-    print("| step | first 3 steps (compilation), s | ms/step (median) | best round | "
-          "vs eager |")
-    print("|---|---:|---:|---:|---:|")
+    print("| step | batch | first 3 steps (compilation), s | ms/step (median) | best round | "
+          "s per 50,000 images | vs eager |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     eager = statistics.median(times["eager"])
     for kind in kinds:
         m = statistics.median(times[kind])
-        print(f"| {kind} | {warm[kind]:.1f} | {m:.2f} | {min(times[kind]):.2f} | "
+        print(f"| {kind} | {sizes[kind]} | {warm[kind]:.1f} | {1e3 * m / len(xs[kind]):.2f} | "
+              f"{1e3 * min(times[kind]) / len(xs[kind]):.2f} | {50_000 * m / images:.2f} | "
               f"{eager / m:.2f}x |")
     if args.epochs:
         seconds = epochs(cfg, args.epochs)

@@ -39,6 +39,47 @@ def test_cosine_with_warmup_follows_its_formula():
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # annealed monotonically
 
 
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_cooldown_anneals_the_last_epochs_to_the_floor(schedule):
+    """lr_cooldown: the schedule's rate until the last epochs, then a half cosine from it
+    down to min_lr, reached at the run's last step (warm-up, stable, decay)."""
+    tc = TrainConfig(lr=2e-3, min_lr=1e-5, lr_schedule=schedule, epochs=10, lr_cooldown=4)
+    plain = Schedule(TrainConfig(lr=2e-3, min_lr=1e-5, lr_schedule=schedule, epochs=10),
+                     n_batches=5, horizon=10)
+    s = Schedule(tc, n_batches=5, horizon=10)
+    steps = [(e, b) for e in range(1, 11) for b in range(5)]
+    for t, (e, b) in enumerate(steps):
+        done = max(0, t - 30 + 1) / 20  # 20 steps of cooling, from step 30 (epoch 7) on
+        want = 1e-5 + (plain.lr(e, b) - 1e-5) * 0.5 * (1 + math.cos(math.pi * done))
+        assert s.lr(e, b) == pytest.approx(want), (e, b)
+    assert s.lr(6, 4) == plain.lr(6, 4) and s.lr(7, 0) < plain.lr(7, 0)
+    assert s.lr(10, 4) == pytest.approx(1e-5)
+    lrs = [s.lr(e, b) for e, b in steps[30:]]
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_a_run_cooled_down_resumes_exactly(tmp_path):
+    """Stopped inside the cooldown (each invocation stopped by the time limit after one
+    epoch) and resumed: the learning rates and weights of the run in one go (the rate is a
+    function of the step, not of what the process remembers)."""
+    kw = dict(epochs=4, lr_cooldown=2, ema=0.9)
+    train(small(**kw), tmp_path / "full", progress=False)
+    for resume in (False, True, True):
+        cut = train(small(**kw), tmp_path / "part", resume=resume, progress=False,
+                    time_limit=1e-3)
+        assert cut.stopped
+    assert Config.load(tmp_path / "part" / "config.toml").train.lr_cooldown == 2  # recorded
+    assert len(read_metrics(tmp_path / "part")) == 3  # epoch 3: inside the cooldown
+    train(small(**kw), tmp_path / "part", resume=True, progress=False)
+    ma, mb = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "part")
+    assert [m["lr"] for m in ma] == [m["lr"] for m in mb]
+    assert [m["val_elbo"] for m in ma] == [m["val_elbo"] for m in mb]
+    assert ma[0]["lr"] == ma[1]["lr"] > ma[2]["lr"] > ma[3]["lr"]
+    a = load_file(tmp_path / "full" / "checkpoint.safetensors")
+    b = load_file(tmp_path / "part" / "checkpoint.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_iwae_schedule_is_burda_et_al():
     """lr * 10^(-i/7) for 3^i epochs, i = 0..7: epoch 1, then 3, 9, 27 ... epochs."""
     stages = [iwae_stage(e) for e in range(1, 3281)]
@@ -169,6 +210,8 @@ def test_plateau_run_resumes_exactly(tmp_path):
     (dict(grad_clip=-1), "grad_clip must be >= 0"),
     (dict(weight_decay=-0.1), "weight_decay must be >= 0"),
     (dict(lr_warmup=-2), "lr_warmup must be >= 0"),
+    (dict(lr_cooldown=-1), "lr_cooldown must be >= 0"),
+    (dict(lr_cooldown=60), "lr_cooldown = 60 must be fewer than the run's epochs (60)"),
 ])
 def test_bad_settings_are_refused(bad, words):
     with pytest.raises(ConfigError, match=words.replace("[", r"\[").replace("(", r"\(")

@@ -143,8 +143,13 @@ class TrainConfig:
     lr_warmup: float = field(default=0.0, metadata=_help(
         "epochs (fractions allowed) over which the learning rate rises linearly from 0 to its "
         "schedule, per step; 0: none"))
+    lr_cooldown: int = field(default=0, metadata=_help(
+        "the last lr_cooldown epochs anneal the learning rate from its schedule's value to "
+        "min_lr (a half cosine, per step; with a constant rate: warm-up, stable, decay); "
+        "0: none"))
     min_lr: float = field(default=0.0, metadata=_help(
-        "the cosine schedule's final learning rate; the floor of the plateau schedule"))
+        "the final learning rate of the cosine schedule and of lr_cooldown; the floor of the "
+        "plateau schedule"))
     plateau_patience: int = field(default=10, metadata=_help(
         "plateau schedule: epochs without a better validation bound before the cut"))
     plateau_factor: float = field(default=0.5, metadata=_help(
@@ -270,7 +275,7 @@ class TrainConfig:
         if not 0 <= self.ema < 1:
             raise ConfigError(f"ema is a decay in [0, 1) (e.g. 0.999; 0: none), got {self.ema:g}")
         for name in ("lr_warmup", "weight_decay", "grad_clip", "plateau_patience", "beta",
-                     "kl_warmup", "free_bits", "select_every", "iwae_epochs"):
+                     "kl_warmup", "free_bits", "select_every", "iwae_epochs", "lr_cooldown"):
             if (getattr(self, name) or 0) < 0:
                 hint = " (0: automatic)" if name == "select_every" else ""
                 raise ConfigError(f"{name} must be >= 0{hint}, got {getattr(self, name)}")
@@ -278,6 +283,9 @@ class TrainConfig:
                                          or self.autoencoder or self.kl_balance):
             raise ConfigError("the iwae objective is a bound on log p(x) as it stands: it "
                               "takes no beta, kl_warmup, free_bits, kl_balance or autoencoder")
+        if self.lr_cooldown >= self.epochs:
+            raise ConfigError(f"lr_cooldown = {self.lr_cooldown} must be fewer than the run's "
+                              f"epochs ({self.epochs}): it anneals the last ones")
         clash = self._tail_clashes() + ([f"epochs = {self.epochs} (the tail is part of the "
                                          "run)"] if (self.iwae_epochs or 0) >= self.epochs else [])
         if self.iwae_epochs and clash:

@@ -371,7 +371,7 @@ def record(s: Session, m: dict, has_val: bool, board: "TensorBoard | None") -> N
         shown += f"  IWAE{tc.samples} {m[f'val_iwae{tc.samples}']:.3f}"
     if "val_log_px" in m:
         shown += f"  val NLL {-m['val_log_px']:.3f} (k={tc.select_k})"
-    if tc.lr_schedule != "constant" or tc.lr_warmup:
+    if tc.lr_schedule != "constant" or tc.lr_warmup or tc.lr_cooldown:
         shown += f"  lr {m['lr']:.3g}"
     took = f"{m['seconds']:.1f}s" + (f" ({m['compile_seconds']:.1f} of it compiling)"
                                       if "compile_seconds" in m else "")

@@ -66,6 +66,10 @@ class Schedule:
             lr = max(tc.min_lr, tc.lr * self.plateau.factor)
         else:
             lr = tc.lr
+        if tc.lr_cooldown:  # the last epochs: from the schedule's value down to min_lr
+            cool = tc.lr_cooldown * self.n_batches
+            done = min(1.0, max(0.0, t + cool - tc.epochs * self.n_batches + 1) / cool)
+            lr = tc.min_lr + (lr - tc.min_lr) * 0.5 * (1 + math.cos(math.pi * done))
         return lr * min(1.0, (t + 1) / warm) if t < warm else lr
 
     def end_epoch(self, score: float) -> None:
