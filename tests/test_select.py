@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from vaelab.config import Config
 from vaelab.errors import ConfigError
-from vaelab.objectives import log_likelihood
+from vaelab.objectives import bf16_estimates, log_likelihood
 from vaelab.runs.records import best_epoch, read_metrics
 from vaelab.runs.rundir import load_run
 from vaelab.training.loop import select_every, train
@@ -44,7 +44,8 @@ def test_the_best_weights_are_the_best_estimate_and_training_is_untouched(tmp_pa
         assert int(f.metadata()["epoch"]) == best["epoch"]
     model, cfg = load_run(tmp_path / "nll")
     first = run.data.val.subset(torch.arange(60))
-    again = log_likelihood(model, first, 20, seed=cfg.train.seed).mean().item()
+    again = log_likelihood(model, first, 20, seed=cfg.train.seed,  # (bf16 where training's was)
+                           bf16=bf16_estimates(model)).mean().item()
     assert again == pytest.approx(best["val_log_px"], abs=1e-4)
 
 

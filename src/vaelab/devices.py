@@ -169,7 +169,9 @@ def fast_bf16_everywhere(device: torch.device, world: "World") -> bool:
 def _cpu_bf16_speedup() -> float:
     """bf16 over fp32 matrix-product rate on this CPU (the best of 5 rounds of each)."""
     def best(dtype: torch.dtype) -> float:
-        a, b = torch.randn(1024, 512, dtype=dtype), torch.randn(512, 784, dtype=dtype)
+        gen = torch.Generator().manual_seed(0)  # (not the global stream: a run's draws stay)
+        a = torch.randn(1024, 512, generator=gen).to(dtype)
+        b = torch.randn(512, 784, generator=gen).to(dtype)
         a @ b  # warm: the kernel chosen, the memory touched
         times = []
         for _ in range(5):
