@@ -23,6 +23,7 @@ against the eager step.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import tempfile
 import time
@@ -32,6 +33,7 @@ from pathlib import Path
 import torch
 
 import vaelab
+from vaelab.config import TrainConfig
 from vaelab.data.splits import load_data, resolve
 from vaelab.devices import SINGLE
 from vaelab.models.vae import VAE
@@ -75,7 +77,14 @@ def settings(cfg: vaelab.Config, kind: str) -> vaelab.Config:
     """``cfg`` with a variant's settings."""
     if kind in KINDS:
         return cfg.override(**KINDS[kind])
-    return cfg.override(**dict(item.split("=", 1) for item in kind.split()))
+    bad = [item for item in kind.split() if "=" not in item]
+    if bad:
+        raise ValueError(f"{', '.join(bad)}: write settings as KEY=VALUE")
+    values = dict(item.split("=", 1) for item in kind.split())
+    model = [k for k in values if k not in {f.name for f in dataclasses.fields(TrainConfig)}]
+    if model:  # (every variant steps the config's model)
+        raise ValueError(f"{', '.join(model)}: only training settings vary here")
+    return cfg.override(**values)
 
 
 def epochs(cfg: vaelab.Config, n: int) -> dict[str, list[float]]:

@@ -31,6 +31,12 @@ def iwae_stage(epoch: int) -> int:
     return i
 
 
+def annealed(high: float, low: float, done: float) -> float:
+    """A half cosine from ``high`` to ``low``, ``done`` of the way (clamped to [0, 1])."""
+    done = min(1.0, max(0.0, done))
+    return low + (high - low) * 0.5 * (1 + math.cos(math.pi * done))
+
+
 @dataclass
 class PlateauState:
     """The reduce-on-plateau rule's memory: the learning rate's factor so far, the best
@@ -58,8 +64,7 @@ class Schedule:
         warm = tc.lr_warmup * self.n_batches
         if tc.lr_schedule == "cosine":
             total = max(1.0, self.horizon * self.n_batches - warm)
-            done = min(1.0, max(0.0, t - warm) / total)
-            lr = tc.min_lr + (tc.lr - tc.min_lr) * 0.5 * (1 + math.cos(math.pi * done))
+            lr = annealed(tc.lr, tc.min_lr, (t - warm) / total)
         elif tc.lr_schedule == "iwae":
             lr = tc.lr * 10 ** (-iwae_stage(epoch) / 7)
         elif tc.lr_schedule == "plateau":
@@ -68,8 +73,7 @@ class Schedule:
             lr = tc.lr
         if tc.lr_cooldown:  # the last epochs: from the schedule's value down to min_lr
             cool = tc.lr_cooldown * self.n_batches
-            done = min(1.0, max(0.0, t + cool - tc.epochs * self.n_batches + 1) / cool)
-            lr = tc.min_lr + (lr - tc.min_lr) * 0.5 * (1 + math.cos(math.pi * done))
+            lr = annealed(lr, tc.min_lr, (t + cool - tc.epochs * self.n_batches + 1) / cool)
         return lr * min(1.0, (t + 1) / warm) if t < warm else lr
 
     def end_epoch(self, score: float) -> None:

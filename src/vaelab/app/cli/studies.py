@@ -25,7 +25,8 @@ class Evaluate(Command):
         p.add_argument("--precision", choices=PRECISIONS, default="auto",
                        help="the decoder passes of log p(x): fp32, bf16 (matrix products in "
                        "bfloat16, log-probabilities in float32), or auto (the default: bf16 "
-                       "where the CPU or GPU does bfloat16 products faster than float32's)")
+                       "where the CPU or GPU does bfloat16 products faster than float32's "
+                       "and the likelihood has at most 17 levels)")
         p.add_argument("--compile", choices=SWITCHES, default="auto",
                        help="compile the decoder passes of log p(x) with torch.compile "
                        "(default auto: on a CPU when images x k is at least 10^7)")
