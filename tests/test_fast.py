@@ -137,24 +137,43 @@ def test_auto_switches_pick_the_fast_paths_per_device():
         cfg.override(compile="always")
 
 
-def test_the_compilation_time_is_measured_once_per_batch_shape():
-    """The first call of the compiled step at each batch size is its compilation: counted
-    in all and per epoch (take_compiling), and left out of nothing else."""
+def test_one_batch_shape_is_compiled_per_objective_and_timed():
+    """The compiled step compiles for its first batch's shape only; the epoch's last,
+    smaller batch steps eagerly (with the eager step's result) instead of compiling a
+    second time. Switching the objective (the IWAE tail) compiles once more. Compiling's
+    seconds are counted in all and per epoch (take_compiling)."""
+    graphs = []
+
+    def counting(gm, example_inputs):  # dynamo's tracing without inductor: quick
+        graphs.append(gm)
+        return gm.forward
+
     cfg, model, x = _setup("mlp", compile="yes")
     step = Stepper(model, make_optimizer(model, 1e-3), cfg.train, torch.device("cpu"),
-                   SINGLE, backend="eager")  # dynamo's tracing without inductor: quick
+                   SINGLE, backend=counting)
     assert step.net is not step.eager and step.compile_seconds == 0
     step(x, None, 1.0, len(x))
-    first = step.compile_seconds
-    assert first > 0 and step.take_compiling() == first and step.take_compiling() == 0
+    first, compiled = step.compile_seconds, len(graphs)
+    assert compiled > 0 and first > 0
+    assert step.take_compiling() == first and step.take_compiling() == 0
     step(x, None, 1.0, len(x))  # the same shape: nothing compiled
     assert step.compile_seconds == first and step.take_compiling() == 0
-    step(x[:10], None, 1.0, 10)  # a last, smaller batch compiles once more
-    assert step.compile_seconds > first and step.take_compiling() > 0
-    eager = Stepper(model, make_optimizer(model, 1e-3), cfg.override(compile="no").train,
+    eager = _loss_and_grads(step.eager, model, x[:10])
+    torch.manual_seed(1)
+    sums = step(x[:10], None, 1.0, 10)  # a last, smaller batch: eagerly
+    assert len(graphs) == compiled and step.compile_seconds == first
+    torch.testing.assert_close(sums[0] / 10, eager[0])
+    step(x, None, 1.0, len(x))
+    assert len(graphs) == compiled and step.net is not step.eager
+    step.use(cfg.override(objective="iwae", iwae_k=3, kl_warmup=0).train)  # another loss: compiled anew
+    step(x, None, 1.0, len(x))
+    assert len(graphs) > compiled and step.compile_seconds > first
+    step(x[:10], None, 1.0, 10)
+    assert step.net is not step.eager
+    plain = Stepper(model, make_optimizer(model, 1e-3), cfg.override(compile="no").train,
                     torch.device("cpu"), SINGLE)
-    eager(x, None, 1.0, len(x))
-    assert eager.compile_seconds == 0 and eager.take_compiling() == 0
+    plain(x, None, 1.0, len(x))
+    assert plain.compile_seconds == 0 and plain.take_compiling() == 0
 
 
 def test_fast_bf16_is_measured_not_read_off_the_cpu_flags(monkeypatch):
@@ -234,3 +253,30 @@ def test_in_training_estimates_take_bf16_products_where_evaluate_would(tmp_path,
     assert bf16_estimates(grey) is False  # 256 levels: bf16 moved estimates by 0.02-0.03
     monkeypatch.setattr(devices, "fast_bf16", lambda device: False)
     assert bf16_estimates(vaelab.load_run(tmp_path / "True")[0]) is False
+
+
+@pytest.mark.slow
+def test_a_compiled_run_stopped_every_epoch_resumes_exactly(tmp_path):
+    """Compiled full batches, the eager last batch of each epoch (digits' 1,295 training
+    images in batches of 64), the IWAE tail compiled anew: stopped after every epoch and
+    resumed, the run gives the numbers and weights of the run in one go."""
+    from safetensors.torch import load_file
+
+    from vaelab.runs.records import read_metrics
+
+    cfg = vaelab.Config().override(dataset="digits", hidden="32", latent_dim=4, epochs=3,
+                                   iwae_epochs=1, iwae_k=3, compile="yes", device="cpu")
+    full = vaelab.train(cfg, tmp_path / "full", progress=False)
+    assert full.history[0]["compile_seconds"] > 0
+    stops, now = 0, cfg
+    while vaelab.train(now, tmp_path / "cut", resume=stops > 0, progress=False,
+                       time_limit=1e-3).stopped:
+        stops += 1
+        now = vaelab.Config.load(tmp_path / "cut" / "config.toml")
+    assert stops == 2
+    a, b = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "cut")
+    for key in ("train_loss", "val_elbo", "val_iwae3"):
+        assert [m.get(key) for m in a] == [m.get(key) for m in b], key
+    for name in ("model.safetensors", "checkpoint.safetensors"):
+        x, y = load_file(tmp_path / "full" / name), load_file(tmp_path / "cut" / name)
+        assert all(torch.equal(x[k], y[k]) for k in x), name

@@ -45,6 +45,7 @@ def test_the_api_answers(server):
     assert [x["name"] for x in r] == ["four", "two", "labels"]
     four = r[0]
     assert sorted(four["order"]) == [0, 1, 2, 3] and len(four["map"]["points"]) > 100
+    assert len(four["dim_labels"]) == 4 and all(t.startswith("KL ") for t in four["dim_labels"])
     d = httpx.post(server + "/api/decode", json={"run": "four", "z": [[0, 0, 0, 0], [1, 0, 0, 0]],
                                                   "sample": True}).json()
     assert len(d["mean"]) == 2 and d["mean"][0].startswith("data:image/png;base64,")
@@ -158,4 +159,5 @@ def test_the_page_moves_draws_and_switches(server, browser):
         r.value = 'two'; r.dispatchEvent(new Event('change'));""")
     wait_for(browser, "return document.getElementById('about').textContent.includes('latent 2');")
     wait_for(browser, "return document.querySelectorAll('#sliders input').length === 2;")
+    assert browser.find_element(By.ID, "sliders").text.count("KL ") == 2  # each dim's label
     assert not browser.execute_script("return !document.getElementById('error').hidden;")

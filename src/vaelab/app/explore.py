@@ -17,14 +17,13 @@ import math
 import threading
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..data.splits import load_data
 from ..noise import seeded
 from ..objectives import bits_per_dim, elbo, log_likelihood
 from ..runs.rundir import load_run
-from ..studies.evaluate import known_kl, latent_diagnostics
+from ..studies.evaluate import latent_diagnostics, ranked_dimensions
 from ..studies.posterior import posterior_grid
 from ..studies.sample import imagine, latent_means, slerp
 
@@ -54,9 +53,7 @@ class Explorer:
         self.labels = sub.labels.tolist() if sub.labels is not None else []
         self.examples = sub.batch(slice(0, min(n, 100))).cpu()  # images for the page
         diag = latent_diagnostics(self.model, sub)
-        kl = np.array(known_kl(diag), dtype=float)
-        self.order = [int(i) for i in np.argsort(-kl)]  # most informative first
-        self.kl_per_dim = kl.tolist()
+        self.order, self.dim_labels = ranked_dimensions(diag)  # most informative first
         self.center = mu.mean(0)  # (L,)
         L = self.model.latent_dim
         if L == 2:
@@ -81,7 +78,7 @@ class Explorer:
                 "latent_dim": m.latent_dim, "layers": m.layers, "likelihood": m.likelihood.name,
                 "prior": self.cfg.model.prior, "classes": self.classes,
                 "conditional": bool(m.classes), "binary": self.binary, "levels": self.levels,
-                "order": self.order, "kl_per_dim": self.kl_per_dim,
+                "order": self.order, "dim_labels": self.dim_labels,
                 "map": {"points": self.points, "labels": self.labels,
                         "extent": self.extent, "plane": m.latent_dim != 2}}
 

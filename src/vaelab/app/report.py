@@ -23,7 +23,7 @@ from ..devices import resolve_device
 from ..files import atomic_write
 from ..runs.records import best_epoch, estimate_words, read_metrics, read_results, tail_words
 from ..runs.rundir import load_run, place, workdir
-from ..studies.evaluate import ACTIVE_THRESHOLD, known_kl, latent_diagnostics
+from ..studies.evaluate import ACTIVE_THRESHOLD, latent_diagnostics, ranked_dimensions
 from ..studies.sample import interpolate, latent_means, manifold, prior_interpolate, traverse
 from .plots import (interpolation_figure, latent_figure, manifold_figure, sample_figures,
                     time_to_quality, training_curves, traversal_figure)
@@ -118,11 +118,11 @@ def make_figures(run_dir: str | Path, out_dir: str | Path, device: str = "auto",
 
 def _traversals(model, x, y, diagnostics: dict, out_dir: Path, max_rows: int,
                 inactive_rows: int = 2) -> Path:
-    """Rows for the active dimensions, largest KL first, then a few inactive ones (they all
-    decode to the same image, so the rest are counted, not drawn)."""
-    kl = torch.tensor(known_kl(diagnostics))
+    """Rows for the active dimensions, most informative first (:func:`ranked_dimensions`),
+    then a few inactive ones (they all decode to the same image, so the rest are counted,
+    not drawn)."""
+    order, labels = ranked_dimensions(diagnostics)
     active = torch.tensor(diagnostics["posterior_mean_var"]) > ACTIVE_THRESHOLD
-    order = torch.argsort(kl, descending=True).tolist()
     on = [d for d in order if active[d]][:max_rows]
     off = [d for d in order if not active[d]]
     dims = on + off[:inactive_rows]
@@ -131,7 +131,7 @@ def _traversals(model, x, y, diagnostics: dict, out_dir: Path, max_rows: int,
         title += (f", then {len(dims) - len(on)} of the {len(off)} inactive ones"
                   if len(off) > inactive_rows else ", then the inactive ones")
     return traversal_figure(traverse(model, x, dims, 11, y),
-                            [f"z{d + 1}  KL {kl[d]:.2f}" for d in dims],
+                            [f"z{d + 1}  {labels[d]}" for d in dims],
                             out_dir / "traversals.png", title)
 
 

@@ -57,10 +57,18 @@ def latent_diagnostics(model: VAE, data: Split | Tensor, batch_size: int = 1000)
             "warnings": warnings}
 
 
-def known_kl(diagnostics: dict) -> list[float]:
-    """The per-dimension KLs of :func:`latent_diagnostics`, 0 where there are none (to
-    order dimensions by)."""
-    return [0.0 if v is None else v for v in diagnostics["kl_per_dim"]]
+def ranked_dimensions(diagnostics: dict) -> tuple[list[int], list[str]]:
+    """The latent dimensions of :func:`latent_diagnostics`, most informative first, and a
+    label of each (by index): by their KL where the prior gives one per dimension ("KL
+    1.23"), else (a mixture prior) by the variance of their posterior means over the data,
+    the active-units measure ("var 0.87")."""
+    kl = diagnostics["kl_per_dim"]
+    if all(v is not None for v in kl):
+        score, name = kl, "KL"
+    else:
+        score, name = diagnostics["posterior_mean_var"], "var"
+    order = sorted(range(len(score)), key=lambda d: -score[d])
+    return order, [f"{name} {v:.2f}" for v in score]
 
 
 COMPILE_FROM = 10_000_000  # decoder passes (images x k): 1-2 minutes of 2 CPU cores, which

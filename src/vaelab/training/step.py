@@ -94,9 +94,9 @@ class Stepper:
         self.model, self.clip = model, tc.grad_clip
         # the global gradient norms before clipping, and how many steps were clipped
         self.norms = torch.zeros(2, device=device)
-        # seconds of the compiled step's first call at each batch shape (its compilation):
-        # in all, and since take_compiling()
-        self.compile_seconds, self._compiling, self._shapes = 0.0, 0.0, set()
+        # seconds of the compiled step's first call (its compilation): in all, and since
+        # take_compiling(); the batch shape it was compiled for
+        self.compile_seconds, self._compiling, self._shape = 0.0, 0.0, None
         paths = fast_paths(tc, model, device)
         self.channels_last = paths["channels_last"]
         if self.channels_last:
@@ -127,12 +127,15 @@ class Stepper:
         # DDP averages gradients over ranks; weighting by the shard's share keeps the
         # gradient that of the global batch's mean when shards differ in size
         share = x.shape[0] * self.world.size / n_global
-        first = self.net is not self.eager and x.shape not in self._shapes
+        # one shape compiled per objective, the first (a full batch): the epoch's last,
+        # smaller batch steps eagerly (compiling it too cost 5-25 s a shape, for one step)
+        net = self.net if self._shape in (None, x.shape) else self.eager
+        first = net is not self.eager and self._shape is None
         t0 = time.perf_counter()
         try:
-            sums = self._gradients(self.net, x, y, beta, share)
+            sums = self._gradients(net, x, y, beta, share)
         except Exception as e:  # compilation can fail (no compiler, an unsupported GPU)
-            if self.net is self.eager:
+            if net is self.eager:
                 raise
             why = " ".join([line.strip() for line in str(e).splitlines() if line.strip()][:2])
             log.warning("the compiled training step failed (%s: %s); training eagerly from "
@@ -140,7 +143,7 @@ class Stepper:
             self.net = self.eager
             sums = self._gradients(self.net, x, y, beta, share)
         if first and self.net is not self.eager:
-            self._shapes.add(x.shape)
+            self._shape = x.shape
             took = time.perf_counter() - t0
             self.compile_seconds += took
             self._compiling += took
@@ -153,7 +156,7 @@ class Stepper:
         epochs: ``TrainConfig.at``); a compiled step compiles again for it."""
         if tc != self.loss.tc:
             self.loss.tc = tc
-            self._shapes.clear()
+            self._shape = None
 
     def _empty_share(self, x: Tensor, y: Tensor | None, beta: float, n_global: int) -> Tensor:
         """Take part in the gradients' all-reduce with one zero-weighted dummy example that

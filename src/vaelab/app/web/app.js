@@ -100,9 +100,8 @@ function buildSliders() {
   const box = $("sliders");
   box.innerHTML = "";
   run.order.forEach((d) => {
-    const kl = run.kl_per_dim[d];
     box.insertAdjacentHTML("beforeend",
-      `<span>z<sub>${d}</sub> <span class="note">KL ${kl.toFixed(2)}</span></span>` +
+      `<span>z<sub>${d}</sub> <span class="note">${run.dim_labels[d]}</span></span>` +
       `<input type="range" min="-3" max="3" step="0.05" value="0" data-dim="${d}" aria-label="z${d}">` +
       `<output id="zv${d}">0.00</output>`);
   });
