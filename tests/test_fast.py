@@ -165,7 +165,7 @@ def test_one_batch_shape_is_compiled_per_objective_and_timed():
     torch.testing.assert_close(sums[0] / 10, eager[0])
     step(x, None, 1.0, len(x))
     assert len(graphs) == compiled and step.net is not step.eager
-    step.use(cfg.override(objective="iwae", iwae_k=3, kl_warmup=0).train)  # another loss: compiled anew
+    step.use(cfg.override(objective="iwae", iwae_k=3, kl_warmup=0).train)  # compiled anew
     step(x, None, 1.0, len(x))
     assert len(graphs) > compiled and step.compile_seconds > first
     step(x[:10], None, 1.0, 10)
