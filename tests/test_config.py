@@ -52,8 +52,17 @@ def test_the_kl_warmup_default_follows_the_objective(tmp_path):
     assert Config().override(autoencoder="true").train.warmup == 0
     assert Config().override(kl_warmup="0").train.warmup == 0
     assert Config().override(kl_warmup="25").train.warmup == 25
-    with pytest.raises(ConfigError, match="takes no beta, kl_warmup"):
+    with pytest.raises(ConfigError, match="does not go with kl_warmup = 3; set --kl-warmup 0$"):
         Config().override(objective="iwae", samples=5, kl_warmup=3)
+    with pytest.raises(ConfigError, match="with beta = 0.5, free_bits = 0.1, autoencoder; set "
+                       "--beta 1, --free-bits 0, no --autoencoder$"):
+        Config().override(objective="iwae", beta=0.5, free_bits=0.1, autoencoder="true")
+    # a run's config.toml holds its warm-up: training it on the IWAE bound names the fix
+    Config().override(kl_warmup="10").save(tmp_path / "run.toml")
+    with pytest.raises(ConfigError, match="kl_warmup = 10; set --kl-warmup 0"):
+        Config.load(tmp_path / "run.toml").override(objective="iwae", samples=5)
+    assert Config.load(tmp_path / "run.toml").override(
+        objective="iwae", samples=5, kl_warmup="0").train.warmup == 0
     Config().save(tmp_path / "c.toml")
     assert Config.load(tmp_path / "c.toml").train.warmup == 10
 

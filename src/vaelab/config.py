@@ -279,10 +279,15 @@ class TrainConfig:
             if (getattr(self, name) or 0) < 0:
                 hint = " (0: automatic)" if name == "select_every" else ""
                 raise ConfigError(f"{name} must be >= 0{hint}, got {getattr(self, name)}")
-        if self.objective == "iwae" and (self.beta != 1 or self.kl_warmup or self.free_bits
-                                         or self.autoencoder or self.kl_balance):
-            raise ConfigError("the iwae objective is a bound on log p(x) as it stands: it "
-                              "takes no beta, kl_warmup, free_bits, kl_balance or autoencoder")
+        bad = [(f"{name} = {value:g}", f"--{name.replace('_', '-')} {fix}")
+               for name, value, fix in (("beta", self.beta, 1), ("kl_warmup", self.kl_warmup
+                                        or 0, 0), ("free_bits", self.free_bits, 0))
+               if value != fix] + [(name, f"no --{name.replace('_', '-')}") for name in
+                                   ("kl_balance", "autoencoder") if getattr(self, name)]
+        if self.objective == "iwae" and bad:  # (a run's config.toml holds its KL warm-up)
+            raise ConfigError(
+                "the iwae objective is a bound on log p(x) as it stands: it does not go with "
+                f"{', '.join(b for b, _ in bad)}; set {', '.join(f for _, f in bad)}")
         if self.lr_cooldown >= self.epochs:
             raise ConfigError(f"lr_cooldown = {self.lr_cooldown} must be fewer than the run's "
                               f"epochs ({self.epochs}): it anneals the last ones")
@@ -291,7 +296,7 @@ class TrainConfig:
         if self.iwae_epochs and clash:
             raise ConfigError(f"iwae_epochs = {self.iwae_epochs} (an ELBO run's last epochs on "
                               f"the IWAE bound) does not go with {'; '.join(clash)}: change "
-                              "those, or set iwae_epochs = 0")
+                              "those, or set iwae_epochs = 0 (--iwae-epochs 0)")
 
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
