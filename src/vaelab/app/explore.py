@@ -5,7 +5,8 @@ batched forward pass over tensors (the web server, :mod:`vaelab.app.serve`, is t
 * the latent map: a plane through the codes (the latent itself when it is 2-D, else the
   first two principal axes of the test images' posterior means), their points and labels,
   and any point of the plane decoded;
-* the dimensions ordered by their KL (the most informative first);
+* the dimensions ordered by their KL (the most informative first; a VampPrior's by the
+  variance of their posterior means);
 * an image in: q(z|x), the reconstruction, -ELBO and an importance-sampled log p(x), its
   point on the map, and for a conditional model p(y|x) by Bayes rule;
 * interpolations through posterior means (linear) or prior samples (spherical), and for

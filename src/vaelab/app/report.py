@@ -41,7 +41,8 @@ FIGURES = {
                        "along the straight line between their posterior means (codes, not "
                        "samples). Right: great circles between two prior samples."),
     "traversals": ("Latent traversals",
-                   "One row per active latent dimension, largest KL(q||p) first, then "
+                   "One row per active latent dimension, largest KL(q||p) first (a "
+                   "VampPrior's: largest variance of the posterior means), then "
                    "inactive ones: that coordinate swept over the prior's 5%..95% quantiles, "
                    "the others held at a test image's posterior mean."),
     "manifold": ("The learned manifold", "E[x|z] over a grid of the prior's quantiles "
