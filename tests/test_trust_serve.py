@@ -85,8 +85,15 @@ def test_a_chunked_body_over_the_limit_is_refused_at_the_limit(server, total_mb)
 
 def test_a_head_over_the_limit_is_refused(server):
     port, _ = server
-    r = httpx.get(f"http://127.0.0.1:{port}/api/runs", headers={"x-big": "a" * (64 << 10)})
-    assert r.status_code in (400, 431)
+    # refused on the head: answered 400/431 and closed; a client still writing its 64 KiB
+    # head can see the closed connection's reset before it reads that answer (seen once in
+    # a full suite under load), which is a refusal too. It must not be served, and the
+    # server must stay up.
+    try:
+        r = httpx.get(f"http://127.0.0.1:{port}/api/runs", headers={"x-big": "a" * (64 << 10)})
+        assert r.status_code in (400, 431)
+    except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError):
+        pass
     assert httpx.get(f"http://127.0.0.1:{port}/api/runs").status_code == 200
 
 
