@@ -247,6 +247,18 @@ class TrainConfig:
             (f"select = {self.select} (the ELBO and the IWAE bound do not compare: select = "
              "nll keeps the weights on the log-likelihood)", self.select != "nll")) if bad]
 
+    def _iwae_clashes(self) -> list[tuple[str, str]]:
+        """The settings the IWAE objective does not go with, each with its fix's flag."""
+        out = []
+        for name, value, fix in (("beta", self.beta, 1), ("kl_warmup", self.kl_warmup or 0, 0),
+                                 ("free_bits", self.free_bits, 0)):
+            if value != fix:
+                out.append((f"{name} = {value:g}", f"--{name.replace('_', '-')} {fix}"))
+        for name in ("kl_balance", "autoencoder"):
+            if getattr(self, name):
+                out.append((name, f"no --{name.replace('_', '-')}"))
+        return out
+
     def at(self, epoch: int) -> "TrainConfig":
         """The settings epoch ``epoch`` (from 1) trains with: the IWAE bound in the last
         ``tail`` epochs of the run, these settings before."""
@@ -279,12 +291,8 @@ class TrainConfig:
             if (getattr(self, name) or 0) < 0:
                 hint = " (0: automatic)" if name == "select_every" else ""
                 raise ConfigError(f"{name} must be >= 0{hint}, got {getattr(self, name)}")
-        bad = [(f"{name} = {value:g}", f"--{name.replace('_', '-')} {fix}")
-               for name, value, fix in (("beta", self.beta, 1), ("kl_warmup", self.kl_warmup
-                                        or 0, 0), ("free_bits", self.free_bits, 0))
-               if value != fix] + [(name, f"no --{name.replace('_', '-')}") for name in
-                                   ("kl_balance", "autoencoder") if getattr(self, name)]
-        if self.objective == "iwae" and bad:  # (a run's config.toml holds its KL warm-up)
+        bad = self._iwae_clashes() if self.objective == "iwae" else []
+        if bad:  # (a run's config.toml holds its KL warm-up)
             raise ConfigError(
                 "the iwae objective is a bound on log p(x) as it stands: it does not go with "
                 f"{', '.join(b for b, _ in bad)}; set {', '.join(f for _, f in bad)}")
