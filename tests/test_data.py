@@ -114,6 +114,33 @@ def test_digits_binarization_modes(mode):
         assert abs(data.test.batch(slice(None)).mean() - grey.test.batch(slice(None)).mean()) < 0.01
 
 
+@pytest.mark.parametrize("max_value", [255, 16])
+def test_dynamic_binarization_draws_bernoulli_of_each_grey_level(max_value):
+    """Each grey level g is drawn 1 with probability g / max_value (to 2^-16): black
+    and white exactly, every level in between within 4.5 standard errors over 4,000 draws;
+    the draws come from the generator (the same seed, the same bits) and batch shards
+    take their rows of the global batch's bits."""
+    from vaelab.data.splits import Split
+    from vaelab.noise import batch_shard
+
+    levels = torch.arange(max_value + 1, dtype=torch.uint8)
+    images = levels.repeat(4000).view(4000, 1, 1, max_value + 1)
+    split = Split(images, None, max_value, dynamic=True)
+    x = split.batch(slice(None), torch.Generator().manual_seed(0))
+    assert x.dtype == torch.float32 and set(x.unique().tolist()) == {0.0, 1.0}
+    freq, p = x.mean(0).flatten().double(), levels.double() / max_value
+    assert freq[0] == 0 and freq[-1] == 1
+    se = (p * (1 - p) / 4000).sqrt()
+    assert ((freq - p).abs() <= 4.5 * se + 2 ** -16).all(), (freq - p).abs().max()
+    # over all levels at once (a g / (max_value + 1) rule would be 4.9 errors off here)
+    assert abs((freq - p).sum()) <= 4.5 * se.square().sum().sqrt() + 2 ** -16
+    again = split.batch(slice(None), torch.Generator().manual_seed(0))
+    assert torch.equal(x, again)
+    with batch_shard(1000, 2500, 4000):
+        part = split.batch(slice(1000, 2500), torch.Generator().manual_seed(0))
+    assert torch.equal(part, x[1000:2500])
+
+
 def test_batches_cover_the_split_once():
     data = load_data(DataConfig(dataset="digits", binarize="none"))
     g = torch.Generator().manual_seed(0)

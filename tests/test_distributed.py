@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 import vaelab
 from vaelab.data.splits import load_data
 from vaelab.devices import World
-from vaelab.noise import batch_shard as noise_shard, standard_normal, uniform
+from vaelab.noise import batch_shard as noise_shard, standard_normal, uniform16
 
 pytestmark = pytest.mark.slow  # real processes, servers, browsers, trainings
 
@@ -127,7 +127,7 @@ def test_world_parts_cover_a_batch_once():
 def test_sharded_draws_are_the_global_draw():
     torch.manual_seed(3)
     full_n = standard_normal((2, 7, 4), -2, torch.float32, torch.device("cpu"))
-    full_u = uniform((7, 3), 0, torch.device("cpu"))
+    full_u = uniform16((7, 3), 0, torch.device("cpu"))
     pieces_n, pieces_u = [], []
     for r in range(3):
         a, b = World(r, 3).part(7)
@@ -135,7 +135,7 @@ def test_sharded_draws_are_the_global_draw():
         with noise_shard(a, b, 7):
             pieces_n.append(standard_normal((2, b - a, 4), -2, torch.float32,
                                             torch.device("cpu")))
-            pieces_u.append(uniform((b - a, 3), 0, torch.device("cpu")))
+            pieces_u.append(uniform16((b - a, 3), 0, torch.device("cpu")))
     assert torch.equal(torch.cat(pieces_n, 1), full_n)
     assert torch.equal(torch.cat(pieces_u, 0), full_u)
     with noise_shard(0, 2, 7), pytest.raises(RuntimeError, match="shard holds 2"):

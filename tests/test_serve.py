@@ -160,4 +160,9 @@ def test_the_page_moves_draws_and_switches(server, browser):
     wait_for(browser, "return document.getElementById('about').textContent.includes('latent 2');")
     wait_for(browser, "return document.querySelectorAll('#sliders input').length === 2;")
     assert browser.find_element(By.ID, "sliders").text.count("KL ") == 2  # each dim's label
+    # numbered from 1 as in the report's traversals: z1 and z2, in the ranked order
+    labels = browser.execute_script("""return [...document.querySelectorAll(
+        '#sliders input')].map((s) => [s.dataset.dim, s.getAttribute('aria-label')]);""")
+    assert sorted(label for _, label in labels) == ["z1", "z2"]
+    assert all(label == f"z{int(d) + 1}" for d, label in labels)
     assert not browser.execute_script("return !document.getElementById('error').hidden;")

@@ -1,13 +1,13 @@
 """Where random numbers come from.
 
 * :func:`seeded` runs a block on its own seeded stream and restores the caller's.
-* :func:`standard_normal` and :func:`uniform` are the noise of the reparameterization
+* :func:`standard_normal` and :func:`uniform16` are the noise of the reparameterization
   (``distributions.ShardableNormal``) and of dynamic binarization (``data.Split``). Inside
   a :func:`batch_shard` block they draw the numbers of a whole global batch of examples
   and return this process's rows of it, so a batch cut over several processes (torchrun)
   uses the numbers that one process would (see :mod:`vaelab.devices`). The block is
   entered by ``Split.batches`` around each shard it yields; outside any block, a draw is a
-  plain ``torch.randn`` / ``torch.rand``.
+  plain ``torch.randn`` / ``torch.randint``.
 * Inside an :class:`ExampleStreams` block, :func:`standard_normal`'s draws of samples of
   examples, (samples, B, L), take every example's numbers from a stream of its own,
   keyed by the seed, the example's index in the data and the samples' place: the
@@ -43,7 +43,7 @@ def seeded(seed: int | None, device: torch.device | str = "cpu") -> Iterator[Non
 
 @contextmanager
 def batch_shard(start: int, stop: int, total: int) -> Iterator[None]:
-    """Within the block, :func:`standard_normal` and :func:`uniform` draw numbers for a
+    """Within the block, :func:`standard_normal` and :func:`uniform16` draw numbers for a
     global batch of ``total`` examples and return rows ``start:stop`` of it."""
     before, _SHARD[0] = _SHARD[0], (start, stop, total)
     try:
@@ -137,8 +137,17 @@ def standard_normal(shape: torch.Size, dim: int, dtype: torch.dtype, device: tor
     return _draw(torch.randn, torch.Size(shape), dim, dtype=dtype, device=device)
 
 
-def uniform(shape: torch.Size, dim: int, device: torch.device,
-            generator: torch.Generator | None = None) -> Tensor:
-    """U(0, 1) numbers of ``shape`` from ``generator``, whose dimension ``dim`` runs over
-    the examples."""
-    return _draw(torch.rand, torch.Size(shape), dim, device=device, generator=generator)
+def _bits16(shape, device: torch.device, generator: torch.Generator | None) -> Tensor:
+    shape = torch.Size(shape)
+    n = shape.numel()
+    words = torch.randint(-2 ** 63, 2 ** 63 - 1, ((n + 3) // 4,), dtype=torch.int64,
+                          device=device, generator=generator)
+    return words.view(torch.int16)[:n].view(shape)
+
+
+def uniform16(shape: torch.Size, dim: int, device: torch.device,
+              generator: torch.Generator | None = None) -> Tensor:
+    """int16 numbers of ``shape`` whose values + 32768 are uniform on {0, ..., 65535}, from
+    ``generator``; dimension ``dim`` runs over the examples. Four to a 64-bit draw: on a
+    CPU about 3x faster than ``torch.rand``'s one 32-bit draw per float."""
+    return _draw(_bits16, torch.Size(shape), dim, device=device, generator=generator)

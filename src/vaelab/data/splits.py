@@ -29,7 +29,7 @@ import torch
 from ..config import Config, DataConfig
 from ..devices import SINGLE, World
 from ..errors import ConfigError, DataError
-from ..noise import batch_shard, seeded, uniform
+from ..noise import batch_shard, seeded, uniform16
 from . import folders  # noqa: F401 (registers the folder data set)
 from .datasets import DATASETS
 
@@ -82,10 +82,15 @@ class Split:
         return t.to(self.device, non_blocking=True)
 
     def _floats(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        x = images.float().div_(self.max_value)  # (B, C, H, W)
-        if self.dynamic:  # x ~ Bernoulli(grey); the uniforms sharded like the batch
-            x = (uniform(x.shape, 0, x.device, generator) < x).float()
-        return x
+        if not self.dynamic:
+            return images.float().div_(self.max_value)  # (B, C, H, W)
+        # x ~ Bernoulli(grey / max_value) to 2^-16: 1 where u < t = ceil(65536 grey /
+        # max_value), u uniform on {0..65535} (so t - u >= 1), in float ops that vectorize
+        # (t is 0 for black and 65536 for white: those stay exact); the numbers sharded
+        # like the batch
+        u = uniform16(images.shape, 0, images.device, generator)
+        t = images.float().mul_(65536 / self.max_value).ceil_().sub_(32768)
+        return t.sub_(u).clamp_(0, 1)
 
     def _rows(self, idx: torch.Tensor | slice) -> torch.Tensor | slice:
         """``idx`` where the images are (an index tensor may come from the device)."""
@@ -93,7 +98,10 @@ class Split:
 
     def _take(self, idx: torch.Tensor | slice) -> torch.Tensor:
         """The uint8 images at ``idx`` (positions in this split), where they are kept."""
-        return self.images[idx if self.rows is None else self.rows[idx]]
+        rows = idx if self.rows is None else self.rows[idx]
+        if isinstance(rows, torch.Tensor):  # (index_select: 5x faster than [rows] on a CPU)
+            return self.images.index_select(0, rows)
+        return self.images[rows]
 
     def stored(self) -> torch.Tensor:
         """All of this split's uint8 images, where they are kept (a copy if the split is

@@ -126,10 +126,13 @@ class WeightAverage:
     def __init__(self, model: nn.Module, decay: float):
         self.decay, self.source = decay, model
         self.model = copy.deepcopy(model).requires_grad_(False)
+        self._pairs: tuple[list, list] | None = None  # (average's, source's) parameters
 
     @torch.no_grad()
     def update(self, n: int) -> None:
         """After the ``n``-th update so far (from 0) of the source weights."""
         d = min(self.decay, (1 + n) / (10 + n))
-        torch._foreach_lerp_([p.detach() for p in self.model.parameters()],
-                             [p.detach() for p in self.source.parameters()], 1 - d)
+        if self._pairs is None:  # (the Parameter objects outlive .to() and loading)
+            self._pairs = list(self.model.parameters()), list(self.source.parameters())
+        torch._foreach_lerp_(*self._pairs, 1 - d)
+

@@ -101,8 +101,9 @@ function buildSliders() {
   box.innerHTML = "";
   run.order.forEach((d) => {
     box.insertAdjacentHTML("beforeend",
-      `<span>z<sub>${d}</sub> <span class="note">${run.dim_labels[d]}</span></span>` +
-      `<input type="range" min="-3" max="3" step="0.05" value="0" data-dim="${d}" aria-label="z${d}">` +
+      // dimensions numbered from 1, as in the report's traversals
+      `<span>z<sub>${d + 1}</sub> <span class="note">${run.dim_labels[d]}</span></span>` +
+      `<input type="range" min="-3" max="3" step="0.05" value="0" data-dim="${d}" aria-label="z${d + 1}">` +
       `<output id="zv${d}">0.00</output>`);
   });
   box.querySelectorAll("input").forEach((s) => s.addEventListener("input", () => {
