@@ -138,15 +138,19 @@ def test_auto_switches_pick_the_fast_paths_per_device():
 
 
 def test_one_batch_shape_is_compiled_per_objective_and_timed():
-    """The compiled step compiles for its first batch's shape only; the epoch's last,
-    smaller batch steps eagerly (with the eager step's result) instead of compiling a
+    """The compiled step compiles for its first (global) batch's size only; the epoch's
+    last, smaller batch steps eagerly (with the eager step's result) instead of compiling a
     second time. Switching the objective (the IWAE tail) compiles once more. Compiling's
     seconds are counted in all and per epoch (take_compiling)."""
-    graphs = []
+    graphs, calls = [], [0]
 
     def counting(gm, example_inputs):  # dynamo's tracing without inductor: quick
         graphs.append(gm)
-        return gm.forward
+
+        def run(*args):
+            calls[0] += 1
+            return gm.forward(*args)
+        return run
 
     cfg, model, x = _setup("mlp", compile="yes")
     step = Stepper(model, make_optimizer(model, 1e-3), cfg.train, torch.device("cpu"),
@@ -165,6 +169,13 @@ def test_one_batch_shape_is_compiled_per_objective_and_timed():
     torch.testing.assert_close(sums[0] / 10, eager[0])
     step(x, None, 1.0, len(x))
     assert len(graphs) == compiled and step.net is not step.eager
+    # keyed by the global batch: a rank's share of a job's last batch steps eagerly even
+    # where it has the usual local size (so that all ranks step alike)
+    before = calls[0]
+    step(x, None, 1.0, len(x) + 3)
+    assert calls[0] == before and len(graphs) == compiled
+    step(x, None, 1.0, len(x))
+    assert calls[0] > before
     step.use(cfg.override(objective="iwae", iwae_k=3, kl_warmup=0).train)  # compiled anew
     step(x, None, 1.0, len(x))
     assert len(graphs) > compiled and step.compile_seconds > first

@@ -95,8 +95,8 @@ class Stepper:
         # the global gradient norms before clipping, and how many steps were clipped
         self.norms = torch.zeros(2, device=device)
         # seconds of the compiled step's first call (its compilation): in all, and since
-        # take_compiling(); the batch shape it was compiled for
-        self.compile_seconds, self._compiling, self._shape = 0.0, 0.0, None
+        # take_compiling(); the global batch size it was compiled for
+        self.compile_seconds, self._compiling, self._batch = 0.0, 0.0, None
         paths = fast_paths(tc, model, device)
         self.channels_last = paths["channels_last"]
         if self.channels_last:
@@ -128,9 +128,10 @@ class Stepper:
         # gradient that of the global batch's mean when shards differ in size
         share = x.shape[0] * self.world.size / n_global
         # one shape compiled per objective, the first (a full batch): the epoch's last,
-        # smaller batch steps eagerly (compiling it too cost 5-25 s a shape, for one step)
-        net = self.net if self._shape in (None, x.shape) else self.eager
-        first = net is not self.eager and self._shape is None
+        # smaller batch steps eagerly (compiling it too cost 5-25 s a shape, for one step).
+        # Keyed by the global batch, so that every rank of a job steps the same way
+        net = self.net if self._batch in (None, n_global) else self.eager
+        first = net is not self.eager and self._batch is None
         t0 = time.perf_counter()
         try:
             sums = self._gradients(net, x, y, beta, share)
@@ -143,7 +144,7 @@ class Stepper:
             self.net = self.eager
             sums = self._gradients(self.net, x, y, beta, share)
         if first and self.net is not self.eager:
-            self._shape = x.shape
+            self._batch = n_global
             took = time.perf_counter() - t0
             self.compile_seconds += took
             self._compiling += took
@@ -156,7 +157,7 @@ class Stepper:
         epochs: ``TrainConfig.at``); a compiled step compiles again for it."""
         if tc != self.loss.tc:
             self.loss.tc = tc
-            self._shape = None
+            self._batch = None
 
     def _empty_share(self, x: Tensor, y: Tensor | None, beta: float, n_global: int) -> Tensor:
         """Take part in the gradients' all-reduce with one zero-weighted dummy example that
