@@ -12,7 +12,8 @@ variant with those training settings (``batch_size``, ``compile``, ``precision``
 round then stepping every variant over the same images, cut into its own batches.
 Printed: the compilation's seconds (its first steps), the median and the best round's
 milliseconds per step, seconds per epoch of 50,000 images, and each variant's speed
-against the eager step.
+against the eager step; then the data path alone (an epoch's batches drawn, shuffled and
+binarized, per batch).
 
     python benchmarks/step_speed.py                                   # the reference MLP
     python benchmarks/step_speed.py --config configs/fashion-mnist-mlp-ema.toml --epochs 30
@@ -110,6 +111,20 @@ def epochs(cfg: vaelab.Config, n: int) -> dict[str, list[float]]:
     return {kind: seconds for kind, (_, _, seconds) in runs.items()}
 
 
+def data_path(data, batch_size: int, device: torch.device, rounds: int = 3) -> float:
+    """Seconds per batch of drawing an epoch's batches (the median of ``rounds`` epochs)."""
+    per = []
+    for r in range(rounds):
+        gen = torch.Generator(device).manual_seed(r)
+        t0, n = time.perf_counter(), 0
+        for x in data.train.batches(batch_size, shuffle=True, generator=gen):
+            n += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        per.append((time.perf_counter() - t0) / n)
+    return statistics.median(per)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", help="a config file (default: the reference MLP 784-400-20)")
@@ -174,6 +189,12 @@ def main():
         print(f"| {kind} | {sizes[kind]} | {warm[kind]:.1f} | {1e3 * m / len(xs[kind]):.2f} | "
               f"{1e3 * min(times[kind]) / len(xs[kind]):.2f} | {50_000 * m / images:.2f} | "
               f"{eager / m:.2f}x |")
+    per_batch = data_path(data, b, device)
+    print()
+    print(f"The data path alone (one epoch's batches of {b}, shuffled, "
+          f"{'binarized as drawn' if data.train.dynamic else 'as stored'}): "
+          f"{1e3 * per_batch:.2f} ms per batch, {per_batch / (eager / len(xs['eager'])):.0%} "
+          f"of the eager step")
     if args.epochs:
         seconds = epochs(cfg, args.epochs)
         print()
