@@ -139,6 +139,9 @@ def standard_normal(shape: torch.Size, dim: int, dtype: torch.dtype, device: tor
 
 def _bits16(shape, device: torch.device, generator: torch.Generator | None) -> Tensor:
     shape = torch.Size(shape)
+    if torch.device(device).type not in ("cpu", "cuda"):  # (no 64-bit draws assumed: MPS)
+        return torch.randint(-2 ** 15, 2 ** 15, shape, dtype=torch.int32, device=device,
+                             generator=generator)
     n = shape.numel()
     words = torch.randint(-2 ** 63, 2 ** 63 - 1, ((n + 3) // 4,), dtype=torch.int64,
                           device=device, generator=generator)
@@ -147,7 +150,7 @@ def _bits16(shape, device: torch.device, generator: torch.Generator | None) -> T
 
 def uniform16(shape: torch.Size, dim: int, device: torch.device,
               generator: torch.Generator | None = None) -> Tensor:
-    """int16 numbers of ``shape`` whose values + 32768 are uniform on {0, ..., 65535}, from
+    """Integers of ``shape`` (int16) whose values + 32768 are uniform on {0, ..., 65535}, from
     ``generator``; dimension ``dim`` runs over the examples. Four to a 64-bit draw: on a
     CPU about 3x faster than ``torch.rand``'s one 32-bit draw per float."""
     return _draw(_bits16, torch.Size(shape), dim, device=device, generator=generator)

@@ -9,8 +9,9 @@ Binarization (``DataConfig.binarize``):
 
 * ``none``    grey values ``x / max_value`` in [0, 1];
 * ``dynamic`` the training set is re-drawn ``x ~ Bernoulli(grey)`` for every batch
-  (Salakhutdinov & Murray 2008; Burda et al. 2016), while validation and test images are
-  drawn once with ``binarize_seed``, so numbers compare across runs;
+  (Salakhutdinov & Murray 2008; Burda et al. 2016; the probability to 2^-16, black and
+  white exact), while validation and test images are drawn once with ``binarize_seed``,
+  so numbers compare across runs;
 * ``static``  every split is drawn once with ``binarize_seed``.
 """
 from __future__ import annotations
