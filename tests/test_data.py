@@ -98,6 +98,26 @@ def test_fashion_mnist_protocol_split(fashion_dir):
     assert data.classes[0] == "T-shirt/top"
 
 
+def test_digits_are_read_as_scikit_learn_loads_them():
+    """The digits come from scikit-learn's bundled file without importing scikit-learn:
+    the same images and labels as ``load_digits``, in a process where it is not loaded."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from vaelab.data.datasets import _digits_arrays
+
+    images, target = _digits_arrays()
+    d = load_digits()
+    assert np.array_equal(images, d.images) and np.array_equal(target, d.target)
+    code = ("import sys; from vaelab.data.datasets import _digits_arrays; _digits_arrays(); "
+            "print('sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
+
+
 @pytest.mark.parametrize("mode", ["none", "dynamic", "static"])
 def test_digits_binarization_modes(mode):
     data = load_data(DataConfig(dataset="digits", binarize=mode))
