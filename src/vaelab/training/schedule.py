@@ -135,4 +135,3 @@ class WeightAverage:
         if self._pairs is None:  # (the Parameter objects outlive .to() and loading)
             self._pairs = list(self.model.parameters()), list(self.source.parameters())
         torch._foreach_lerp_(*self._pairs, 1 - d)
-
