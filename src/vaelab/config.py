@@ -31,6 +31,8 @@ OBJECTIVES = ("elbo", "iwae")
 SELECTS = ("elbo", "nll")
 DEFAULT_KL_WARMUP = 10
 DEFAULT_TAIL = 6  # the IWAE tail's default: a sixth of the epochs
+# the training settings that leave the ELBO a bound on log p(x) as it stands
+BOUND = {"beta": 1, "kl_warmup": 0, "free_bits": 0, "kl_balance": False, "autoencoder": False}
 LR_SCHEDULES = ("constant", "cosine", "iwae", "plateau")
 
 
@@ -240,23 +242,26 @@ class TrainConfig:
     def _tail_clashes(self) -> list[str]:
         """The settings that an IWAE tail does not go with (none: an ELBO run with beta 1,
         no free bits, kept on the NLL)."""
-        return [what for what, bad in (
-            ("objective = iwae", self.objective == "iwae"), ("autoencoder", self.autoencoder),
-            (f"beta = {self.beta:g}", self.beta != 1),
-            (f"free_bits = {self.free_bits:g}", self.free_bits > 0),
-            (f"select = {self.select} (the ELBO and the IWAE bound do not compare: select = "
-             "nll keeps the weights on the log-likelihood)", self.select != "nll")) if bad]
+        return [what for what, _ in self._loosened(("autoencoder", "beta", "free_bits"))] + [
+            what for what, bad in (
+                ("objective = iwae", self.objective == "iwae"),
+                (f"select = {self.select} (the ELBO and the IWAE bound do not compare: select = "
+                 "nll keeps the weights on the log-likelihood)", self.select != "nll")) if bad]
 
     def _iwae_clashes(self) -> list[tuple[str, str]]:
         """The settings the IWAE objective does not go with, each with its fix's flag."""
+        return self._loosened(("beta", "kl_warmup", "free_bits", "kl_balance", "autoencoder"))
+
+    def _loosened(self, names: tuple[str, ...]) -> list[tuple[str, str]]:
+        """Those of ``names`` set so that the objective is no bound on log p(x) as it
+        stands: ("name = value", the flag that sets it back), in the order given."""
         out = []
-        for name, value, fix in (("beta", self.beta, 1), ("kl_warmup", self.kl_warmup or 0, 0),
-                                 ("free_bits", self.free_bits, 0)):
-            if value != fix:
-                out.append((f"{name} = {value:g}", f"--{name.replace('_', '-')} {fix}"))
-        for name in ("kl_balance", "autoencoder"):
-            if getattr(self, name):
-                out.append((name, f"no --{name.replace('_', '-')}"))
+        for name in names:
+            value, flag = getattr(self, name) or 0, "--" + name.replace("_", "-")
+            if isinstance(BOUND[name], bool):
+                out += [(name, f"no {flag}")] if value else []
+            elif value != BOUND[name]:
+                out.append((f"{name} = {value:g}", f"{flag} {BOUND[name]:g}"))
         return out
 
     def at(self, epoch: int) -> "TrainConfig":
