@@ -183,17 +183,19 @@ def unpack(batch: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor | None
 def elbo_over(model, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: int = 1,
               sample: bool = True, iwae_k: int = 0, world: World = SINGLE) -> dict[str, float]:
     """Mean ELBO, reconstruction and KL (nats per example) over an iterable of batches;
-    with ``iwae_k`` > 0 also the mean importance-weighted bound with that many samples.
+    with ``iwae_k`` > 0 also the mean importance-weighted bound with that many samples,
+    from the same samples as the ELBO (one encoder and ``iwae_k`` decoder passes per
+    image for both: the ELBO is then the mean over those samples, ``k`` is not used).
     Over several processes: the means over every rank's batches."""
     dev = model.device
     sums = torch.zeros(5, dtype=torch.float32 if dev.type == "mps" else torch.float64,
                        device=dev)  # elbo, recon, kl, iwae, number of examples
     for batch in batches:
         x, y = unpack(batch)
-        _, t = elbo(model, x, k, y=y, sample=sample)
+        loss, t = elbo(model, x, iwae_k or k, y=y, sample=sample, iwae=iwae_k > 0)
         sums += torch.stack([t.elbo.sum(), t.recon.sum(), t.kl.sum(),
-                             iwae_bound(model, x, iwae_k, y).sum() if iwae_k
-                             else t.kl.new_zeros(()), t.kl.new_tensor(x.shape[0])]).to(sums.dtype)
+                             -loss * x.shape[0] if iwae_k else t.kl.new_zeros(()),
+                             t.kl.new_tensor(x.shape[0])]).to(sums.dtype)
     *sums, n = world.sum(sums).tolist()
     if n == 0:
         return {"elbo": math.nan, "recon": math.nan, "kl": math.nan, "iwae": math.nan, "n": 0}

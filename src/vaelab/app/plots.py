@@ -151,12 +151,12 @@ def training_curves(history: list[dict], path: str | Path, title: str | None = N
                                       ("kl", "KL(q(z|x) || p(z))")]):
         ax = fig.add_subplot(1, panels, i + 1)
         ax.plot(epochs, [m[f"train_{key}"] for m in history], label="train")
-        online = key == "elbo" and all("val_elbo_online" in m for m in history)
+        online = [m for m in history if "val_elbo_online" in m] if key == "elbo" else []
         ax.plot(epochs, [m[f"val_{key}"] for m in history],
                 label="validation, moving average" if online else "validation")
-        if online:
-            ax.plot(epochs, [m["val_elbo_online"] for m in history], "--", lw=1,
-                    label="validation, trained weights")
+        if online:  # (validated on the log-likelihood estimates' epochs)
+            ax.plot([m["epoch"] for m in online], [m["val_elbo_online"] for m in online],
+                    "--", lw=1, label="validation, trained weights")
         estimated = [m for m in history if "val_log_px" in m] if key == "elbo" else []
         if estimated:  # select = nll: the estimates that chose the best weights
             ax.plot([m["epoch"] for m in estimated], [m["val_log_px"] for m in estimated],

@@ -22,6 +22,7 @@ from ..devices import World, current_world, fast_bf16_everywhere, join, resolve_
 from ..errors import RunError
 from ..files import atomic_write
 from ..models.vae import VAE
+from ..noise import seeded
 from ..objectives import bf16_estimates, bits_per_dim, elbo_over, log_likelihood, unpack
 from ..runs.checkpoint import TrainState, restore_checkpoint, save_checkpoint
 from ..runs.lock import RunLock, check_run_dir
@@ -292,19 +293,21 @@ def select_every(tc, n_train: int, n_val: int) -> int:
 
 
 def validate(s: Session, epoch: int, last: bool = False) -> tuple[dict, int]:
-    """The validation ELBO, its terms and bits/dim (and the IWAE bound the run trains), the
-    importance-sampled log-likelihood when ``select = "nll"`` estimates it this epoch (the
-    first, every ``select_every``-th and the last: the run's, or ``last``, where a time
-    limit stops it), and the number of validation images."""
+    """The validation ELBO, its terms and bits/dim (and the IWAE bound the run trains) of
+    the weights kept; on the first, every ``select_every``-th and the last epoch (the
+    run's, or ``last``, where a time limit stops it) also the importance-sampled
+    log-likelihood when ``select = "nll"`` and the trained weights' ELBO beside their
+    moving average's; and the number of validation images."""
     tc = s.cfg.train
     now = tc.at(epoch)  # the objective this epoch trained
     iwae_k = now.samples if now.objective == "iwae" else 0
 
-    def bound(model: VAE, k: int) -> dict:
-        model.eval()
-        return elbo_over(model, s.data.val.batches(tc.eval_batch_size, labels=s.labelled,
-                                                   world=s.world),
-                         sample=not tc.autoencoder, iwae_k=k, world=s.world)
+    def bound(model: VAE, k: int) -> dict:  # the same noise each time, and the training's
+        model.eval()  # random stream left as it was (whichever epochs validate what)
+        with seeded(tc.seed, s.device):
+            return elbo_over(model, s.data.val.batches(tc.eval_batch_size,
+                                                       labels=s.labelled, world=s.world),
+                             sample=not tc.autoencoder, iwae_k=k, world=s.world)
 
     val = bound(s.evaluated, iwae_k)
     dims = math.prod(s.data.image_shape)
@@ -312,15 +315,16 @@ def validate(s: Session, epoch: int, last: bool = False) -> tuple[dict, int]:
            "val_bits_per_dim": bits_per_dim(-val["elbo"], dims, s.model.likelihood.discrete),
            **({f"val_iwae{iwae_k}": val["iwae"]} if iwae_k else {})}
     n_val = len(s.data.val)
-    if tc.select == "nll" and not tc.autoencoder and n_val and (
-            last or epoch in (1, tc.epochs - tc.tail, tc.epochs)
-            or epoch % select_every(tc, len(s.data.train), n_val) == 0):
+    sparse = n_val and (last or epoch in (1, tc.epochs - tc.tail, tc.epochs)
+                        or epoch % select_every(tc, len(s.data.train), n_val) == 0)
+    if tc.select == "nll" and not tc.autoencoder and sparse:
         first = s.data.val.subset(torch.arange(min(tc.select_images, n_val),
                                                device=s.data.val.images.device))
         out["val_log_px"] = log_likelihood(  # the same seed each time
             s.evaluated, first, tc.select_k, seed=tc.seed,
             bf16=bf16_estimates(s.evaluated, s.world)).mean().item()
-    if s.average and val["n"]:  # the weights being trained, beside their average
+    if s.average and val["n"] and sparse:  # the weights being trained, beside their
+        # average, on the estimates' epochs (every epoch: a fifth of a run's minutes)
         online = bound(s.model, iwae_k)
         out["val_elbo_online"] = online["elbo"]
         if iwae_k:
@@ -365,7 +369,7 @@ def record(s: Session, m: dict, has_val: bool, board: "TensorBoard | None") -> N
              + ("" if bpd is None else f" ({bpd:.4f} bits/dim)")
              + f"  KL {m['val_kl']:.2f}") if has_val else \
         f"KL {m['train_kl']:.2f} (no validation set)"
-    if s.average and has_val:
+    if "val_elbo_online" in m:
         shown += f"  (trained weights {m['val_elbo_online']:.3f})"
     if f"val_iwae{tc.samples}" in m:  # the IWAE bound this epoch trained
         shown += f"  IWAE{tc.samples} {m[f'val_iwae{tc.samples}']:.3f}"
