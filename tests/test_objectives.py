@@ -17,7 +17,7 @@ from vaelab.config import ModelConfig
 from vaelab.models.likelihoods import GaussianLikelihood
 from vaelab.models.priors import StandardNormalPrior
 from vaelab.models.vae import VAE
-from vaelab.objectives import elbo, iwae_bound, kl_divergence, log_weights
+from vaelab.objectives import elbo, elbo_over, iwae_bound, kl_divergence, log_weights
 
 
 def diag_normal(loc, scale):
@@ -149,6 +149,25 @@ def test_bounds_are_ordered():
     means = [v.mean().item() for v in (t.elbo, b10, b1000, exact)]
     assert means == sorted(means), means
     assert means[-1] - means[-2] < 0.25 * (means[-1] - means[0])  # k = 1000 closes the gap
+
+
+def test_validation_takes_the_elbo_and_the_iwae_bound_from_the_same_samples():
+    """elbo_over with iwae_k: the ELBO (its k samples' mean) and the IWAE bound from one
+    pass, each the quantity the closed form and the separate estimators give."""
+    lg = LinearGaussian(seed=3)
+    model, x = lg.vae(scale_error=2.5, loc_shift=0.3), lg.data(n=256)
+    torch.manual_seed(0)
+    both = elbo_over(model, [x[:100], x[100:]], iwae_k=1000)  # batches of unequal size
+    _, t = elbo(model, x, k=1000)
+    exact = lg.log_px(x).mean().item()
+    assert both["n"] == 256
+    assert both["elbo"] == pytest.approx(t.elbo.mean().item(), abs=0.02)
+    assert both["recon"] - both["kl"] == pytest.approx(both["elbo"], abs=1e-9)
+    assert both["iwae"] == pytest.approx(iwae_bound(model, x, 1000).mean().item(), abs=0.02)
+    assert both["elbo"] < both["iwae"] < exact
+    assert exact - both["iwae"] < 0.25 * (exact - both["elbo"])
+    plain = elbo_over(model, [x])
+    assert "iwae" not in plain and plain["elbo"] == pytest.approx(both["elbo"], abs=0.5)
 
 
 def test_loss_is_mean_over_examples_and_beta_only_weighs_training():

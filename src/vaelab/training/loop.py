@@ -324,7 +324,7 @@ def validate(s: Session, epoch: int, last: bool = False) -> tuple[dict, int]:
             s.evaluated, first, tc.select_k, seed=tc.seed,
             bf16=bf16_estimates(s.evaluated, s.world)).mean().item()
     if s.average and val["n"] and sparse:  # the weights being trained, beside their
-        # average, on the estimates' epochs (every epoch: a fifth of a run's minutes)
+        # average, on the estimates' epochs (every epoch, it doubled the validation's time)
         online = bound(s.model, iwae_k)
         out["val_elbo_online"] = online["elbo"]
         if iwae_k:
