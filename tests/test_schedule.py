@@ -176,7 +176,8 @@ def test_a_run_with_schedule_average_decay_and_clipping_resumes_exactly(tmp_path
     # the learning rate is cosine-annealed over the whole run, not restarted on resume
     assert ma[0]["lr"] > ma[1]["lr"] > ma[2]["lr"] > 1e-5 > ma[2]["lr"] - 1e-6  # last step
     # the average is what is validated and kept; the trained weights are validated beside it
-    # on the first and the last epoch (those of the log-likelihood estimates)
+    # on the first and the last epoch (those a log-likelihood estimate takes, or would
+    # take: this run keeps the best validation ELBO)
     assert [m["epoch"] for m in ma if "val_elbo_online" in m] == [1, 3]
     assert all(m["val_elbo"] != m["val_elbo_online"] for m in ma if "val_elbo_online" in m)
     best = max(ma, key=lambda m: m["val_elbo"])

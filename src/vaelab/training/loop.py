@@ -315,15 +315,15 @@ def validate(s: Session, epoch: int, last: bool = False) -> tuple[dict, int]:
            "val_bits_per_dim": bits_per_dim(-val["elbo"], dims, s.model.likelihood.discrete),
            **({f"val_iwae{iwae_k}": val["iwae"]} if iwae_k else {})}
     n_val = len(s.data.val)
-    sparse = n_val and (last or epoch in (1, tc.epochs - tc.tail, tc.epochs)
-                        or epoch % select_every(tc, len(s.data.train), n_val) == 0)
-    if tc.select == "nll" and not tc.autoencoder and sparse:
+    estimates = n_val and (last or epoch in (1, tc.epochs - tc.tail, tc.epochs)
+                           or epoch % select_every(tc, len(s.data.train), n_val) == 0)
+    if tc.select == "nll" and not tc.autoencoder and estimates:
         first = s.data.val.subset(torch.arange(min(tc.select_images, n_val),
                                                device=s.data.val.images.device))
         out["val_log_px"] = log_likelihood(  # the same seed each time
             s.evaluated, first, tc.select_k, seed=tc.seed,
             bf16=bf16_estimates(s.evaluated, s.world)).mean().item()
-    if s.average and val["n"] and sparse:  # the weights being trained, beside their
+    if s.average and val["n"] and estimates:  # the weights being trained, beside their
         # average, on the estimates' epochs (every epoch, it doubled the validation's time)
         online = bound(s.model, iwae_k)
         out["val_elbo_online"] = online["elbo"]
