@@ -2,7 +2,9 @@
 Adam, the weights' moving average) on a config's model, timed in one process in rounds
 that alternate, so that the machine's drifts hit every variant alike; with ``--epochs N``
 also whole training epochs of `vaelab.train`'s loop (data, binarization, warm-up,
-schedule, checks), eager and compiled, alternating epoch by epoch.
+schedule, checks), eager and compiled, alternating epoch by epoch (``--flush-denormals``:
+and eager with denormal floats flushed to zero, with the count of denormal values in each
+run's Adam state at the end).
 
 Variants: vaelab's step eager (`--compile no`), compiled (`--compile yes`: the loss, its
 backward and the reparameterized noise in one graph), and the compiled step with Adam
@@ -17,6 +19,7 @@ binarized, per batch).
 
     python benchmarks/step_speed.py                                   # the reference MLP
     python benchmarks/step_speed.py --config configs/fashion-mnist-mlp-ema.toml --epochs 30
+    python benchmarks/step_speed.py --epochs 8 --flush-denormals --rounds 1 --steps 5
     python benchmarks/step_speed.py --config configs/fashion-mnist-mlp-vamp-ema.toml \
         --vary "batch_size=128 compile=no precision=fp32" --vary "compile=no precision=fp32" \
         --vary "compile=yes precision=fp32" --vary "compile=yes precision=bf16"
@@ -46,6 +49,7 @@ REFERENCE = dict(dataset="fashion-mnist", binarize="none", likelihood="bernoulli
                  hidden="400", latent_dim=20, activation="relu", batch_size=128, ema=0.999)
 
 
+FLUSHED = "eager, denormals flushed to zero"
 KINDS = {"eager": {"compile": "no"}, "compiled": {"compile": "yes"},
          "compiled, Adam compiled too": {"compile": "yes"}}
 
@@ -88,9 +92,12 @@ def settings(cfg: vaelab.Config, kind: str) -> vaelab.Config:
     return cfg.override(**values)
 
 
-def epochs(cfg: vaelab.Config, n: int) -> dict[str, list[float]]:
+def epochs(cfg: vaelab.Config, n: int,
+           flush: bool = False) -> dict[str, tuple[list[float], int]]:
     """Seconds of ``n`` training epochs of two fresh runs, eager and compiled, alternating
-    (the compilation left out: its seconds are in the epoch's ``compile_seconds``)."""
+    (the compilation left out: its seconds are in the epoch's ``compile_seconds``); with
+    ``flush``, a third, eager with denormal floats flushed to zero during its epochs; and
+    the number of denormal values in each run's Adam state after the last."""
     class NoBar:
         disable = True
 
@@ -99,16 +106,26 @@ def epochs(cfg: vaelab.Config, n: int) -> dict[str, list[float]]:
 
     runs, data = {}, None
     with tempfile.TemporaryDirectory() as d:
-        for kind in ("eager", "compiled"):
-            run = cfg.override(compile="no" if kind == "eager" else "yes")
-            s = start(run, Path(d) / kind, False, data)
+        kinds = ("eager", "compiled") + ((FLUSHED,) if flush else ())
+        for i, kind in enumerate(kinds):
+            run = cfg.override(compile="yes" if kind == "compiled" else "no")
+            s = start(run, Path(d) / str(i), False, data)
             data = s.data
             runs[kind] = (s, Stepper(s.model, s.opt, s.cfg.train, s.device, s.world), [])
         for epoch in range(1, n + 1):
-            for s, stepper, seconds in runs.values():
+            for kind, (s, stepper, seconds) in runs.items():
+                torch.set_flush_denormal(kind == FLUSHED)  # (where the CPU can: x86 SSE3)
                 m = train_epoch(s, stepper, epoch, NoBar())
                 seconds.append(m["seconds"] - m.get("compile_seconds", 0.0))
-    return {kind: seconds for kind, (_, _, seconds) in runs.items()}
+            torch.set_flush_denormal(False)
+    return {kind: (seconds, denormals(s.opt)) for kind, (s, _, seconds) in runs.items()}
+
+
+def denormals(opt: torch.optim.Optimizer) -> int:
+    """Nonzero values below float32's smallest normal number in the optimiser's state."""
+    tiny = torch.finfo(torch.float32).tiny
+    return sum(int(((v != 0) & (v.abs() < tiny)).sum()) for state in opt.state.values()
+               for v in state.values() if torch.is_tensor(v) and v.is_floating_point())
 
 
 def data_path(data, batch_size: int, device: torch.device, rounds: int = 3) -> float:
@@ -136,6 +153,9 @@ def main():
                     help="also time the step with these training settings")
     ap.add_argument("--epochs", type=int, default=0,
                     help="also time this many whole epochs of each, alternating")
+    ap.add_argument("--flush-denormals", action="store_true",
+                    help="with --epochs: also a run whose epochs flush denormal floats to "
+                         "zero (torch.set_flush_denormal), alternating with the others")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
@@ -196,16 +216,17 @@ def main():
           f"{1e3 * per_batch:.2f} ms per batch, {per_batch / (eager / len(xs['eager'])):.0%} "
           f"of the eager step")
     if args.epochs:
-        seconds = epochs(cfg, args.epochs)
+        seconds = epochs(cfg, args.epochs, args.flush_denormals)
         print()
         print(f"Whole epochs of {len(data.train):,} images, epochs 2 to {args.epochs}:")
         print()
-        print("| loop | s/epoch (median) | mean | vs eager |")
-        print("|---|---:|---:|---:|")
-        base = statistics.median(seconds["eager"][1:])
-        for kind, ts in seconds.items():
+        print("| loop | s/epoch (median) | mean | vs eager | denormal values in Adam's state |")
+        print("|---|---:|---:|---:|---:|")
+        base = statistics.median(seconds["eager"][0][1:])
+        for kind, (ts, tiny) in seconds.items():
             m = statistics.median(ts[1:])
-            print(f"| {kind} | {m:.2f} | {statistics.mean(ts[1:]):.2f} | {base / m:.2f}x |")
+            print(f"| {kind} | {m:.2f} | {statistics.mean(ts[1:]):.2f} | {base / m:.2f}x | "
+                  f"{tiny:,} |")
 
 
 if __name__ == "__main__":
