@@ -2,9 +2,10 @@
 Adam, the weights' moving average) on a config's model, timed in one process in rounds
 that alternate, so that the machine's drifts hit every variant alike; with ``--epochs N``
 also whole training epochs of `vaelab.train`'s loop (data, binarization, warm-up,
-schedule, checks), eager and compiled, alternating epoch by epoch (``--flush-denormals``:
-and eager with denormal floats flushed to zero, with the count of denormal values in each
-run's Adam state at the end).
+schedule, checks), eager and compiled, alternating epoch by epoch (``--keep-denormals``:
+and eager with denormal floats kept, as before training flushed them to zero; with the
+count of denormal values in each run's Adam state at the end). Everything runs with
+denormals flushed, as `vaelab.train` does.
 
 Variants: vaelab's step eager (`--compile no`), compiled (`--compile yes`: the loss, its
 backward and the reparameterized noise in one graph), and the compiled step with Adam
@@ -19,7 +20,7 @@ binarized, per batch).
 
     python benchmarks/step_speed.py                                   # the reference MLP
     python benchmarks/step_speed.py --config configs/fashion-mnist-mlp-ema.toml --epochs 30
-    python benchmarks/step_speed.py --epochs 8 --flush-denormals --rounds 1 --steps 5
+    python benchmarks/step_speed.py --epochs 8 --keep-denormals --rounds 1 --steps 5
     python benchmarks/step_speed.py --config configs/fashion-mnist-mlp-vamp-ema.toml \
         --vary "batch_size=128 compile=no precision=fp32" --vary "compile=no precision=fp32" \
         --vary "compile=yes precision=fp32" --vary "compile=yes precision=bf16"
@@ -39,7 +40,7 @@ import torch
 import vaelab
 from vaelab.config import TrainConfig
 from vaelab.data.splits import load_data, resolve
-from vaelab.devices import SINGLE
+from vaelab.devices import SINGLE, flushing_denormals
 from vaelab.models.vae import VAE
 from vaelab.training.schedule import WeightAverage
 from vaelab.training.loop import start, train_epoch
@@ -49,7 +50,7 @@ REFERENCE = dict(dataset="fashion-mnist", binarize="none", likelihood="bernoulli
                  hidden="400", latent_dim=20, activation="relu", batch_size=128, ema=0.999)
 
 
-FLUSHED = "eager, denormals flushed to zero"
+KEPT = "eager, denormals kept (not flushed to zero)"
 KINDS = {"eager": {"compile": "no"}, "compiled": {"compile": "yes"},
          "compiled, Adam compiled too": {"compile": "yes"}}
 
@@ -93,10 +94,10 @@ def settings(cfg: vaelab.Config, kind: str) -> vaelab.Config:
 
 
 def epochs(cfg: vaelab.Config, n: int,
-           flush: bool = False) -> dict[str, tuple[list[float], int]]:
+           keep: bool = False) -> dict[str, tuple[list[float], int]]:
     """Seconds of ``n`` training epochs of two fresh runs, eager and compiled, alternating
     (the compilation left out: its seconds are in the epoch's ``compile_seconds``); with
-    ``flush``, a third, eager with denormal floats flushed to zero during its epochs; and
+    ``keep``, a third, eager with denormal floats kept during its epochs (not flushed); and
     the number of denormal values in each run's Adam state after the last."""
     class NoBar:
         disable = True
@@ -106,7 +107,7 @@ def epochs(cfg: vaelab.Config, n: int,
 
     runs, data = {}, None
     with tempfile.TemporaryDirectory() as d:
-        kinds = ("eager", "compiled") + ((FLUSHED,) if flush else ())
+        kinds = ("eager", "compiled") + ((KEPT,) if keep else ())
         for i, kind in enumerate(kinds):
             run = cfg.override(compile="yes" if kind == "compiled" else "no")
             s = start(run, Path(d) / str(i), False, data)
@@ -114,11 +115,11 @@ def epochs(cfg: vaelab.Config, n: int,
             runs[kind] = (s, Stepper(s.model, s.opt, s.cfg.train, s.device, s.world), [])
         for epoch in range(1, n + 1):
             for kind, (s, stepper, seconds) in runs.items():
-                torch.set_flush_denormal(kind == FLUSHED)  # (where the CPU can: x86 SSE3)
-                m = train_epoch(s, stepper, epoch, NoBar())
+                with flushing_denormals(kind != KEPT):
+                    m = train_epoch(s, stepper, epoch, NoBar())
                 seconds.append(m["seconds"] - m.get("compile_seconds", 0.0))
-            torch.set_flush_denormal(False)
-    return {kind: (seconds, denormals(s.opt)) for kind, (s, _, seconds) in runs.items()}
+    with flushing_denormals(False):  # (flushed, a denormal compares equal to zero)
+        return {kind: (seconds, denormals(s.opt)) for kind, (s, _, seconds) in runs.items()}
 
 
 def denormals(opt: torch.optim.Optimizer) -> int:
@@ -153,9 +154,9 @@ def main():
                     help="also time the step with these training settings")
     ap.add_argument("--epochs", type=int, default=0,
                     help="also time this many whole epochs of each, alternating")
-    ap.add_argument("--flush-denormals", action="store_true",
-                    help="with --epochs: also a run whose epochs flush denormal floats to "
-                         "zero (torch.set_flush_denormal), alternating with the others")
+    ap.add_argument("--keep-denormals", action="store_true",
+                    help="with --epochs: also an eager run whose epochs keep denormal floats "
+                         "(training flushes them to zero), alternating with the others")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
@@ -216,7 +217,7 @@ def main():
           f"{1e3 * per_batch:.2f} ms per batch, {per_batch / (eager / len(xs['eager'])):.0%} "
           f"of the eager step")
     if args.epochs:
-        seconds = epochs(cfg, args.epochs, args.flush_denormals)
+        seconds = epochs(cfg, args.epochs, args.keep_denormals)
         print()
         print(f"Whole epochs of {len(data.train):,} images, epochs 2 to {args.epochs}:")
         print()
@@ -230,4 +231,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    with flushing_denormals():  # as vaelab.train
+        main()

@@ -291,3 +291,58 @@ def test_a_compiled_run_stopped_every_epoch_resumes_exactly(tmp_path):
     for name in ("model.safetensors", "checkpoint.safetensors"):
         x, y = load_file(tmp_path / "full" / name), load_file(tmp_path / "cut" / name)
         assert all(torch.equal(x[k], y[k]) for k in x), name
+
+
+def _denormals(t: torch.Tensor) -> int:
+    return int(((t != 0) & (t.abs() < torch.finfo(torch.float32).tiny)).sum())
+
+
+@pytest.fixture
+def two_threads():
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush denormal numbers (not x86 with SSE3)")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_flushing_denormals_reaches_every_thread_and_is_undone(two_threads):
+    from vaelab.devices import flushing_denormals
+    x = torch.full((1 << 22,), 1e-30)  # large enough to be split among the threads
+    assert _denormals(x * 1e-10) == x.numel()  # 1e-40: denormal, kept
+    with flushing_denormals():
+        assert _denormals(x * 1e-10) == 0 and not (x * 1e-10).any()
+        with flushing_denormals(False):
+            assert _denormals(x * 1e-10) == x.numel()
+        assert _denormals(x * 1e-10) == 0
+    assert _denormals(x * 1e-10) == x.numel()
+
+
+def test_adams_moments_of_a_weight_gone_quiet_skip_the_denormal_range(two_threads):
+    """A weight with one gradient and then none (a pixel black in every later image): its
+    first moment decays by 0.9 a step through the denormal range, unless flushed."""
+    from vaelab.devices import flushing_denormals
+
+    def moments_after(steps: int) -> torch.Tensor:
+        w = torch.nn.Parameter(torch.zeros(1 << 20))
+        opt = make_optimizer(torch.nn.ParameterList([w]), 1e-3)
+        w.grad = torch.full_like(w, 1e-29)
+        opt.step()
+        w.grad = torch.zeros_like(w)
+        for _ in range(steps):
+            opt.step()
+        return opt.state[w]["exp_avg"]
+
+    assert _denormals(moments_after(250)) == 1 << 20  # 1e-30 * 0.9**250 ~ 4e-42
+    with flushing_denormals():
+        m = moments_after(250)
+    assert _denormals(m) == 0 and not m.any()
+
+
+def test_training_leaves_the_denormal_mode_as_it_found_it(tmp_path, two_threads):
+    x = torch.full((1 << 22,), 1e-30)
+    vaelab.train(vaelab.Config().override(dataset="digits", hidden="16", latent_dim=2,
+                                          epochs=1, device="cpu"), tmp_path / "run",
+                 progress=False)
+    assert _denormals(x * 1e-10) == x.numel()
