@@ -230,9 +230,12 @@ def _gnu_openmp() -> list[ctypes.CDLL]:
         return []
     runtimes = []
     for path in sorted(paths):
-        runtime = ctypes.CDLL(path)  # (already loaded: the same library, the same pool)
-        runtime.GOMP_parallel.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint,
-                                          ctypes.c_uint]
+        try:  # (already loaded: the same library, the same pool)
+            runtime = ctypes.CDLL(path)
+            runtime.GOMP_parallel.argtypes = [ctypes.c_void_p, ctypes.c_void_p,
+                                              ctypes.c_uint, ctypes.c_uint]
+        except (OSError, AttributeError):  # gone, or a runtime older than GCC 4.9
+            continue
         runtime.GOMP_parallel.restype = None
         runtimes.append(runtime)
     return runtimes
