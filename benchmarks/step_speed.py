@@ -160,6 +160,8 @@ def main():
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
+    if args.keep_denormals and not args.epochs:
+        ap.error("--keep-denormals adds a run of whole epochs: give --epochs N as well")
     warnings.simplefilter("ignore", UserWarning)  # (Bernoulli on the reference's grey data)
     if args.threads:
         torch.set_num_threads(args.threads)
