@@ -346,3 +346,47 @@ def test_training_leaves_the_denormal_mode_as_it_found_it(tmp_path, two_threads)
                                           epochs=1, device="cpu"), tmp_path / "run",
                  progress=False)
     assert _denormals(x * 1e-10) == x.numel()
+
+
+@pytest.fixture
+def busy_cores():
+    """Every core this process may use kept busy by another process (a spinning loop)."""
+    import os
+    import subprocess
+    import sys
+    import time
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("no CPU affinity to read on this platform")
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                for _ in os.sched_getaffinity(0)]
+    time.sleep(0.5)  # started and spinning
+    yield len(spinners)
+    for p in spinners:
+        p.kill()
+        p.wait()
+
+
+def test_threads_fit_the_cores_other_work_leaves_idle(busy_cores, two_threads, monkeypatch,
+                                                      caplog):
+    from vaelab.devices import cores_busy_elsewhere, fit_threads, fitting_threads
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cores, busy = cores_busy_elsewhere()
+    assert cores == busy_cores and busy > cores - 0.5
+    with caplog.at_level(logging.WARNING, logger="vaelab.devices"):
+        with fitting_threads("cpu"):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2  # given back
+        assert "busy with other work: computing on 1 thread(s), not 2" in caplog.text
+        assert fit_threads("meta") == 2  # not a CPU: its threads are not the work's
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's choice stands
+    assert fit_threads("cpu") == 2 and torch.get_num_threads() == 2
+
+
+def test_training_beside_busy_cores_says_so_and_gives_the_threads_back(
+        tmp_path, busy_cores, two_threads, monkeypatch, caplog):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    with caplog.at_level(logging.WARNING, logger="vaelab.devices"):
+        vaelab.train(vaelab.Config().override(dataset="digits", hidden="16", latent_dim=2,
+                                              epochs=1, device="cpu"), tmp_path / "run",
+                     progress=False)
+    assert "computing on 1 thread(s)" in caplog.text and torch.get_num_threads() == 2

@@ -188,6 +188,73 @@ def _cpu_bf16_speedup() -> float:
     return ratio
 
 
+def fit_threads(device: str | torch.device) -> int:
+    """On a CPU, compute on no more threads than there are cores idle now, and say so when
+    that is fewer than PyTorch's setting; returns the number of threads in force. PyTorch's
+    threads meet at a barrier after every operation, so one thread on a core that another
+    process keeps busy stalls all of them: the digits run's epochs took 2.6x as long on 2
+    threads beside one busy core as on 1 (docs/benchmarks.md). ``OMP_NUM_THREADS``, when
+    set, is the user's choice and is kept (``torchrun`` sets it for its ranks)."""
+    threads = torch.get_num_threads()
+    if torch.device(device).type != "cpu" or threads == 1 or "OMP_NUM_THREADS" in os.environ:
+        return threads
+    cores, busy = cores_busy_elsewhere()
+    idle = max(1, cores - int(busy + 0.5))
+    if idle < threads:
+        torch.set_num_threads(idle)
+        log.warning("%.1f of this process's %d cores are busy with other work: computing on "
+                    "%d thread(s), not %d (a thread on a busy core stalls the others at every "
+                    "step); set OMP_NUM_THREADS to choose", busy, cores, idle, threads)
+    return torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def fitting_threads(device: str | torch.device):
+    """Within: :func:`fit_threads`; PyTorch's thread count comes back on leaving."""
+    before = torch.get_num_threads()
+    try:
+        fit_threads(device)
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def cores_busy_elsewhere(seconds: float = 0.2) -> tuple[int, float]:
+    """The cores this process may run on, and how many of them other processes (and the
+    hypervisor, as steal time) kept busy over the next ``seconds``, from /proc/stat (Linux);
+    elsewhere the core count and 0."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if not cores:
+        return os.cpu_count() or 1, 0.0
+
+    def sample() -> tuple[float, int, int]:
+        mine = os.times()
+        busy = total = 0
+        with open("/proc/stat") as f:
+            for line in f:
+                name, *ticks = line.split()
+                if name[3:].isdigit() and name.startswith("cpu") and int(name[3:]) in cores:
+                    # user, nice, system, idle, iowait, irq, softirq, steal (guests in user)
+                    t = [int(v) for v in ticks[:8]]
+                    busy += sum(t) - t[3] - t[4]
+                    total += sum(t)
+        return mine.user + mine.system, busy, total
+
+    try:
+        a = sample()
+        time.sleep(seconds)
+        b = sample()
+    except (OSError, ValueError, IndexError):
+        return len(cores), 0.0
+    if b[2] <= a[2]:
+        return len(cores), 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    elapsed = (b[2] - a[2]) / tick / len(cores)  # seconds of wall clock, per core
+    busy = (b[1] - a[1]) / tick - (b[0] - a[0])  # core-seconds, less this process's own
+    return len(cores), min(float(len(cores)), max(0.0, busy / elapsed))
+
+
 @contextlib.contextmanager
 def flushing_denormals(on: bool = True):
     """Within: the CPU's float arithmetic treats denormal numbers (magnitudes below

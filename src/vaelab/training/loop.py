@@ -18,8 +18,8 @@ import torch
 
 from ..config import Config
 from ..data.splits import Data, load_data, resolve
-from ..devices import (World, current_world, fast_bf16_everywhere, flushing_denormals, join,
-                       resolve_device)
+from ..devices import (World, current_world, fast_bf16_everywhere, fitting_threads,
+                       flushing_denormals, join, resolve_device)
 from ..errors import RunError
 from ..files import atomic_write
 from ..models.vae import VAE
@@ -120,13 +120,14 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, data: Data 
     lock (a second trainer in the same directory is refused).
 
     A loss that is not finite stops training at once with a :class:`Diverged` error; the
-    checkpoint and best weights of the last good epoch stay as they were. The CPU's
-    arithmetic flushes denormal numbers to zero meanwhile (:func:`flushing_denormals`)."""
+    checkpoint and best weights of the last good epoch stay as they were. Meanwhile the CPU
+    flushes denormals to zero (:func:`flushing_denormals`), on idle cores (:func:`fit_threads`)."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunError(f"{run_dir} is a file, not a run directory; choose another "
                        f"{'--resume' if resume else '--out'}")
-    with RunLock(run_dir) if current_world().main else nullcontext(), flushing_denormals():
+    lock = RunLock(run_dir) if current_world().main else nullcontext()
+    with lock, fitting_threads(resolve_device(cfg.train.device)), flushing_denormals():
         return _train(cfg, run_dir, resume, data, progress, tensorboard, time_limit)
 
 

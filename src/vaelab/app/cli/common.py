@@ -126,10 +126,11 @@ def add_progress_flag(p: argparse.ArgumentParser) -> None:
 def load(args: argparse.Namespace):
     """The run's model (on this rank's device under torchrun), its config and its data."""
     from ...data.splits import load_data
-    from ...devices import join, resolve_device
+    from ...devices import fit_threads, join, resolve_device
     from ...runs.rundir import load_run
 
     _, device = join(resolve_device(args.device))
+    fit_threads(device)
     model, cfg = load_run(args.run, args.which, device, args.data_dir)
     return model, cfg, load_data(cfg.data, device)
 
