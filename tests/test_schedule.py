@@ -150,15 +150,68 @@ def test_gradients_are_clipped_to_the_norm():
     step(x, None, 1.0, 16)
     norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
     assert norm.item() == pytest.approx(0.5, rel=1e-4)  # an untrained VAE's is far larger
-    total, clipped = step.take_norms()
-    assert total > 0.5 and clipped == 1 and step.take_norms() == (0.0, 0.0)
+    norms = step.take_norms(1)
+    assert norms["grad_norm"] > 0.5 and norms["clipped"] == 1 and "skipped" not in norms
+    assert step.take_norms(1) == {"grad_norm": 0.0, "clipped": 0.0}
+
+
+def _spike_stepper(optimizer=make_optimizer):
+    cfg = small(skip_spikes=10.0, likelihood="bernoulli")
+    torch.manual_seed(0)
+    model = VAE.from_config(cfg.model, (1, 8, 8))
+    opt = optimizer(model, 1e-3)
+    x = (torch.rand(16, 1, 8, 8) > 0.5).float()
+    return model, opt, Stepper(model, opt, cfg.train, torch.device("cpu"), World()), x
+
+
+@pytest.mark.parametrize("optimizer", [make_optimizer, lambda m, lr: torch.optim.Adam(
+    m.parameters(), lr, foreach=False)], ids=["fused", "plain Adam"])
+def test_the_update_of_a_gradient_spike_is_skipped(optimizer):
+    """A step whose gradient norm is over skip_spikes times the running mean changes
+    neither the weights nor Adam's state (its step count included); the next step does."""
+    model, opt, step, x = _spike_stepper(optimizer)
+    for _ in range(5):
+        step(x, None, 1.0, 16)
+    mean = step.mean_norm.item()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    state = {n: {k: v.clone() for k, v in opt.state[p].items()}
+             for n, p in model.named_parameters()}
+    step(x, None, 1e5, 16)  # a KL term 10^5 times too heavy: a spike
+    for n, p in model.named_parameters():
+        assert torch.equal(p.detach(), before[n]), n
+        for k, v in opt.state[p].items():
+            assert torch.equal(v, state[n][k]), (n, k)
+    # the running mean takes the spike in at no more than 10x itself
+    assert step.mean_norm.item() == pytest.approx(mean + 0.01 * (10 * mean - mean), rel=1e-5)
+    norms = step.take_norms(6)
+    assert norms["skipped"] == pytest.approx(1 / 6) and "clipped" not in norms
+    step(x, None, 1.0, 16)
+    assert not all(torch.equal(p.detach(), before[n]) for n, p in model.named_parameters())
+    assert step.take_norms(1)["skipped"] == 0
+
+
+def test_gradients_that_stay_large_are_followed_not_skipped_for_ever():
+    model, opt, step, x = _spike_stepper()
+    for _ in range(5):
+        step(x, None, 1.0, 16)
+    skipped = []
+    for _ in range(80):  # from here on every gradient is ~600x the old running mean
+        step(x, None, 1e3, 16)
+        skipped.append(step.take_norms(1)["skipped"])
+    assert skipped[:20] == [1.0] * 20 and skipped[-10:] == [0.0] * 10
+
+
+@pytest.mark.parametrize("factor", [1.0, 0.5, -1.0, math.nan])
+def test_skip_spikes_is_a_factor_over_one(factor):
+    with pytest.raises(ConfigError, match="skip_spikes (is a factor > 1|must be a finite)"):
+        small(skip_spikes=factor)
 
 
 def test_a_run_with_schedule_average_decay_and_clipping_resumes_exactly(tmp_path):
     """3 epochs in one go == 1 epoch, stopped by the time limit, resumed: the same weights, moving
     average, optimizer state and metrics (learning rates included)."""
     kw = dict(lr_schedule="cosine", lr_warmup=0.5, min_lr=1e-5, ema=0.9,
-              weight_decay=1e-3, grad_clip=20.0)
+              weight_decay=1e-3, grad_clip=20.0, skip_spikes=1.5)  # (skips many steps)
     full = train(small(**kw), tmp_path / "full", progress=False)
     cut = train(small(**kw), tmp_path / "part", progress=False, time_limit=1e-3)
     assert cut.stopped and len(cut.history) == 1
@@ -171,8 +224,10 @@ def test_a_run_with_schedule_average_decay_and_clipping_resumes_exactly(tmp_path
     for k in a:
         assert torch.equal(a[k], b[k]), k
     ma, mb = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "part")
-    for k in ("lr", "train_elbo", "val_elbo", "val_elbo_online", "grad_norm", "clipped"):
+    for k in ("lr", "train_elbo", "val_elbo", "val_elbo_online", "grad_norm", "clipped",
+              "skipped"):
         assert [m.get(k) for m in ma] == [m.get(k) for m in mb], k
+    assert all(0 < m["skipped"] < 1 for m in ma)  # (skipping follows the restored mean)
     # the learning rate is cosine-annealed over the whole run, not restarted on resume
     assert ma[0]["lr"] > ma[1]["lr"] > ma[2]["lr"] > 1e-5 > ma[2]["lr"] - 1e-6  # last step
     # the average is what is validated and kept; the trained weights are validated beside it

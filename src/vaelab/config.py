@@ -161,6 +161,9 @@ class TrainConfig:
         "biases are not decayed); 0: Adam"))
     grad_clip: float = field(default=0.0, metadata=_help(
         "clip the global gradient norm to this value before each step; 0: none"))
+    skip_spikes: float = field(default=0.0, metadata=_help(
+        "skip the update of a step whose gradient norm (before clipping) is over this many "
+        "times the running mean of the steps taken (a batch whose loss explodes); 0: never"))
     ema: float = field(default=0.999, metadata=_help(
         "decay of an exponential moving average of the weights (Polyak averaging): the "
         "average is validated, kept as the best model and checkpointed; 0: none"))
@@ -291,6 +294,8 @@ class TrainConfig:
                               f"{self.plateau_factor:g}")
         if not 0 <= self.ema < 1:
             raise ConfigError(f"ema is a decay in [0, 1) (e.g. 0.999; 0: none), got {self.ema:g}")
+        if not (self.skip_spikes == 0 or self.skip_spikes > 1):
+            raise ConfigError(f"skip_spikes is a factor > 1 (e.g. 10) or 0, got {self.skip_spikes}")
         for name in ("lr_warmup", "weight_decay", "grad_clip", "plateau_patience", "beta",
                      "kl_warmup", "free_bits", "select_every", "iwae_epochs", "lr_cooldown"):
             if (getattr(self, name) or 0) < 0:

@@ -52,6 +52,7 @@ class TrainState:
     best_val_elbo: float = -math.inf
     best_epoch: int = 0
     schedule: dict | None = None  # the learning-rate schedule's state (vaelab.training.schedule)
+    norm_mean: float = 0.0  # the running mean gradient norm of skip_spikes (training.step)
 
 
 def save_checkpoint(run_dir: Path, model: VAE, opt: torch.optim.Optimizer,

@@ -59,9 +59,7 @@ def kl_weight(tc, epoch: int, step: int, n_batches: int) -> float:
     return tc.beta * min(1.0, ((epoch - 1) * n_batches + step + 1) / (tc.warmup * n_batches))
 
 
-# ---------------------------------------------------------------------------------------
-# The loop
-# ---------------------------------------------------------------------------------------
+# ---- The loop ------------------------------------------------------------------------
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -135,7 +133,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, data: Data | None, progress
            tensorboard: bool, time_limit: float | None) -> TrainResult:
     s = start(cfg, run_dir, resume, data)
     tc = s.cfg.train
-    stepper = Stepper(s.model, s.opt, tc, s.device, s.world)
+    stepper = Stepper(s.model, s.opt, tc, s.device, s.world, norm_mean=s.state.norm_mean)
     if s.average and stepper.channels_last:
         s.average.model.to(memory_format=torch.channels_last)
 
@@ -279,9 +277,8 @@ def train_epoch(s: Session, stepper: Stepper, epoch: int, bar) -> dict:
     compiling = stepper.take_compiling()
     if compiling:  # what compiling the step took of this epoch's seconds
         m["compile_seconds"] = compiling
-    if tc.grad_clip:  # the mean gradient norm before clipping, the share of steps clipped
-        total, clipped = stepper.take_norms()
-        m.update(grad_norm=total / s.n_batches, clipped=clipped / s.n_batches)
+    m.update(stepper.take_norms(s.n_batches))  # where the run clips or skips spikes
+    s.state.norm_mean = float(stepper.mean_norm)  # (resumed with the checkpoint)
     return m
 
 
@@ -378,6 +375,8 @@ def record(s: Session, m: dict, has_val: bool, board: "TensorBoard | None") -> N
         shown += f"  IWAE{tc.samples} {m[f'val_iwae{tc.samples}']:.3f}"
     if "val_log_px" in m:
         shown += f"  val NLL {-m['val_log_px']:.3f} (k={tc.select_k})"
+    if m.get("skipped"):  # updates of gradient spikes skipped (skip_spikes)
+        shown += f"  {m['skipped'] * s.n_batches:.0f} spike(s) skipped"
     if tc.lr_schedule != "constant" or tc.lr_warmup or tc.lr_cooldown:
         shown += f"  lr {m['lr']:.3g}"
     took = f"{m['seconds']:.1f}s" + (f" ({m['compile_seconds']:.1f} of it compiling)"

@@ -1,11 +1,13 @@
 """One optimisation step of the training loop: the loss as a module (:class:`Loss`), and
 :class:`Stepper`: forward and backward under the chosen precision, gradients averaged over
 ranks by DistributedDataParallel, the step compiled where asked, then the gradients' norm
-clipped (if asked) and Adam or AdamW (:func:`make_optimizer`). The chain from the loop to
+clipped (if asked), a spike's update skipped (if asked) and Adam or AdamW
+(:func:`make_optimizer`). The chain from the loop to
 the ELBO, with shapes: :mod:`vaelab.training`."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Callable
 
@@ -20,6 +22,8 @@ from ..objectives import elbo
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
+
+NORM_DECAY = 0.01  # weight of each step's gradient norm in the running mean (~100 steps)
 
 
 def make_optimizer(model: VAE, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
@@ -89,11 +93,14 @@ class Stepper:
     forward/backward compiled where asked (a CUDA graph on CUDA)."""
 
     def __init__(self, model: VAE, opt: torch.optim.Optimizer, tc: TrainConfig,
-                 device: torch.device, world: World, backend: str | Callable = "inductor"):
+                 device: torch.device, world: World, backend: str | Callable = "inductor",
+                 norm_mean: float = 0.0):
         self.opt, self.world, self.device = opt, world, device
-        self.model, self.clip = model, tc.grad_clip
-        # the global gradient norms before clipping, and how many steps were clipped
-        self.norms = torch.zeros(2, device=device)
+        self.model, self.clip, self.skip = model, tc.grad_clip, tc.skip_spikes
+        # the global gradient norms before clipping, how many steps were clipped and how
+        # many skipped; the running mean of the norms of the steps taken (skip_spikes)
+        self.norms = torch.zeros(3, device=device)
+        self.mean_norm = torch.tensor(norm_mean, device=device)
         # seconds of the compiled step's first call (its compilation): in all, and since
         # take_compiling(); the global batch size it was compiled for
         self.compile_seconds, self._compiling, self._batch = 0.0, 0.0, None
@@ -171,21 +178,45 @@ class Stepper:
         return torch.zeros(4, device=self.device)
 
     def _step(self) -> None:
-        if self.clip:  # the gradients are the global batch's here (DDP has averaged them)
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
-            self.norms += torch.stack([norm, (norm > self.clip).float()])
-        self.opt.step()
+        if not (self.clip or self.skip):
+            self.opt.step()
+            return
+        # the gradients are the global batch's here (DDP has averaged them): every rank
+        # clips and skips alike
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip or math.inf)
+        spike = torch.zeros((), device=self.device)
+        if self.skip:  # a norm far above the running mean (a batch whose loss explodes)
+            spike = (~norm.isfinite() | (norm > self.skip * self.mean_norm) &
+                     (self.mean_norm > 0)).float()
+            # the mean follows the norms, each taken at most at the bound: one spike moves it
+            # little, and norms that stay higher raise it (at factor 10, by 9 % a step) until
+            # their steps are taken again
+            seen = torch.minimum(norm.nan_to_num(0.0, 0.0), self.skip * self.mean_norm)
+            self.mean_norm.copy_(torch.where(self.mean_norm == 0, norm,
+                                             self.mean_norm.lerp(seen, NORM_DECAY)))
+        self.norms += torch.stack([norm, (norm > (self.clip or math.inf)).float(), spike])
+        if not self.skip:
+            self.opt.step()
+        elif getattr(self.opt, "_step_supports_amp_scaling", False):
+            self.opt.found_inf = spike  # fused Adam skips the step where it is 1 (no sync)
+            self.opt.step()
+        elif not spike.item():
+            self.opt.step()
 
     def take_compiling(self) -> float:
         """Seconds spent compiling the step since the last call."""
         took, self._compiling = self._compiling, 0.0
         return took
 
-    def take_norms(self) -> tuple[float, float]:
-        """(sum of the gradient norms, steps clipped) since the last call."""
-        total, clipped = self.norms.tolist()
+    def take_norms(self, steps: int) -> dict[str, float]:
+        """Since the last call (``steps`` steps): the mean gradient norm before clipping, and
+        the share of the steps clipped and skipped, where the run clips or skips."""
+        if not (self.clip or self.skip):
+            return {}
+        total, clipped, skipped = (self.norms / steps).tolist()
         self.norms.zero_()
-        return total, clipped
+        return {"grad_norm": total, **({"clipped": clipped} if self.clip else {}),
+                **({"skipped": skipped} if self.skip else {})}
 
     def _gradients(self, net, x: Tensor, y: Tensor | None, beta: float, share: float) -> Tensor:
         self.opt.zero_grad(set_to_none=True)
