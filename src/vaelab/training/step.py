@@ -186,8 +186,8 @@ class Stepper:
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip or math.inf)
         spike = torch.zeros((), device=self.device)
         if self.skip:  # a norm far above the running mean (a batch whose loss explodes)
-            spike = (~norm.isfinite() | (norm > self.skip * self.mean_norm) &
-                     (self.mean_norm > 0)).float()
+            spike = (~norm.isfinite() | ((norm > self.skip * self.mean_norm) &
+                                         (self.mean_norm > 0))).float()
             # the mean follows the norms, each taken at most at the bound: one spike moves it
             # little, and norms that stay higher raise it (at factor 10, by 9 % a step) until
             # their steps are taken again
