@@ -19,6 +19,10 @@ def _isolate(monkeypatch, tmp_path_factory):
     monkeypatch.delenv("VAELAB_DATA", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.setenv("VAELAB_HOME", str(tmp_path_factory.mktemp("home")))
+    # one thread count for every run of a test, however busy the machine is meanwhile
+    # (vaelab fits its threads to the idle cores where OMP_NUM_THREADS is not set; the
+    # tests of that unset it themselves): runs compared bit for bit stay comparable
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
     torch.manual_seed(0)
 
 
