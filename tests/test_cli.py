@@ -61,6 +61,9 @@ def test_resume_extends_a_run(run_dir, tmp_path):
     assert len((copy / "metrics.jsonl").read_text().splitlines()) == 4
     p = vaelab("train", "--resume", copy, "--latent-dim", 3)
     assert p.returncode == 2 and "only --epochs and --device" in p.stderr
+    p = vaelab("train", "--resume", copy, "--epochs", 0)  # a setting the run cannot take
+    assert p.returncode == 2 and "epochs must be >= 1" in p.stderr
+    assert f"its other settings from {copy / 'config.toml'}: change them there" in p.stderr
 
 
 @pytest.mark.parametrize("args, message", [

@@ -61,7 +61,11 @@ class Train(Command):
             if args.config or changed - {"epochs", "device"}:
                 raise ConfigError("--resume continues a run with its own config.toml; only "
                                   f"--epochs and --device may be given (got {sorted(changed)})")
-            return cfg.override(**{n: getattr(args, n) for n in changed}), run_dir
+            try:
+                return cfg.override(**{n: getattr(args, n) for n in changed}), run_dir
+            except ConfigError as e:  # (e.g. fewer epochs than the run's IWAE tail)
+                raise ConfigError(f"{e}. A resumed run takes its other settings from "
+                                  f"{run_dir / 'config.toml'}: change them there") from None
         cfg = config_from_args(args)
         run_dir = Path(args.out or f"runs/{cfg.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
         args.out = str(run_dir)  # named in the message if the run is interrupted
