@@ -188,71 +188,124 @@ def _cpu_bf16_speedup() -> float:
     return ratio
 
 
+class Cores:
+    """The CPU cores this process may run on, and how busy other processes keep them: from
+    /proc/stat (Linux; elsewhere nothing is known and nothing changes), between two looks."""
+
+    def __init__(self) -> None:
+        ids = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        self.ids, self.count = set(ids), len(ids) or os.cpu_count() or 1
+        self.last = self._look()
+
+    def _look(self) -> tuple[float, int, int] | None:
+        """(this process's CPU seconds, busy and total ticks of our cores), or None."""
+        if not self.ids:
+            return None
+        mine, busy, total = os.times(), 0, 0
+        try:
+            with open("/proc/stat") as f:
+                for line in f:
+                    name, *ticks = line.split()
+                    if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in self.ids:
+                        # user, nice, system, idle, iowait, irq, softirq, steal (guests in user)
+                        t = [int(v) for v in ticks[:8]]
+                        busy += sum(t) - t[3] - t[4]
+                        total += sum(t)
+        except (OSError, ValueError, IndexError):
+            return None
+        return mine.user + mine.system, busy, total
+
+    def busy_elsewhere(self) -> float | None:
+        """Cores kept busy by other processes (and the hypervisor, as steal time) since the
+        last look, less this process's own time; None where unknown or too soon to say
+        (under 0.1 s since the last look, which then stays the last)."""
+        a, b = self.last, self._look()
+        if a is None or b is None:
+            return None
+        tick = os.sysconf("SC_CLK_TCK")
+        elapsed = (b[2] - a[2]) / tick / self.count  # seconds of wall clock, per core
+        if elapsed < 0.1:
+            return None
+        self.last = b
+        busy = (b[1] - a[1]) / tick - (b[0] - a[0])  # core-seconds, less this process's own
+        return min(float(self.count), max(0.0, busy / elapsed))
+
+
+def cores_busy_elsewhere(seconds: float = 0.2) -> tuple[int, float]:
+    """The cores this process may run on, and how many of them other processes kept busy
+    over the next ``seconds``."""
+    cores = Cores()
+    time.sleep(seconds)
+    return cores.count, cores.busy_elsewhere() or 0.0
+
+
+class ThreadFit:
+    """PyTorch's CPU threads fitted to the cores other work leaves idle (at most the count
+    it had), first over a short look, then (:meth:`refit`) over whatever time passed since
+    the last fit, such as a training epoch: a job that starts beside a running training run
+    takes its threads back from it, and gives them back when it ends. PyTorch's threads
+    meet at a barrier after every operation, so one thread on a core that another process
+    keeps busy stalls all of them: the digits run's epochs took 3.2x as long on 2 threads
+    beside one busy core as on 1 (docs/benchmarks.md). ``OMP_NUM_THREADS``, when set, is the
+    user's choice and is kept (``torchrun`` sets it for its ranks); on a GPU nothing
+    changes."""
+
+    def __init__(self, device: str | torch.device, look: float = 0.2) -> None:
+        self.most = torch.get_num_threads()
+        self.on = torch.device(device).type == "cpu" and self.most > 1 and \
+            "OMP_NUM_THREADS" not in os.environ
+        if self.on:
+            self.cores = Cores()
+            time.sleep(look)
+            self.refit()
+
+    def refit(self) -> int:
+        """Fit the thread count to the idle cores since the last fit; the count in force."""
+        now = torch.get_num_threads()
+        busy = self.cores.busy_elsewhere() if self.on else None
+        if busy is None:
+            return now
+        want = min(self.most, max(1, self.cores.count - int(busy + 0.5)))
+        if want != now:
+            torch.set_num_threads(want)
+            log.log(logging.WARNING if want < now else logging.INFO,
+                    "%.1f of this process's %d cores are busy with other work: computing on "
+                    "%d thread(s), not %d%s", busy, self.cores.count, want, now,
+                    " (a thread on a busy core stalls the others at every step; set "
+                    "OMP_NUM_THREADS to choose)" if want < now else "")
+        return want
+
+
+_fits: list[ThreadFit] = []  # the fits of the training runs in progress in this process
+
+
 def fit_threads(device: str | torch.device) -> int:
-    """On a CPU, compute on no more threads than there are cores idle now, and say so when
-    that is fewer than PyTorch's setting; returns the number of threads in force. PyTorch's
-    threads meet at a barrier after every operation, so one thread on a core that another
-    process keeps busy stalls all of them: the digits run's epochs took 2.6x as long on 2
-    threads beside one busy core as on 1 (docs/benchmarks.md). ``OMP_NUM_THREADS``, when
-    set, is the user's choice and is kept (``torchrun`` sets it for its ranks)."""
-    threads = torch.get_num_threads()
-    if torch.device(device).type != "cpu" or threads == 1 or "OMP_NUM_THREADS" in os.environ:
-        return threads
-    cores, busy = cores_busy_elsewhere()
-    idle = max(1, cores - int(busy + 0.5))
-    if idle < threads:
-        torch.set_num_threads(idle)
-        log.warning("%.1f of this process's %d cores are busy with other work: computing on "
-                    "%d thread(s), not %d (a thread on a busy core stalls the others at every "
-                    "step); set OMP_NUM_THREADS to choose", busy, cores, idle, threads)
+    """On a CPU, compute on no more threads than there are cores idle now (see
+    :class:`ThreadFit`); the number of threads in force."""
+    ThreadFit(device)
     return torch.get_num_threads()
 
 
 @contextlib.contextmanager
 def fitting_threads(device: str | torch.device):
-    """Within: :func:`fit_threads`; PyTorch's thread count comes back on leaving."""
+    """Within: threads fitted to the idle cores, and refitted at each :func:`refit_threads`;
+    PyTorch's thread count comes back on leaving."""
     before = torch.get_num_threads()
     try:
-        fit_threads(device)
+        _fits.append(ThreadFit(device))
         yield
     finally:
+        if _fits:
+            _fits.pop()
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
 
 
-def cores_busy_elsewhere(seconds: float = 0.2) -> tuple[int, float]:
-    """The cores this process may run on, and how many of them other processes (and the
-    hypervisor, as steal time) kept busy over the next ``seconds``, from /proc/stat (Linux);
-    elsewhere the core count and 0."""
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if not cores:
-        return os.cpu_count() or 1, 0.0
-
-    def sample() -> tuple[float, int, int]:
-        mine = os.times()
-        busy = total = 0
-        with open("/proc/stat") as f:
-            for line in f:
-                name, *ticks = line.split()
-                if name[3:].isdigit() and name.startswith("cpu") and int(name[3:]) in cores:
-                    # user, nice, system, idle, iowait, irq, softirq, steal (guests in user)
-                    t = [int(v) for v in ticks[:8]]
-                    busy += sum(t) - t[3] - t[4]
-                    total += sum(t)
-        return mine.user + mine.system, busy, total
-
-    try:
-        a = sample()
-        time.sleep(seconds)
-        b = sample()
-    except (OSError, ValueError, IndexError):
-        return len(cores), 0.0
-    if b[2] <= a[2]:
-        return len(cores), 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    elapsed = (b[2] - a[2]) / tick / len(cores)  # seconds of wall clock, per core
-    busy = (b[1] - a[1]) / tick - (b[0] - a[0])  # core-seconds, less this process's own
-    return len(cores), min(float(len(cores)), max(0.0, busy / elapsed))
+def refit_threads() -> None:
+    """Between epochs: the innermost :func:`fitting_threads` refits its thread count over
+    the time since its last fit (no waiting)."""
+    if _fits:
+        _fits[-1].refit()
 
 
 @contextlib.contextmanager

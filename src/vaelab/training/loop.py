@@ -19,7 +19,7 @@ import torch
 from ..config import Config
 from ..data.splits import Data, load_data, resolve
 from ..devices import (World, current_world, fast_bf16_everywhere, fitting_threads,
-                       flushing_denormals, join, resolve_device)
+                       flushing_denormals, join, refit_threads, resolve_device)
 from ..errors import RunError
 from ..files import atomic_write
 from ..models.vae import VAE
@@ -160,6 +160,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, data: Data | None, progress
             record(s, {**m, **val}, n_val > 0, board)
             if stopped:
                 break
+            refit_threads()  # other work started or ended meanwhile: the idle cores again
     bar.close()
     if board:
         board.close()
