@@ -371,10 +371,14 @@ def busy_cores():
 
 def test_threads_fit_the_cores_other_work_leaves_idle(busy_cores, two_threads, monkeypatch,
                                                       caplog):
-    from vaelab.devices import cores_busy_elsewhere, fit_threads, fitting_threads
+    import time
+
+    from vaelab.devices import Cores, fit_threads, fitting_threads
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    cores, busy = cores_busy_elsewhere()
-    assert cores == busy_cores[0] and busy > cores - 0.5
+    cores = Cores()
+    time.sleep(0.2)
+    busy = cores.busy_elsewhere()
+    assert cores.count == busy_cores[0] and busy > cores.count - 0.5
     with caplog.at_level(logging.WARNING, logger="vaelab.devices"):
         with fitting_threads("cpu"):
             assert torch.get_num_threads() == 1
@@ -393,26 +397,29 @@ def test_training_beside_busy_cores_says_so_and_gives_the_threads_back(
                                               epochs=1, device="cpu"), tmp_path / "run",
                      progress=False)
     assert "computing on 1 thread(s)" in caplog.text and torch.get_num_threads() == 2
+    x = torch.full((1 << 22,), 1e-30)  # and both threads keep denormals again
+    assert _denormals(x * 1e-10) == x.numel()
 
 
 def test_threads_are_refitted_when_the_other_work_ends(busy_cores, two_threads, monkeypatch,
                                                        caplog):
     """A training run refits between epochs: the threads it gave up come back once the
-    cores are idle again (and are given up again when other work returns)."""
+    cores are idle again."""
     import time
 
-    from vaelab.devices import fitting_threads, refit_threads
+    from vaelab.devices import fitting_threads
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    with caplog.at_level(logging.INFO, logger="vaelab.devices"), fitting_threads("cpu"):
+    with caplog.at_level(logging.INFO, logger="vaelab.devices"), \
+            fitting_threads("cpu") as threads:
         assert torch.get_num_threads() == 1
         busy_cores[1]()  # the other work ends
         for _ in range(25):  # (the next look, over a quiet stretch of the machine)
             time.sleep(0.2)
-            refit_threads()
+            threads.refit()
             if torch.get_num_threads() == 2:
                 break
         assert torch.get_num_threads() == 2
         assert "computing on 2 thread(s), not 1" in caplog.text
-        refit_threads()  # too soon after the last look to say anything: nothing changes
+        threads.refit()  # too soon after the last look to say anything: nothing changes
         assert torch.get_num_threads() == 2
     assert torch.get_num_threads() == 2

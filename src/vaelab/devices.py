@@ -193,8 +193,8 @@ class Cores:
     /proc/stat (Linux; elsewhere nothing is known and nothing changes), between two looks."""
 
     def __init__(self) -> None:
-        ids = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-        self.ids, self.count = set(ids), len(ids) or os.cpu_count() or 1
+        self.ids = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set()
+        self.count = len(self.ids) or os.cpu_count() or 1
         self.last = self._look()
 
     def _look(self) -> tuple[float, int, int] | None:
@@ -229,14 +229,6 @@ class Cores:
         self.last = b
         busy = (b[1] - a[1]) / tick - (b[0] - a[0])  # core-seconds, less this process's own
         return min(float(self.count), max(0.0, busy / elapsed))
-
-
-def cores_busy_elsewhere(seconds: float = 0.2) -> tuple[int, float]:
-    """The cores this process may run on, and how many of them other processes kept busy
-    over the next ``seconds``."""
-    cores = Cores()
-    time.sleep(seconds)
-    return cores.count, cores.busy_elsewhere() or 0.0
 
 
 class ThreadFit:
@@ -276,9 +268,6 @@ class ThreadFit:
         return want
 
 
-_fits: list[ThreadFit] = []  # the fits of the training runs in progress in this process
-
-
 def fit_threads(device: str | torch.device) -> int:
     """On a CPU, compute on no more threads than there are cores idle now (see
     :class:`ThreadFit`); the number of threads in force."""
@@ -288,24 +277,15 @@ def fit_threads(device: str | torch.device) -> int:
 
 @contextlib.contextmanager
 def fitting_threads(device: str | torch.device):
-    """Within: threads fitted to the idle cores, and refitted at each :func:`refit_threads`;
-    PyTorch's thread count comes back on leaving."""
+    """Within: threads fitted to the idle cores; yields the :class:`ThreadFit`, whose
+    :meth:`~ThreadFit.refit` a training run calls between epochs. PyTorch's thread count
+    comes back on leaving."""
     before = torch.get_num_threads()
     try:
-        _fits.append(ThreadFit(device))
-        yield
+        yield ThreadFit(device)
     finally:
-        if _fits:
-            _fits.pop()
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
-
-
-def refit_threads() -> None:
-    """Between epochs: the innermost :func:`fitting_threads` refits its thread count over
-    the time since its last fit (no waiting)."""
-    if _fits:
-        _fits[-1].refit()
 
 
 @contextlib.contextmanager

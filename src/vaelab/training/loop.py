@@ -18,8 +18,8 @@ import torch
 
 from ..config import Config
 from ..data.splits import Data, load_data, resolve
-from ..devices import (World, current_world, fast_bf16_everywhere, fitting_threads,
-                       flushing_denormals, join, refit_threads, resolve_device)
+from ..devices import (ThreadFit, World, current_world, fast_bf16_everywhere, fitting_threads,
+                       flushing_denormals, join, resolve_device)
 from ..errors import RunError
 from ..files import atomic_write
 from ..models.vae import VAE
@@ -54,9 +54,8 @@ def check_likelihood(model: VAE, data: Data) -> None:
 
 def kl_weight(tc, epoch: int, step: int, n_batches: int) -> float:
     """beta, reached linearly over the first ``tc.warmup`` epochs (epoch counts from 1)."""
-    if tc.warmup == 0:
-        return tc.beta
-    return tc.beta * min(1.0, ((epoch - 1) * n_batches + step + 1) / (tc.warmup * n_batches))
+    return tc.beta if tc.warmup == 0 else tc.beta * min(
+        1.0, ((epoch - 1) * n_batches + step + 1) / (tc.warmup * n_batches))
 
 
 # ---- The loop ------------------------------------------------------------------------
@@ -118,19 +117,20 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, data: Data 
     lock (a second trainer in the same directory is refused).
 
     A loss that is not finite stops training at once with a :class:`Diverged` error; the
-    checkpoint and best weights of the last good epoch stay as they were. Meanwhile the CPU
-    flushes denormals to zero (:func:`flushing_denormals`), on idle cores (:func:`fit_threads`)."""
+    checkpoint and best weights of the last good epoch stay as they were. The CPU flushes
+    denormals to zero on every pool thread (:func:`flushing_denormals`, outside the threads
+    fitted to the idle cores, :class:`~vaelab.devices.ThreadFit`, so all are set and reset)."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunError(f"{run_dir} is a file, not a run directory; choose another "
                        f"{'--resume' if resume else '--out'}")
-    lock = RunLock(run_dir) if current_world().main else nullcontext()
-    with lock, fitting_threads(resolve_device(cfg.train.device)), flushing_denormals():
-        return _train(cfg, run_dir, resume, data, progress, tensorboard, time_limit)
+    with RunLock(run_dir) if current_world().main else nullcontext(), flushing_denormals(), \
+            fitting_threads(resolve_device(cfg.train.device)) as threads:
+        return _train(cfg, run_dir, resume, data, progress, tensorboard, time_limit, threads)
 
 
 def _train(cfg: Config, run_dir: Path, resume: bool, data: Data | None, progress: bool,
-           tensorboard: bool, time_limit: float | None) -> TrainResult:
+           tensorboard: bool, time_limit: float | None, threads: ThreadFit) -> TrainResult:
     s = start(cfg, run_dir, resume, data)
     tc = s.cfg.train
     stepper = Stepper(s.model, s.opt, tc, s.device, s.world, norm_mean=s.state.norm_mean)
@@ -160,7 +160,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, data: Data | None, progress
             record(s, {**m, **val}, n_val > 0, board)
             if stopped:
                 break
-            refit_threads()  # other work started or ended meanwhile: the idle cores again
+            threads.refit()  # other work started or ended meanwhile: the idle cores again
     bar.close()
     if board:
         board.close()
