@@ -81,6 +81,37 @@ def test_a_file_of_the_previous_format_still_decodes(runs):
     old = compress(model, x, settings=CodingSettings(samples=1), version=1)
     assert old.startswith(b"\x89VAELAB\n") and read_header(old)["format"] == 1
     np.testing.assert_array_equal(decompress(model, old), x)
+    two = compress(model, x, settings=CodingSettings(samples=4), version=2)
+    assert two[:4] == b"\x89VL\x02" and "threads" not in read_header(two)["settings"]
+    np.testing.assert_array_equal(decompress(model, two), x)
+
+
+def test_a_file_decodes_at_any_thread_count():
+    """MKL splits a product's sums by the thread count: an encoder's 784-wide first layer
+    on 64 images gives other float32 bits at 2 threads than at 1, so the particles'
+    weights, and with them the code, would differ. A file records the count it was made
+    on and is decoded on that count; a format-2 file, which does not, fails safely and
+    says what to do."""
+    from vaelab.devices import computing_threads
+    from vaelab.models.vae import VAE
+
+    torch.manual_seed(0)
+    model = VAE.from_config(Config().override(hidden=(64,), latent_dim=4,
+                                                  likelihood="bernoulli").model, (1, 28, 28))
+    with torch.no_grad():  # (images it codes by bits back: its own samples)
+        x = model.decode(model.prior().sample((64,))).sample().to(torch.uint8).numpy()
+    settings, stats = CodingSettings(samples=8, weights="fp32"), {}
+    with computing_threads(2):
+        data = compress(model, x, settings=settings, stats=stats)
+        assert stats["code"] == "bits-back"
+        old = compress(model, x, settings=settings, version=2)
+        np.testing.assert_array_equal(decompress(model, old), x)
+    assert read_header(data)["settings"]["threads"] == 2
+    with computing_threads(1):
+        np.testing.assert_array_equal(decompress(model, data), x)
+        assert torch.get_num_threads() == 1
+        with pytest.raises(CodingError, match="does not record the thread count"):
+            decompress(model, old)
 
 
 def test_the_file_of_one_image_has_a_small_fixed_header(runs):

@@ -59,7 +59,7 @@ def _recoded(data: bytes, **fields) -> bytes:
     attacker could (in the file's own format)."""
     header, body = read_container(data)
     header = {k: v for k, v in {**header, **fields}.items() if v is not None}
-    return (pack if header["format"] == 2 else pack_v1)(header, body)
+    return (pack if header["format"] in (2, 3) else pack_v1)(header, body)
 
 
 def _checksummed(data: bytes) -> bytes:
@@ -107,7 +107,7 @@ def _settings(data: bytes, **changes) -> dict:
     return {**read_container(data)[0]["settings"], **changes}
 
 
-FORMAT2 = [  # (fields replaced, or bytes changed, and the words of the error)
+FORMAT2 = [  # (format 3: fields replaced, or bytes changed, and the words of the error)
     (dict(levels=1), "levels 1"),
     (dict(image_shape=[2, 8, 8]), "image shape"),
     (dict(schedule={"direct": 99, "rate": 0, "cap": 1, "exceptions": []}), "batch schedule"),
@@ -116,6 +116,7 @@ FORMAT2 = [  # (fields replaced, or bytes changed, and the words of the error)
     (dict(settings=lambda d: _settings(d, samples=5000)), "samples 5000"),
     (dict(settings=lambda d: _settings(d, direct_bits=12)), "direct grid bits 12"),
     (dict(settings=lambda d: _settings(d, latent_bits=30)), "latent grid of 30 bits"),
+    (dict(settings=lambda d: _settings(d, threads=10 ** 6)), "1000000 threads"),
     (lambda d: _checksummed(d[:3] + b"\x09" + d[4:-8]), "format version 9"),
     (lambda d: _checksummed(d[:4] + b"\xff" + d[5:-8]), "name two codes"),
     (lambda d: _checksummed(d[:22]), "ends inside the header"),

@@ -280,9 +280,20 @@ def fitting_threads(device: str | torch.device):
     """Within: threads fitted to the idle cores; yields the :class:`ThreadFit`, whose
     :meth:`~ThreadFit.refit` a training run calls between epochs. PyTorch's thread count
     comes back on leaving."""
+    with computing_threads(None):
+        yield ThreadFit(device)
+
+
+@contextlib.contextmanager
+def computing_threads(count: int | None):
+    """Within: PyTorch computes on ``count`` threads (None: as it was); the count comes
+    back on leaving. A product's sums are split by the thread count, so where results
+    must match bit for bit (a compressed file decoded), both sides use one count."""
     before = torch.get_num_threads()
     try:
-        yield ThreadFit(device)
+        if count and count != before:
+            torch.set_num_threads(count)
+        yield
     finally:
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)

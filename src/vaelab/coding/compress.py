@@ -11,7 +11,9 @@ The file (:mod:`vaelab.coding.container`): a header of ~36 bytes (the model's an
 images' fingerprints, the counts and the coding settings), the ANS words, a checksum. A
 damaged or truncated file, another model, or a decoder that computes other probabilities
 (another machine or build of torch can) each end in a :class:`CodingError` that says
-which; no images come out unless their checksum matches. Where the model codes the images
+which; no images come out unless their checksum matches. A product's sums are split by
+the number of CPU threads, so the file records the count it was made on and the decoder
+computes on that count too, whatever its own setting. Where the model codes the images
 worse than a plain log2(levels) bits per pixel would (images it was not made for), the
 file holds that uniform code instead: never larger than the pixels themselves.
 """
@@ -25,13 +27,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..devices import fast_bf16
+from ..devices import computing_threads, fast_bf16
 from ..errors import CodingError, ConfigError
 from ..models.vae import VAE
 from .bitsback import Tally, decode_batch, decode_direct, encode_batch, encode_direct
 from .container import (DEFAULT_RANGE, DIGEST, MAX_SAMPLES, PNG_IMAGES, batch_sizes,
                         check_header, grown, pack, pack_v1, read_container, schedule,
-                        versions)
+                        unrecorded_threads, versions)
 from .latents import Grid, entropy_coder
 from .particles import kind
 from .pixels import (decode_uniform, encode_uniform, from_png_stream, pixel_code,
@@ -141,23 +143,24 @@ def _checked_images(images, shape: tuple[int, ...], levels: int) -> np.ndarray:
 
 def compress(model: VAE, images, *, settings: CodingSettings = CodingSettings(),
              meta: dict | None = None, progress: bool = False, stats: dict | None = None,
-             device: str = "cpu", verbose_header: bool = False, version: int = 2) -> bytes:
+             device: str = "cpu", verbose_header: bool = False, version: int = 3) -> bytes:
     """Code uint8 images (N, C, H, W) of levels 0..K-1 (K: 2 for a Bernoulli model, the
     data's levels otherwise) losslessly with ``model``; returns the file's bytes. ``meta``
     (JSON-able) travels in the header (:func:`read_header`); ``verbose_header`` adds the
     versions of what made the file. ``stats``, if given, receives the ideal code length
     (the sum over images of -log2 (1/K) sum_k w_k of the coded particles, the bits pushed
     for a direct code) and the sizes. ``device``: where the nets run ("cuda" is faster;
-    the file then decodes on a CUDA device only). ``version=1`` writes the first file
-    format (a JSON header; one sample, starting words), for vaelabs that read only it."""
+    the file then decodes on a CUDA device only). ``version=2`` writes the format before
+    the thread count was recorded, ``version=1`` the first (a JSON header; one sample,
+    starting words), for vaelabs that read only those."""
     from tqdm.auto import tqdm
 
     constriction = entropy_coder()
     levels = levels_of(model)
     x = _checked_images(images, model.image_shape, levels)
-    if version not in (1, 2) or (version == 1 and settings.samples != 1):
+    if version not in (1, 2, 3) or (version == 1 and settings.samples != 1):
         raise ConfigError(f"file format {version} with {settings.samples} samples: format 1 "
-                          "codes one sample per image, format 2 any number")
+                          "codes one sample per image, formats 2 and 3 any number")
     m = _coding_copy(model, device)
     weights = _weigher(model, device, settings.samples, settings.bf16(device))
     coder = constriction.stream.stack.AnsCoder(initial_words(m, settings)) if version == 1 \
@@ -169,7 +172,7 @@ def compress(model: VAE, images, *, settings: CodingSettings = CodingSettings(),
                             version)
     body, code, sizes = coder.get_compressed().astype("<u4").tobytes(), "bits-back", \
         batch_sizes(plan, len(x))
-    if version == 2 and len(x):  # where the model loses to plain pixels or to PNG
+    if version >= 2 and len(x):  # where the model loses to plain pixels or to PNG
         body, code = min([(body, code)] + _fallbacks(x, levels, 8 * len(body)),
                          key=lambda b: len(b[0]))
         if code != "bits-back":
@@ -181,7 +184,7 @@ def compress(model: VAE, images, *, settings: CodingSettings = CodingSettings(),
         check_header(header, len(body))
     except CodingError as e:
         raise CodingError(f"{e} (as written here); compress fewer images per file") from None
-    data = (pack if version == 2 else pack_v1)(header, body)
+    data = (pack if version >= 2 else pack_v1)(header, body)
     if stats is not None:
         stats.update(ideal_bits=float(sum(tally.net_bits)), bits=8 * len(data),
                      body_bits=8 * len(body), header_bytes=len(data) - len(body),
@@ -222,7 +225,9 @@ def _header(model, x, levels, settings, device, plan, meta, words, version, code
                   settings={**s, "samples": settings.samples,
                             "direct_bits": plan["direct_bits"],
                             "coupled": int(settings.coupled and settings.samples > 1),
-                            "bf16": int(settings.bf16(device))})
+                            "bf16": int(settings.bf16(device)),
+                            **({"threads": torch.get_num_threads() * (device == "cpu")}
+                               if version >= 3 else {})})  # (0: on CUDA)
     return {**header, "made_with": versions()} if verbose else header
 
 
@@ -235,7 +240,7 @@ def _code(coder, m, weights: dict, x, levels, settings, tally, update, version: 
     cap = max(1, min(settings.batch_size,
                      PARTICLE_FLOATS // (settings.samples * m.latent_dim)))
     direct = Grid(2.0 ** -_direct_bits(coder, m, x[:16], levels, settings),
-                  settings.latent_range) if version == 2 and len(x) else None
+                  settings.latent_range) if version >= 2 and len(x) else None
     n, rate, pushed = 0, 255, 0.0  # (rate 255: batches of one image)
     while direct is not None and n < len(x):  # the direct prefix
         need = _need(tally, m, settings)
@@ -334,9 +339,9 @@ def unpack(model: VAE, data: bytes, *, progress: bool = False) -> tuple[np.ndarr
     shape, levels, s = tuple(header["image_shape"]), header["levels"], header["settings"]
     samples, grid = s.get("samples", 1), Grid(2.0 ** -s["latent_bits"], s["latent_range"])
     batches = [] if header.get("code") in ("uniform", "png") else \
-        batch_sizes(header["schedule"], header["count"]) if header["format"] == 2 else \
+        batch_sizes(header["schedule"], header["count"]) if header["format"] >= 2 else \
         [(b[0], False) for b in header["batches"] for _ in range(b[1])]  # (checked)
-    if header["format"] == 2 and header["schedule"]["exceptions"] and \
+    if header["format"] >= 2 and header["schedule"]["exceptions"] and \
             header["schedule"]["exceptions"][-1] >= len(batches) - header["schedule"]["direct"]:
         raise CodingError("damaged header: an exception past the last batch; nothing was "
                           "decoded")
@@ -357,7 +362,8 @@ def unpack(model: VAE, data: bytes, *, progress: bool = False) -> tuple[np.ndarr
             out[:] = from_png_stream(body, out.shape, levels)
         direct = Grid(2.0 ** -s.get("direct_bits", 0), s["latent_range"])
         with tqdm(total=end, desc="decompress", unit="img", leave=False,
-                  disable=None if progress else True) as bar:
+                  disable=None if progress else True) as bar, \
+                computing_threads(s.get("threads")):
             for size, is_direct in reversed(batches):  # a stack: the last batch comes first
                 out[end - size:end] = decode_direct(coder, m, size, shape, levels, direct) \
                     if is_direct else decode_batch(coder, m, size, shape, levels, grid, samples,
@@ -366,7 +372,7 @@ def unpack(model: VAE, data: bytes, *, progress: bool = False) -> tuple[np.ndarr
                 bar.update(size)
     except (ValueError, RuntimeError, OverflowError, KeyError, IndexError) as e:
         raise CodingError(f"decoding failed ({e}); the file does not decode with this model on "
-                          "this machine") from None
+                          f"this machine{unrecorded_threads(header)}") from None
     _check_decoded(out, coder, header, m)
     return out, header
 
@@ -384,4 +390,5 @@ def _check_decoded(out: np.ndarray, coder, header: dict, model: VAE) -> None:
         raise CodingError("the decoded images do not match the checksum of the originals: "
                           "this machine computes other probabilities than the one that "
                           "compressed the file" + (f" (it was made with {made})" if made else "")
-                          + "; decompress it where it was made, or with the same builds")
+                          + f"{unrecorded_threads(header)}; decompress it where it was made, or "
+                          "with the same builds")

@@ -1,9 +1,9 @@
 """The compressed file, its batch schedule, and every check it gets before anything is
 decoded.
 
-Format 2, a compact binary header (34 bytes and an 8-byte checksum for a file of one image):
+Format 3, a compact binary header (35 bytes and an 8-byte checksum for a file of one image):
 
-    magic and version   4 bytes   89 56 4C 02 ("\\x89VL", 2)
+    magic and version   4 bytes   89 56 4C 03 ("\\x89VL", 3)
     flags               1 byte    1 CUDA, 2 meta, 4 versions, 8 latent range, 16 uniform
                                   code, 32 coupled samples, 64 bfloat16 weights, 128 PNG code
     model               8 bytes   the model's fingerprint (SHA-256 of its weights), cut
@@ -12,7 +12,8 @@ Format 2, a compact binary header (34 bytes and an 8-byte checksum for a file of
                         direct-code grid bits, then the batch schedule: the images coded
                         directly first, the rate and the cap of the batches' growth,
                         the number of batches coded directly after those and their
-                        places (each after the last)
+                        places (each after the last), then the CPU threads the
+                        probabilities were computed on (0: on CUDA)
     [latent range]      8 bytes   float64, when not 16
     [meta]              varint length + zlib JSON: what restores the original file (the
                         names of PNGs, an IDX header), when not a plain array
@@ -21,11 +22,12 @@ Format 2, a compact binary header (34 bytes and an 8-byte checksum for a file of
                         data of the images' optimized PNG, stacked)
     checksum            8 bytes   SHA-256 of everything before, cut
 
-Format 1 (``MAGIC``, a 4-byte length, a zlib JSON header, the words, a SHA-256) is still
-read. Either way the magic, the checksum, every field's presence, type and range, and
-every count against the others and the file's size are checked before anything is
-inflated past a hard limit or allocated: a file from anywhere allocates nothing it does
-not account for.
+Format 2 (format 3 without the thread count, which a decoder then takes from its own
+setting) and format 1 (``MAGIC``, a 4-byte length, a zlib JSON header, the words, a
+SHA-256) are still read. Either way the magic, the checksum, every field's presence,
+type and range, and every count against the others and the file's size are checked
+before anything is inflated past a hard limit or allocated: a file from anywhere
+allocates nothing it does not account for.
 """
 from __future__ import annotations
 
@@ -42,8 +44,9 @@ from ..errors import CodingError
 
 MAGIC = b"\x89VAELAB\n"  # format 1
 MAGIC2 = b"\x89VL"  # format 2 and later: then one byte of version
-FORMAT_VERSION = 2
-READS = (1, 2)
+FORMAT_VERSION = 3
+READS = (1, 2, 3)
+MAX_THREADS = 1024  # CPU threads a file may ask its decoder to compute on
 DIGEST = 8  # bytes of each SHA-256 kept in format 2
 MAX_HEADER = 1 << 20  # bytes of an inflated header or meta (a real one is a few hundred)
 MAX_DECODED = 1 << 32  # bytes of images one file decodes to
@@ -97,13 +100,13 @@ def pack(header: dict, body: bytes) -> bytes:
              | FLAG_UNIFORM * (header["code"] == "uniform") | FLAG_COUPLED * s["coupled"]
              | FLAG_PNG * (header["code"] == "png")
              | FLAG_BF16 * s["bf16"])
-    out = bytearray(MAGIC2 + bytes([FORMAT_VERSION, flags]))
+    out = bytearray(MAGIC2 + bytes([header["format"], flags]))
     out += bytes.fromhex(header["model"]) + bytes.fromhex(header["sha256"])
     plan = header["schedule"]
     gaps = [b - a - 1 for a, b in zip([-1] + plan["exceptions"], plan["exceptions"])]
     for v in (header["count"], *header["image_shape"], header["levels"], s["latent_bits"],
               s["samples"], s["direct_bits"], plan["direct"], plan["rate"], plan["cap"],
-              len(gaps), *gaps):
+              len(gaps), *gaps, *([s["threads"]] if header["format"] >= 3 else [])):
         out += _varint(v)
     if flags & FLAG_RANGE:
         out += struct.pack("<d", s["latent_range"])
@@ -168,7 +171,7 @@ def read_container(data: bytes) -> tuple[dict, bytes]:
             hashlib.sha256(data[:-DIGEST]).digest()[:DIGEST] != data[-DIGEST:]:
         raise CodingError(f"the file is damaged or truncated ({len(data)} bytes; its "
                           "checksum does not match); nothing was decoded")
-    header, at = _fields(memoryview(data)[:-DIGEST])
+    header, at = _fields(memoryview(data)[:-DIGEST], data[3])
     body = data[at:-DIGEST]
     check_header(header, len(body))
     return header, body
@@ -204,7 +207,7 @@ class _Reader:
         return obj
 
 
-def _fields(data: memoryview) -> tuple[dict, int]:
+def _fields(data: memoryview, version: int) -> tuple[dict, int]:
     r = _Reader(data, 4)
     (flags,) = r.take(1)
     if flags & FLAG_UNIFORM and flags & FLAG_PNG:
@@ -217,15 +220,16 @@ def _fields(data: memoryview) -> tuple[dict, int]:
     exceptions = []
     for _ in range(n):
         exceptions.append((exceptions[-1] if exceptions else -1) + 1 + r.varint())
+    threads = {"threads": r.varint()} if version >= 3 else {}
     latent_range = struct.unpack("<d", r.take(8))[0] if flags & FLAG_RANGE else DEFAULT_RANGE
-    header = {"format": 2, "model": model, "sha256": digest, "image_shape": [c, h, w],
+    header = {"format": version, "model": model, "sha256": digest, "image_shape": [c, h, w],
               "count": count, "levels": levels, "device": "cuda" if flags & FLAG_CUDA else "cpu",
               "code": "uniform" if flags & FLAG_UNIFORM else "png" if flags & FLAG_PNG
               else "bits-back",
               "settings": {"latent_bits": bits, "latent_range": latent_range,
                            "samples": samples, "direct_bits": direct_bits,
                            "coupled": int(bool(flags & FLAG_COUPLED)),
-                           "bf16": int(bool(flags & FLAG_BF16))},
+                           "bf16": int(bool(flags & FLAG_BF16)), **threads},
               "schedule": {"direct": direct, "rate": rate, "cap": cap, "exceptions": exceptions},
               "meta": r.blob() if flags & FLAG_META else dict(ARRAY)}
     if flags & FLAG_VERSIONS:
@@ -266,6 +270,15 @@ def _inflate(raw: bytes) -> bytes:
     return out
 
 
+def unrecorded_threads(header: dict) -> str:
+    """What to try with a CPU file that does not record its thread count (format 1, 2)."""
+    if header["device"] != "cpu" or "threads" in header["settings"]:
+        return ""
+    return (f" at {torch.get_num_threads()} thread(s); this file (format {header['format']}) "
+            "does not record the thread count it was made on: decompress with that count "
+            "(OMP_NUM_THREADS=N)")
+
+
 # ---- checking ----------------------------------------------------------------------------
 WORDS = {int: "an integer", str: "a string", list: "a list", dict: "a table",
          float: "a number"}
@@ -275,10 +288,12 @@ FIELDS = {1: {"format": int, "model": str, "image_shape": list, "count": int, "l
           2: {"format": int, "model": str, "image_shape": list, "count": int, "levels": int,
               "settings": dict, "device": str, "schedule": dict, "sha256": str,
               "words": int, "meta": dict, "code": str}}
+FIELDS[3] = FIELDS[2]
 OPTIONAL = {"made_with"}
 SETTINGS = {1: {"latent_bits": int, "latent_range": (int, float), "batch_size": int},
             2: {"latent_bits": int, "latent_range": (int, float), "samples": int,
                 "direct_bits": int, "coupled": int, "bf16": int}}
+SETTINGS[3] = {**SETTINGS[2], "threads": int}
 
 
 def check_header(header, body_bytes: int) -> None:
@@ -288,7 +303,7 @@ def check_header(header, body_bytes: int) -> None:
     if fmt not in READS or isinstance(fmt, bool):
         raise CodingError(f"file format version {fmt!r}; this vaelab reads versions "
                           f"{', '.join(map(str, READS))} (use the vaelab that wrote it)")
-    _check_types(header, FIELDS[fmt], OPTIONAL if fmt == 2 else set())
+    _check_types(header, FIELDS[fmt], OPTIONAL if fmt >= 2 else set())
     _check_types(header["settings"], SETTINGS[fmt], set(), "settings: ")
     digest = 64 if fmt == 1 else 2 * DIGEST
     if not all(_hex(header[k], digest) for k in ("model", "sha256")):
@@ -311,7 +326,7 @@ def check_header(header, body_bytes: int) -> None:
     else:
         _check_schedule(header["schedule"], count)
     _check_settings(header["settings"], fmt)
-    if fmt == 2 and header["code"] not in ("bits-back", "uniform", "png") or \
+    if fmt >= 2 and header["code"] not in ("bits-back", "uniform", "png") or \
             header.get("code") == "png" and count > PNG_IMAGES:
         _damaged(f"code {header['code']!r} for {count} images")
     if not all(isinstance(v, str) for v in header.get("made_with", {}).values()):
@@ -355,10 +370,12 @@ def _check_settings(s: dict, fmt: int) -> None:
     if not 2 <= s["latent_bits"] <= 16 or not (0 < r < math.inf) or \
             r * 2 ** s["latent_bits"] > 2 ** 20:
         _damaged(f"latent grid of {s['latent_bits']} bits over +-{r}")
-    if fmt == 2 and not (1 <= s["samples"] <= MAX_SAMPLES and s["coupled"] in (0, 1) and
+    if fmt >= 2 and not (1 <= s["samples"] <= MAX_SAMPLES and s["coupled"] in (0, 1) and
                          s["bf16"] in (0, 1) and
                          0 <= s["direct_bits"] <= s["latent_bits"]):
         _damaged(f"samples {s['samples']}, direct grid bits {s['direct_bits']}")
+    if fmt >= 3 and not 0 <= s["threads"] <= MAX_THREADS:
+        _damaged(f"{s['threads']} threads (at most {MAX_THREADS})")
 
 
 def _damaged(what: str):
