@@ -53,8 +53,11 @@ def independent_normal(loc: Tensor, scale: Tensor, event_dims: int = 1) -> Indep
 
 def diagonal_normal(params: Tensor, min_scale: float = 0.0) -> Independent:
     """``params`` (..., 2L) -> N(loc, diag(scale^2)) with batch (...) and event (L,).
-    ``scale = softplus(raw) + min_scale`` keeps it positive without exp's overflow."""
-    loc, raw = params.chunk(2, dim=-1)
+    ``scale = softplus(raw) + min_scale`` keeps it positive without exp's overflow. In at
+    least float32: from a net's bfloat16 products (autocast) the parameters, the samples
+    and their log-densities would be bfloat16, whose grid (2^-8 of |z|) a draw z snaps to,
+    so that log q(z|x) and log p(z) would be densities at points that are not draws of q."""
+    loc, raw = params.to(torch.promote_types(params.dtype, torch.float32)).chunk(2, dim=-1)
     return independent_normal(loc, F.softplus(raw) + min_scale)
 
 
