@@ -198,10 +198,11 @@ class Cores:
         self.last = self._look()
 
     def _look(self) -> tuple[float, int, int] | None:
-        """(this process's CPU seconds, busy and total ticks of our cores), or None."""
+        """(the CPU seconds of this process and its descendants, busy and total ticks of our
+        cores), or None."""
         if not self.ids:
             return None
-        mine, busy, total = os.times(), 0, 0
+        mine, busy, total = own_seconds(), 0, 0
         try:
             with open("/proc/stat") as f:
                 for line in f:
@@ -213,11 +214,12 @@ class Cores:
                         total += sum(t)
         except (OSError, ValueError, IndexError):
             return None
-        return mine.user + mine.system, busy, total
+        return mine, busy, total
 
     def busy_elsewhere(self) -> float | None:
         """Cores kept busy by other processes (and the hypervisor, as steal time) since the
-        last look, less this process's own time; None where unknown or too soon to say
+        last look, less the time of this process and of the processes it started (torch.compile's
+        workers); None where unknown or too soon to say
         (under 0.1 s since the last look, which then stays the last)."""
         a, b = self.last, self._look()
         if a is None or b is None:
@@ -229,6 +231,35 @@ class Cores:
         self.last = b
         busy = (b[1] - a[1]) / tick - (b[0] - a[0])  # core-seconds, less this process's own
         return min(float(self.count), max(0.0, busy / elapsed))
+
+
+def own_seconds() -> float:
+    """CPU seconds of this process and of every process it started, running (/proc) or
+    ended (as their parents' reaped children): work of our own, such as torch.compile's
+    worker processes, is not other work."""
+    t = os.times()
+    seconds, tick = t.user + t.system + t.children_user + t.children_system, \
+        os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[tuple[int, int]]] = {}
+    try:
+        pids = os.listdir("/proc")
+    except OSError:  # no /proc: this process's own and its reaped children's time
+        pids = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()  # (the name may hold spaces)
+            # state, ppid, ..., utime, stime, cutime, cstime (fields 3, 4, 14-17)
+            children.setdefault(int(fields[1]), []).append(
+                (int(pid), sum(int(v) for v in fields[11:15])))
+        except (OSError, ValueError, IndexError):
+            continue  # not a process, or one that ended meanwhile
+    todo = [os.getpid()]
+    while todo:
+        for pid, ticks in children.get(todo.pop(), []):
+            seconds += ticks / tick
+            todo.append(pid)
+    return seconds
 
 
 class ThreadFit:
