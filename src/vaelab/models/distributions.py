@@ -51,13 +51,22 @@ def independent_normal(loc: Tensor, scale: Tensor, event_dims: int = 1) -> Indep
                        validate_args=False)
 
 
+def widened(*tensors: Tensor) -> torch.dtype:
+    """The dtype of ``tensors`` computed together, at least float32 (a net's outputs under
+    bfloat16 autocast are widened before their densities are)."""
+    dtype = torch.float32
+    for t in tensors:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
 def diagonal_normal(params: Tensor, min_scale: float = 0.0) -> Independent:
     """``params`` (..., 2L) -> N(loc, diag(scale^2)) with batch (...) and event (L,).
     ``scale = softplus(raw) + min_scale`` keeps it positive without exp's overflow. In at
     least float32: from a net's bfloat16 products (autocast) the parameters, the samples
     and their log-densities would be bfloat16, whose grid (2^-8 of |z|) a draw z snaps to,
     so that log q(z|x) and log p(z) would be densities at points that are not draws of q."""
-    loc, raw = params.to(torch.promote_types(params.dtype, torch.float32)).chunk(2, dim=-1)
+    loc, raw = params.to(widened(params)).chunk(2, dim=-1)
     return independent_normal(loc, F.softplus(raw) + min_scale)
 
 
@@ -79,7 +88,7 @@ class BernoulliImage(Independent):
         if torch.is_grad_enabled() and (self.base_dist.logits.requires_grad
                                         or value.requires_grad):
             return super().log_prob(value)
-        dtype = torch.promote_types(self.base_dist.logits.dtype, torch.float32)
+        dtype = widened(self.base_dist.logits)
         logits = self.base_dist.logits.flatten(-3).to(dtype)  # (..., D)
         x = value.flatten(-3).to(dtype)
         # outside autocast, which would run the einsum, and so the sum, in bfloat16 (1-2 nats off)
@@ -294,8 +303,7 @@ class GaussianMixture(MixtureSameFamily):
                    - 0.5 * loc.shape[1] * math.log(2 * math.pi))  # (K,)
 
     def log_prob(self, z: Tensor) -> Tensor:
-        z = z.to(torch.promote_types(torch.promote_types(z.dtype, self._w.dtype),
-                                     torch.float32))
+        z = z.to(widened(z, self._w))
         with torch.autocast(z.device.type, enabled=False):
             quad = torch.cat([z * z, z], -1) @ self._w.to(z.dtype)  # (..., K)
             return torch.logsumexp(self._c.to(z.dtype) - 0.5 * quad, -1)
