@@ -107,11 +107,20 @@ def test_a_file_decodes_at_any_thread_count():
         old = compress(model, x, settings=settings, version=2)
         np.testing.assert_array_equal(decompress(model, old), x)
     assert read_header(data)["settings"]["threads"] == 2
+    with torch.no_grad():  # whether this machine's library splits these sums by threads
+        q = [None, None]
+        for n in (1, 2):
+            with computing_threads(n):
+                q[n - 1] = model.encode(torch.from_numpy(x).float()).mean
+        split = not torch.equal(*q)
     with computing_threads(1):
         np.testing.assert_array_equal(decompress(model, data), x)
         assert torch.get_num_threads() == 1
-        with pytest.raises(CodingError, match="does not record the thread count"):
-            decompress(model, old)
+        if split:  # (an AMX Xeon's MKL; this AMD EPYC's gave the same bits on 1 and 2)
+            with pytest.raises(CodingError, match="does not record the thread count"):
+                decompress(model, old)
+        else:
+            np.testing.assert_array_equal(decompress(model, old), x)
 
 
 def test_the_file_of_one_image_has_a_small_fixed_header(runs):

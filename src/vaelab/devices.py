@@ -64,6 +64,11 @@ class World:
             dist.all_reduce(t)
         return t
 
+    def all(self, flag: bool, device: torch.device) -> bool:
+        """Whether ``flag`` holds on every rank (one choice for all of them)."""
+        votes = self.sum(torch.tensor([float(flag)], device=device))
+        return votes.item() == self.size
+
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
@@ -163,8 +168,7 @@ def fast_bf16(device: str | torch.device) -> bool:
 
 def fast_bf16_everywhere(device: torch.device, world: "World") -> bool:
     """:func:`fast_bf16` on every rank of ``world`` (one choice for all of them)."""
-    votes = world.sum(torch.tensor([float(fast_bf16(device))], device=device))
-    return votes.item() == world.size
+    return world.all(fast_bf16(device), device)
 
 
 @functools.cache

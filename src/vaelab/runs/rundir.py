@@ -201,7 +201,7 @@ def check_settings(meta: dict, cfg: Config, path: Path) -> None:
 
 # [train] settings added since runs were first written, with what runs without them did:
 # a run's config.toml names every setting of its time, so a missing one means "before it"
-LEGACY_TRAIN = {"ema": 0.0, "select": "elbo", "kl_warmup": 0}
+LEGACY_TRAIN = {"ema": 0.0, "select": "elbo", "kl_warmup": 0, "precision": "fp32"}
 # and settings whose default is worked out as the run goes (a sixth of its epochs, also when
 # a resumed run gets more or fewer), so not written: known by a key written with them
 LEGACY_BY = {"iwae_epochs": ("iwae_k", 0)}

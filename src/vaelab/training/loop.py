@@ -18,8 +18,8 @@ import torch
 
 from ..config import Config
 from ..data.splits import Data, load_data, resolve
-from ..devices import (ThreadFit, World, current_world, fast_bf16_everywhere, fitting_threads,
-                       flushing_denormals, join, resolve_device)
+from ..devices import (ThreadFit, World, current_world, fitting_threads, flushing_denormals,
+                       join, resolve_device)
 from ..errors import RunError
 from ..files import atomic_write
 from ..models.vae import VAE
@@ -32,7 +32,7 @@ from ..runs.rundir import (legacy_settings, load_run, model_settings, read_safet
                            save_weights)
 from .board import TensorBoard
 from .schedule import Schedule, WeightAverage, set_lr
-from .step import Stepper, make_optimizer
+from .step import Stepper, auto_precision, make_optimizer
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -185,10 +185,10 @@ def start(cfg: Config, run_dir: Path, resume: bool, data: Data | None) -> Sessio
     torch.manual_seed(tc.seed)
     data = data if data is not None else load_data(cfg.data, device)
     cfg = resolve(cfg, data)
-    if tc.precision == "auto":  # resolved for this device (bf16 if fast on every rank)
-        cfg = cfg.override(precision="bf16" if fast_bf16_everywhere(device, world) else "fp32")
     model = VAE.from_config(cfg.model, data.image_shape).to(device)
     check_likelihood(model, data)
+    if tc.precision == "auto":  # resolved for this model on this device, timed
+        cfg = cfg.override(precision=auto_precision(model, tc, data.train, device, world))
     if tc.init and not resume:
         weights, _ = read_safetensors(Path(tc.init) / "model.safetensors")
         try:

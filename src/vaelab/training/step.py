@@ -6,6 +6,8 @@ clipped (if asked), a spike's update skipped (if asked) and Adam or AdamW
 the ELBO, with shapes: :mod:`vaelab.training`."""
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import math
 import time
@@ -15,7 +17,7 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig
-from ..devices import World
+from ..devices import World, fast_bf16
 from ..models.vae import VAE
 from ..noise import batch_shard
 from ..objectives import elbo
@@ -24,6 +26,7 @@ log = logging.getLogger(__name__)
 Tensor = torch.Tensor
 
 NORM_DECAY = 0.01  # weight of each step's gradient norm in the running mean (~100 steps)
+AUTO_BF16_GAIN = 1.15  # precision = "auto": bf16 where the model's step is this much faster
 
 
 def make_optimizer(model: VAE, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
@@ -62,6 +65,58 @@ class Loss(nn.Module):
                            kl_balance=tc.kl_balance)
         return loss, torch.stack([loss.detach() * x.shape[0], t.elbo.detach().sum(),
                                   t.recon.detach().sum(), t.kl.detach().sum()])
+
+
+def auto_precision(model: VAE, tc: TrainConfig, split, device: torch.device,
+                   world: World) -> str:
+    """``precision = "auto"`` resolved for this run: "bf16" where the device has fast
+    bfloat16 products (:func:`~vaelab.devices.fast_bf16`) and this model's own training
+    step, on the first batch of ``split`` (the training images), measures at least
+    ``AUTO_BF16_GAIN`` times faster under bf16 autocast than in float32, on every rank;
+    "fp32" otherwise. The products' rate alone does not say it: the casts around them cost
+    more than bf16 saves on small nets (the digits' MLP), and on an AMX CPU the reference
+    MLP at batch 128 gained nothing (docs/benchmarks.md)."""
+    gain = None
+    if fast_bf16(device):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            n = min(tc.batch_size, len(split))  # (a dynamic binarization draws: forked)
+            x = split.batch(slice(0, n)).to(device)
+            y = split.labels[:n].to(device) if model.classes else None
+        gain = bf16_step_gain(model, tc, x, y, device)
+    choice = "bf16" if world.all(gain is not None and gain >= AUTO_BF16_GAIN, device) else "fp32"
+    log.info("precision auto: %s (%s)", choice, "no fast bfloat16 products here"
+             if gain is None else f"this model's training step {gain:.2f}x as fast under "
+             f"bf16 autocast as in float32 here; bf16 from {AUTO_BF16_GAIN}x")
+    return choice
+
+
+def bf16_step_gain(model: VAE, tc: TrainConfig, x: Tensor, y: Tensor | None,
+                   device: torch.device, rounds: int = 7, budget: float = 0.04) -> float:
+    """The model's training step (forward and backward of its loss on ``x``) in float32
+    over the same step under bf16 autocast: the best of ``rounds`` alternating rounds of
+    each, a round as many steps as fill about ``budget`` seconds. On a copy of the model,
+    the random streams forked: the run's weights and draws are untouched."""
+    model = copy.deepcopy(model).train()
+    losses = {p: Loss(model, dataclasses.replace(tc, precision=p), device)
+              for p in ("fp32", "bf16")}
+    beta = torch.tensor(1.0, device=device)
+
+    def steps(p: str, n: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            losses[p](x, y, beta)[0].backward()
+            model.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - t0
+
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        n = max(1, min(10, int(budget / max(steps("fp32", 1), steps("bf16", 1), 1e-6))))
+        best = {p: steps(p, n) for p in losses}  # (both warm now)
+        for _ in range(rounds - 1):
+            for p in losses:
+                best[p] = min(best[p], steps(p, n))
+    return best["fp32"] / best["bf16"]
 
 
 def fast_paths(tc: TrainConfig, model: VAE, device: torch.device) -> dict[str, bool]:
