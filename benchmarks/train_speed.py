@@ -49,7 +49,7 @@ import vaelab
 from vaelab.data.splits import Data, load_data, resolve
 from vaelab.models.vae import VAE
 from vaelab.objectives import elbo
-from vaelab.devices import _cpu_bf16_speedup, fast_bf16
+from vaelab.devices import _cpu_bf16_speedup
 from vaelab.training.step import Loss
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -183,13 +183,16 @@ def baseline_epoch(dataset: Dataset, device: torch.device, state=None, model_cfg
     return time.perf_counter() - t0, state
 
 
-def vaelab_epoch(data: Data, device: torch.device, cfg: vaelab.Config) -> tuple[float, float]:
-    """Seconds of the second of two epochs from a fresh model, and the validation ELBO."""
+def vaelab_epoch(data: Data, device: torch.device, cfg: vaelab.Config
+                 ) -> tuple[float, float, str]:
+    """Seconds of the second of two epochs from a fresh model, the validation ELBO, and the
+    precision it trained in (``auto`` resolved)."""
     cfg = cfg.override(epochs=2, device=device.type)
     with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Bernoulli on grey values: the baseline's loss
         r = vaelab.train(cfg, os.path.join(d, "run"), data=data, progress=False)
-    return r.history[-1]["seconds"], r.history[-1]["val_elbo"]
+        precision = vaelab.Config.load(os.path.join(d, "run", "config.toml")).train.precision
+    return r.history[-1]["seconds"], r.history[-1]["val_elbo"], precision
 
 
 def step_flops(cfg: vaelab.Config, data: Data, device: torch.device) -> float:
@@ -213,7 +216,9 @@ def contenders(model: str, device: torch.device) -> dict[str, dict | str | None]
         return {base: None, "vaelab, eager (--compile no)": {"compile": "no"},
                 "vaelab (compiled step)": {},
                 "vaelab, compiled, --precision bf16": {"precision": "bf16"}}
-    loops = {base: None, "vaelab": {}, "vaelab, --precision bf16": {"precision": "bf16"}}
+    loops = {base: None, "vaelab (default: --precision auto)": {},
+             "vaelab, --precision fp32": {"precision": "fp32"},
+             "vaelab, --precision bf16": {"precision": "bf16"}}
     if model == "mlp":
         loops.update({PLAIN: "plain", PLAIN_COMPILED: "plain-compiled",
                       "vaelab, --compile yes": {"compile": "yes"}})
@@ -248,12 +253,11 @@ def main():
     print(f"2048x2048 matrix product: {peaks[torch.float32] / 1e9:,.0f} GFLOP/s fp32, "
           f"{peaks[torch.bfloat16] / 1e9:,.0f} GFLOP/s bf16")
     if device.type == "cpu":
-        print(f"--precision auto here: {'bf16' if fast_bf16(device) else 'fp32'} (bf16 "
-              f"products of a decoder's size at {_cpu_bf16_speedup():.2f}x fp32's rate)")
+        print(f"bf16 products of a decoder's size at {_cpu_bf16_speedup():.2f}x fp32's rate")
     print()
     print("| model | loop | images/epoch | s/epoch | images/s | speed-up | of the plain loop "
-          "(eager / compiled) | peak memory | GFLOP/s (% of matmul) | val ELBO |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "(eager / compiled) | peak memory | GFLOP/s (% of matmul) | trained in | val ELBO |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     for name in args.models.split(","):
         n = args.images if name == "mlp" else (
             args.conv_images or (50_000 if device.type == "cuda" else 5_000))
@@ -264,6 +268,7 @@ def main():
         times: dict[str, list[float]] = {k: [] for k in runs}
         mem: dict[str, int] = {}
         val: dict[str, float] = {}
+        used: dict[str, list[str]] = {}  # the precision each timed vaelab run trained in
         state, plain = None, {}
         for epoch in range(args.epochs + 1):  # alternate, so drifts in load hit all alike
             for loop, spec in runs.items():
@@ -279,7 +284,8 @@ def main():
                         t, state = baseline_epoch(dataset, device, state,
                                                   None if name == "mlp" else config(name), data)
                     else:
-                        t, val[loop] = vaelab_epoch(data, device, config(name, **spec))
+                        t, val[loop], trained = vaelab_epoch(data, device, config(name, **spec))
+                        used.setdefault(loop, []).append(trained)
                 times[loop].append(t)
                 mem[loop] = max(mem.get(loop, 0), peak.bytes or 0)
         per_image = step_flops(config(name), data, device)
@@ -288,15 +294,16 @@ def main():
                   if k in times}
         for loop, ts in times.items():
             m = statistics.median(ts)
-            spec = runs[loop] if isinstance(runs[loop], dict) else {}
-            peak_rate = peaks[torch.bfloat16 if spec.get("precision") == "bf16"
+            peak_rate = peaks[torch.bfloat16 if "bf16" in used.get(loop, ())
                               else torch.float32]
             rate = per_image * n / m
             v = f"{val[loop]:.2f}" if loop in val else "-"
+            ran = ", ".join(f"{p} x{used[loop].count(p)}" for p in sorted(set(used[loop]))) \
+                if loop in used else "-"
             of = " / ".join(f"{n / m / f:.2f}" for f in floors.values()) or "-"
             print(f"| {name} | {loop} | {n:,} | {m:.2f} | {n / m:,.0f} | {base / m:.2f}x | "
                   f"{of} | {mem[loop] / 2**20:,.0f} MiB | {rate / 1e9:,.0f} "
-                  f"({100 * rate / peak_rate:.0f}%) | {v} |", flush=True)
+                  f"({100 * rate / peak_rate:.0f}%) | {ran} | {v} |", flush=True)
     print()
     print(f"FLOPs per image of a training step: counted by torch.utils.flop_counter; peak "
           f"memory: {'allocated CUDA memory' if device.type == 'cuda' else 'the process peak RSS'}")
