@@ -273,6 +273,7 @@ def test_precision_auto_times_the_models_own_step_and_is_recorded(tmp_path, monk
     timed = []
     monkeypatch.setattr(step, "fast_bf16", lambda device: fast)
     monkeypatch.setattr(step, "bf16_step_gain", lambda *a, **k: timed.append(a) or gain)
+    monkeypatch.setattr(step, "AUTO_BF16_FLOPS", 1e5)  # (this net's step: ~2.5 MFLOP)
     cfg = vaelab.Config().override(dataset="digits", hidden="32", latent_dim=4, epochs=1,
                                    device="cpu")
     assert cfg.train.precision == "auto"
@@ -283,7 +284,14 @@ def test_precision_auto_times_the_models_own_step_and_is_recorded(tmp_path, monk
     assert x is None or (x.shape == (64, 1, 8, 8) and 0 <= x.min() and x.max() <= 1)
     resumed = vaelab.Config.load(tmp_path / "run" / "config.toml").override(epochs=2)
     vaelab.train(resumed, tmp_path / "run", resume=True, progress=False)  # as `--resume` does
+    vaelab.train(cfg.override(epochs=3), tmp_path / "run", resume=True, progress=False)
     assert vaelab.Config.load(tmp_path / "run" / "config.toml").train.precision == chosen
+    assert len(timed) == int(fast)  # a resumed run, given auto or not, is not timed again
+    monkeypatch.undo()  # the threshold as shipped: a net this small is fp32, untimed
+    monkeypatch.setattr(step, "fast_bf16", lambda device: True)
+    monkeypatch.setattr(step, "bf16_step_gain", lambda *a, **k: timed.append(a) or 9.0)
+    vaelab.train(cfg, tmp_path / "tiny", progress=False)
+    assert vaelab.Config.load(tmp_path / "tiny" / "config.toml").train.precision == "fp32"
     assert len(timed) == int(fast)
 
 

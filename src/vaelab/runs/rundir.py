@@ -209,13 +209,17 @@ LEGACY_BY = {"iwae_epochs": ("iwae_k", 0)}
 
 def legacy_settings(cfg: Config, run_dir: Path) -> Config:
     """``cfg`` with the settings that ``run_dir``'s config.toml predates set to what the run
-    did then (a run written before the moving average became the default has none)."""
+    did then (a run written before the moving average became the default has none), and
+    those left to ``auto`` that the run resolved when it started (``precision``: timed
+    once per run) set to what it recorded."""
     try:
         saved = read_toml(run_dir / "config.toml").get("train", {})
     except ConfigError:
         return cfg  # no readable config.toml: nothing to resume, said elsewhere
     missing = {k: v for k, v in LEGACY_TRAIN.items() if k not in saved}
     missing.update({k: v for k, (known, v) in LEGACY_BY.items() if known not in saved})
+    if cfg.train.precision == "auto" and saved.get("precision") in ("fp32", "bf16"):
+        missing.setdefault("precision", saved["precision"])
     return cfg.override(**missing) if missing else cfg
 
 

@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import logging
 import math
+import statistics
 import time
 from typing import Callable
 
@@ -26,7 +27,9 @@ log = logging.getLogger(__name__)
 Tensor = torch.Tensor
 
 NORM_DECAY = 0.01  # weight of each step's gradient norm in the running mean (~100 steps)
+SPIKE_WARMUP = 50  # skip_spikes skips no finite step before Adam has taken this many
 AUTO_BF16_GAIN = 1.15  # precision = "auto": bf16 where the model's step is this much faster
+AUTO_BF16_FLOPS = 5e7  # and not timed below about this many FLOPs a step (fp32 there)
 
 
 def make_optimizer(model: VAE, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
@@ -75,27 +78,33 @@ def auto_precision(model: VAE, tc: TrainConfig, split, device: torch.device,
     ``AUTO_BF16_GAIN`` times faster under bf16 autocast than in float32, on every rank;
     "fp32" otherwise. The products' rate alone does not say it: the casts around them cost
     more than bf16 saves on small nets (the digits' MLP), and on an AMX CPU the reference
-    MLP at batch 128 gained nothing (docs/benchmarks.md)."""
-    gain = None
-    if fast_bf16(device):
+    MLP at batch 128 gained nothing (docs/benchmarks.md). A step of fewer than about
+    ``AUTO_BF16_FLOPS`` (6 x batch x parameters) is fp32 untimed: a timing that small is
+    noise where other work shares the cores."""
+    n = min(tc.batch_size, len(split))
+    flops = 6 * n * sum(p.numel() for p in model.parameters())  # (a dense net's step)
+    gain, why = None, "no fast bfloat16 products here"
+    if flops < AUTO_BF16_FLOPS:  # per-op overhead, which autocast's casts add to, rules
+        why = f"a step of ~{flops / 1e6:.0f} MFLOP: too small for bf16 to pay"
+    elif fast_bf16(device):
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            n = min(tc.batch_size, len(split))  # (a dynamic binarization draws: forked)
-            x = split.batch(slice(0, n)).to(device)
+            x = split.batch(slice(0, n)).to(device)  # (a dynamic binarization draws: forked)
             y = split.labels[:n].to(device) if model.classes else None
         gain = bf16_step_gain(model, tc, x, y, device)
+        why = (f"this model's training step {gain:.2f}x as fast under bf16 autocast as in "
+               f"float32 here; bf16 from {AUTO_BF16_GAIN}x")
     choice = "bf16" if world.all(gain is not None and gain >= AUTO_BF16_GAIN, device) else "fp32"
-    log.info("precision auto: %s (%s)", choice, "no fast bfloat16 products here"
-             if gain is None else f"this model's training step {gain:.2f}x as fast under "
-             f"bf16 autocast as in float32 here; bf16 from {AUTO_BF16_GAIN}x")
+    log.info("precision auto: %s (%s)", choice, why)
     return choice
 
 
 def bf16_step_gain(model: VAE, tc: TrainConfig, x: Tensor, y: Tensor | None,
                    device: torch.device, rounds: int = 7, budget: float = 0.04) -> float:
     """The model's training step (forward and backward of its loss on ``x``) in float32
-    over the same step under bf16 autocast: the best of ``rounds`` alternating rounds of
-    each, a round as many steps as fill about ``budget`` seconds. On a copy of the model,
-    the random streams forked: the run's weights and draws are untouched."""
+    over the same step under bf16 autocast: the median over ``rounds`` rounds of the ratio
+    of the two timed back to back (a machine whose speed drifts moves both alike), a round
+    as many steps as fill about ``budget`` seconds. On a copy of the model, the random
+    streams forked: the run's weights and draws are untouched."""
     model = copy.deepcopy(model).train()
     losses = {p: Loss(model, dataclasses.replace(tc, precision=p), device)
               for p in ("fp32", "bf16")}
@@ -112,11 +121,8 @@ def bf16_step_gain(model: VAE, tc: TrainConfig, x: Tensor, y: Tensor | None,
 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         n = max(1, min(10, int(budget / max(steps("fp32", 1), steps("bf16", 1), 1e-6))))
-        best = {p: steps(p, n) for p in losses}  # (both warm now)
-        for _ in range(rounds - 1):
-            for p in losses:
-                best[p] = min(best[p], steps(p, n))
-    return best["fp32"] / best["bf16"]
+        ratios = [steps("fp32", n) / steps("bf16", n) for _ in range(rounds)]  # (both warm)
+    return statistics.median(ratios)
 
 
 def fast_paths(tc: TrainConfig, model: VAE, device: torch.device) -> dict[str, bool]:
@@ -241,14 +247,18 @@ class Stepper:
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip or math.inf)
         spike = torch.zeros((), device=self.device)
         if self.skip:  # a norm far above the running mean (a batch whose loss explodes)
-            spike = (~norm.isfinite() | ((norm > self.skip * self.mean_norm) &
-                                         (self.mean_norm > 0))).float()
-            # the mean follows the norms, each taken at most at the bound: one spike moves it
-            # little, and norms that stay higher raise it (at factor 10, by 9 % a step) until
-            # their steps are taken again
-            seen = torch.minimum(norm.nan_to_num(0.0, 0.0), self.skip * self.mean_norm)
-            self.mean_norm.copy_(torch.where(self.mean_norm == 0, norm,
-                                             self.mean_norm.lerp(seen, NORM_DECAY)))
+            taken, fresh = self._steps_taken(), self.mean_norm == 0  # (no mean yet)
+            # the first steps' norms change fast: none skipped before SPIKE_WARMUP steps
+            warm = (taken >= SPIKE_WARMUP) & ~fresh
+            spike = (~norm.isfinite() | ((norm > self.skip * self.mean_norm) & warm)).float()
+            # the mean follows the norms, after the warm-up each taken at most at the bound:
+            # one spike moves it little, and norms that stay higher raise it (at factor 10, by
+            # 9 % a step) until their steps are taken again. Its weight is 1 / (steps + 1)
+            # until that reaches NORM_DECAY (the plain mean of the first norms)
+            norm0 = norm.nan_to_num(0.0, 0.0)
+            seen = torch.where(warm, torch.minimum(norm0, self.skip * self.mean_norm), norm0)
+            weight = torch.where(fresh, 1.0, (1 / (taken + 1)).clamp(min=NORM_DECAY))
+            self.mean_norm.lerp_(seen, weight)
         self.norms += torch.stack([norm, (norm > (self.clip or math.inf)).float(), spike])
         if not self.skip:
             self.opt.step()
@@ -257,6 +267,14 @@ class Stepper:
             self.opt.step()
         elif not spike.item():
             self.opt.step()
+
+    def _steps_taken(self) -> Tensor:
+        """The updates Adam has taken (its step count: checkpointed, and not counting the
+        skipped ones), as a tensor on the device (no host sync)."""
+        state = next(iter(self.opt.state.values()), {})
+        count = state.get("step", 0.0)
+        return count.to(self.device, torch.float32) if isinstance(count, Tensor) else \
+            torch.tensor(float(count), device=self.device)
 
     def take_compiling(self) -> float:
         """Seconds spent compiling the step since the last call."""
