@@ -261,12 +261,12 @@ def test_fast_bf16_is_measured_not_read_off_the_cpu_flags(monkeypatch):
     assert torch.equal(torch.random.get_rng_state(), state)
 
 
-@pytest.mark.parametrize("fast, gain, chosen", [(True, 1.3, "bf16"), (True, 1.1, "fp32"),
+@pytest.mark.parametrize("fast, gain, chosen", [(True, 1.3, "bf16"), (True, 1.05, "fp32"),
                                                 (False, None, "fp32")])
 def test_precision_auto_times_the_models_own_step_and_is_recorded(tmp_path, monkeypatch, fast,
                                                                    gain, chosen):
     """The default: bf16 where bf16 products are fast here and this model's own step measures
-    at least 1.15x faster under it; written resolved into config.toml, which a resumed run
+    at least 1.1x faster under it; written resolved into config.toml, which a resumed run
     keeps (it is not timed again)."""
     from vaelab.training import step
 

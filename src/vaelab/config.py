@@ -218,7 +218,7 @@ class TrainConfig:
     eval_batch_size: int = field(default=1000, metadata=_help("batch size for evaluation"))
     precision: str = field(default="auto", metadata=_help(
         "fp32, or bf16: forward/backward under bfloat16 autocast (products in bf16, losses and "
-        "weights fp32; validation fp32); auto: bf16 where the model's own step measures 1.15x "
+        "weights fp32; validation fp32); auto: bf16 where the model's own step measures 1.1x "
         "faster so (timed at the start where bf16 products are fast: CUDA, a CPU with "
         "AVX512-BF16 or AMX), else fp32; recorded resolved in config.toml", choices=PRECISIONS))
     compile: str = field(default="auto", metadata=_help(

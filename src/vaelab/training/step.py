@@ -28,7 +28,7 @@ Tensor = torch.Tensor
 
 NORM_DECAY = 0.01  # weight of each step's gradient norm in the running mean (~100 steps)
 SPIKE_WARMUP = 50  # skip_spikes skips no finite step before Adam has taken this many
-AUTO_BF16_GAIN = 1.15  # precision = "auto": bf16 where the model's step is this much faster
+AUTO_BF16_GAIN = 1.10  # precision = "auto": bf16 where the model's step is this much faster
 AUTO_BF16_FLOPS = 5e7  # and not timed below about this many FLOPs a step (fp32 there)
 
 
