@@ -270,8 +270,10 @@ def main():
         val: dict[str, float] = {}
         used: dict[str, list[str]] = {}  # the precision each timed vaelab run trained in
         state, plain = None, {}
-        for epoch in range(args.epochs + 1):  # alternate, so drifts in load hit all alike
-            for loop, spec in runs.items():
+        order = list(runs.items())
+        for epoch in range(args.epochs + 1):  # alternate, so drifts in load hit all alike,
+            turn = epoch % len(order)  # each epoch from another loop on (what runs after
+            for loop, spec in order[turn:] + order[:turn]:  # the PIL loop's heap pays more)
                 if epoch == args.epochs and not isinstance(spec, str):
                     continue  # (the plain loops' first epoch is a warm-up: one more)
                 with PeakMemory(device) as peak:
