@@ -29,7 +29,7 @@ Tensor = torch.Tensor
 NORM_DECAY = 0.01  # weight of each step's gradient norm in the running mean (~100 steps)
 SPIKE_WARMUP = 50  # skip_spikes skips no finite step before Adam has taken this many
 AUTO_BF16_GAIN = 1.10  # precision = "auto": bf16 where the model's step is this much faster
-AUTO_BF16_FLOPS = 5e7  # and not timed below about this many FLOPs a step (fp32 there)
+AUTO_BF16_FLOPS = 2e8  # and not timed below about this many FLOPs a step (fp32 there)
 
 
 def make_optimizer(model: VAE, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
@@ -79,8 +79,9 @@ def auto_precision(model: VAE, tc: TrainConfig, split, device: torch.device,
     "fp32" otherwise. The products' rate alone does not say it: the casts around them cost
     more than bf16 saves on small nets (the digits' MLP), and on an AMX CPU the reference
     MLP at batch 128 gained nothing (docs/benchmarks.md). A step of fewer than about
-    ``AUTO_BF16_FLOPS`` (6 x batch x parameters) is fp32 untimed: a timing that small is
-    noise where other work shares the cores."""
+    ``AUTO_BF16_FLOPS`` (6 x batch x parameters) is fp32 untimed: such a step is bound by
+    per-operation overhead, which the casts add to (the digits' MLP, ~130 MFLOP, measured
+    0.93-0.99), and a timing that small is noise where other work shares the cores."""
     n = min(tc.batch_size, len(split))
     flops = 6 * n * sum(p.numel() for p in model.parameters())  # (a dense net's step)
     gain, why = None, "no fast bfloat16 products here"
