@@ -16,10 +16,13 @@ Adam), eager and with its loss under torch.compile; every loop's images/s is als
 as a fraction of the plain loops' (their first epoch, the compiled one's compilation, is
 not timed).
 
-vaelab runs `vaelab.train` (device-resident uint8 data, index batches, fused Adam, and on
-CUDA the compiled step), timed by its own per-epoch clock (the training loop only, as the
-baseline), on its second epoch so that every loop is timed warm. All loops run in one
-process, alternating epoch by epoch, so the machine's noise hits them alike. Printed per
+vaelab runs `vaelab.train` (device-resident uint8 data, index batches, fused Adam; its
+precision and compilation as `auto` decides them for a run of the default 60 epochs),
+timed by its own per-epoch clock (the training loop only, as the baseline, less any
+compiling) on its second epoch, so that every loop is timed warm: the run is stopped by a
+time limit after its first epoch and resumed for the second. All loops run in one
+process, alternating epoch by epoch (each round from another loop on), so the machine's
+noise hits them alike. Printed per
 loop: seconds per epoch, images/s, speed-up over the model's DataLoader loop, peak memory,
 and the arithmetic rate (FLOPs of a training step, counted, times images/s) against the
 measured rate of a large matrix product on the same device.
@@ -184,15 +187,35 @@ def baseline_epoch(dataset: Dataset, device: torch.device, state=None, model_cfg
 
 
 def vaelab_epoch(data: Data, device: torch.device, cfg: vaelab.Config
-                 ) -> tuple[float, float, str]:
-    """Seconds of the second of two epochs from a fresh model, the validation ELBO, and the
-    precision it trained in (``auto`` resolved)."""
-    cfg = cfg.override(epochs=2, device=device.type)
+                 ) -> tuple[float, float, tuple[str, float]]:
+    """Seconds of the second epoch of a fresh run of the config's length (the default 60
+    epochs: compile = "auto" decides for the whole run), less any compiling in it; the
+    validation ELBO; and how it trained: the precision (``auto`` resolved) and, when the
+    step was compiled, the first epoch's seconds of compiling. The run is stopped after each
+    of its first two epochs by a time limit and resumed, as a job with one would be."""
+    cfg = cfg.override(device=device.type)
     with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Bernoulli on grey values: the baseline's loss
-        r = vaelab.train(cfg, os.path.join(d, "run"), data=data, progress=False)
-        precision = vaelab.Config.load(os.path.join(d, "run", "config.toml")).train.precision
-    return r.history[-1]["seconds"], r.history[-1]["val_elbo"], precision
+        run = os.path.join(d, "run")
+        first = vaelab.train(cfg, run, data=data, progress=False, time_limit=1e-3).history[-1]
+        cfg = vaelab.Config.load(os.path.join(run, "config.toml"))
+        h = vaelab.train(cfg, run, resume=True, data=data, progress=False,
+                         time_limit=1e-3).history[-1]
+    compiling = first.get("compile_seconds", 0.0)
+    how = (cfg.train.precision + (" compiled" if compiling else ""), compiling)
+    return h["seconds"] - h.get("compile_seconds", 0.0), h["val_elbo"], how
+
+
+def kinds(runs: list[tuple[str, float]]) -> str:
+    """How a loop's timed runs trained, counted, with the median (range) of their first
+    epochs' seconds of compiling: "bf16 compiled x5 (3.6 s; 3.1-4.0)"."""
+    out = []
+    for kind in sorted({k for k, _ in runs}):
+        secs = [c for k, c in runs if k == kind and c]
+        out.append(f"{kind} x{sum(k == kind for k, _ in runs)}" + (
+            f" ({statistics.median(secs):.1f} s; {min(secs):.1f}-{max(secs):.1f})"
+            if secs else ""))
+    return ", ".join(out)
 
 
 def step_flops(cfg: vaelab.Config, data: Data, device: torch.device) -> float:
@@ -216,14 +239,13 @@ def contenders(model: str, device: torch.device) -> dict[str, dict | str | None]
         return {base: None, "vaelab, eager (--compile no)": {"compile": "no"},
                 "vaelab (compiled step)": {},
                 "vaelab, compiled, --precision bf16": {"precision": "bf16"}}
-    loops = {base: None, "vaelab (default: --precision auto)": {},
-             "vaelab, --precision fp32": {"precision": "fp32"},
-             "vaelab, --precision bf16": {"precision": "bf16"}}
-    if model == "mlp":
-        loops.update({PLAIN: "plain", PLAIN_COMPILED: "plain-compiled",
-                      "vaelab, --compile yes": {"compile": "yes"}})
-        # (a conv net is not compiled under bf16 on a CPU: see training/step.py)
-        loops["vaelab, --precision bf16 --compile yes"] = {"precision": "bf16", "compile": "yes"}
+    loops = {base: None, "vaelab (default: --precision auto --compile auto)": {},
+             "vaelab, --precision fp32": {"precision": "fp32"}}
+    if model == "mlp":  # (auto compiles an MLP's long runs on a CPU, not a conv net's)
+        loops.update({"vaelab, --compile no": {"compile": "no"},
+                      "vaelab, --precision fp32 --compile no (the defaults before)":
+                          {"precision": "fp32", "compile": "no"},
+                      PLAIN: "plain", PLAIN_COMPILED: "plain-compiled"})
         # what the optimiser's extras cost per step: the schedule, the moving average,
         # AdamW and clipping (the average's own validation is not in the epoch's seconds)
         loops["vaelab, cosine + EMA + AdamW + clipping"] = {
@@ -256,7 +278,8 @@ def main():
         print(f"bf16 products of a decoder's size at {_cpu_bf16_speedup():.2f}x fp32's rate")
     print()
     print("| model | loop | images/epoch | s/epoch | images/s | speed-up | of the plain loop "
-          "(eager / compiled) | peak memory | GFLOP/s (% of matmul) | trained in | val ELBO |")
+          "(eager / compiled) | peak memory | GFLOP/s (% of matmul) | trained in (first epoch's "
+          "compiling) | val ELBO |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     for name in args.models.split(","):
         n = args.images if name == "mlp" else (
@@ -268,7 +291,7 @@ def main():
         times: dict[str, list[float]] = {k: [] for k in runs}
         mem: dict[str, int] = {}
         val: dict[str, float] = {}
-        used: dict[str, list[str]] = {}  # the precision each timed vaelab run trained in
+        used: dict[str, list[tuple[str, float]]] = {}  # how each timed vaelab run trained
         state, plain = None, {}
         order = list(runs.items())
         for epoch in range(args.epochs + 1):  # alternate, so drifts in load hit all alike,
@@ -296,12 +319,11 @@ def main():
                   if k in times}
         for loop, ts in times.items():
             m = statistics.median(ts)
-            peak_rate = peaks[torch.bfloat16 if "bf16" in used.get(loop, ())
+            peak_rate = peaks[torch.bfloat16 if any("bf16" in k for k, _ in used.get(loop, ()))
                               else torch.float32]
             rate = per_image * n / m
             v = f"{val[loop]:.2f}" if loop in val else "-"
-            ran = ", ".join(f"{p} x{used[loop].count(p)}" for p in sorted(set(used[loop]))) \
-                if loop in used else "-"
+            ran = kinds(used[loop]) if loop in used else "-"
             of = " / ".join(f"{n / m / f:.2f}" for f in floors.values()) or "-"
             print(f"| {name} | {loop} | {n:,} | {m:.2f} | {n / m:,.0f} | {base / m:.2f}x | "
                   f"{of} | {mem[loop] / 2**20:,.0f} MiB | {rate / 1e9:,.0f} "

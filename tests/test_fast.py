@@ -1,5 +1,6 @@
 """The fast paths of the training step give the numbers of the plain path."""
 import logging
+import math
 
 import pytest
 import torch
@@ -181,6 +182,19 @@ def test_auto_switches_pick_the_fast_paths_per_device():
     assert fast_paths(cfg.train, conv, torch.device("mps"))["channels_last"] is False
     _, mlp, _ = _setup("mlp")
     assert fast_paths(cfg.train, mlp, cpu) == {"compile": False, "channels_last": False}
+    # on a CPU, auto compiles a run long enough to repay it (in FLOPs: 6 x batch x weights
+    # x steps), of a single-layer MLP (conv nets were not measured compiled on CPUs)
+    from vaelab.training.step import AUTO_COMPILE_FLOPS
+
+    def steps(model, over=1.0):
+        per = 6 * cfg.train.batch_size * sum(p.numel() for p in model.parameters())
+        return math.ceil(over * AUTO_COMPILE_FLOPS / per)
+
+    assert fast_paths(cfg.train, mlp, cpu, steps(mlp))["compile"] is True
+    assert fast_paths(cfg.train, mlp, cpu, steps(mlp, 0.99))["compile"] is False
+    assert fast_paths(cfg.train, conv, cpu, steps(conv))["compile"] is False
+    assert fast_paths(cfg.train, hvae, cpu, steps(hvae))["compile"] is False
+    assert fast_paths(cfg.override(compile="no").train, mlp, cpu, steps(mlp))["compile"] is False
     with pytest.raises(vaelab.ConfigError, match="choose one of: auto, no, yes"):
         cfg.override(compile="always")
 

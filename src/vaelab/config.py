@@ -222,9 +222,9 @@ class TrainConfig:
         "faster so (timed at the start where bf16 products are fast: CUDA, a CPU with "
         "AVX512-BF16 or AMX), else fp32; recorded resolved in config.toml", choices=PRECISIONS))
     compile: str = field(default="auto", metadata=_help(
-        "compile the training step (forward and backward) with torch.compile; on CUDA in "
-        "mode reduce-overhead, which replays it as a CUDA graph. auto: yes on CUDA for "
-        "single-layer models, no elsewhere", choices=SWITCHES))
+        "compile the training step (forward and backward) with torch.compile (on CUDA as a "
+        "CUDA graph). auto: yes for single-layer models on CUDA, and for MLP runs on a CPU "
+        "of ~5 TFLOP or more (6 x batch x parameters x steps), which repay it", choices=SWITCHES))
     channels_last: str = field(default="auto", metadata=_help(
         "conv nets: channels-last memory format; auto: yes on CUDA and CPU", choices=SWITCHES))
 

@@ -133,10 +133,10 @@ def _train(cfg: Config, run_dir: Path, resume: bool, data: Data | None, progress
            tensorboard: bool, time_limit: float | None, threads: ThreadFit) -> TrainResult:
     s = start(cfg, run_dir, resume, data)
     tc = s.cfg.train
-    stepper = Stepper(s.model, s.opt, tc, s.device, s.world, norm_mean=s.state.norm_mean)
+    stepper = Stepper(s.model, s.opt, tc, s.device, s.world, norm_mean=s.state.norm_mean,
+                      steps=s.n_batches * tc.epochs)  # (the whole run: resumed, it steps alike)
     if s.average and stepper.channels_last:
         s.average.model.to(memory_format=torch.channels_last)
-
     from tqdm.auto import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 

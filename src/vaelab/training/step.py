@@ -30,6 +30,7 @@ NORM_DECAY = 0.01  # weight of each step's gradient norm in the running mean (~1
 SPIKE_WARMUP = 50  # skip_spikes skips no finite step before Adam has taken this many
 AUTO_BF16_GAIN = 1.10  # precision = "auto": bf16 where the model's step is this much faster
 AUTO_BF16_FLOPS = 2e8  # and not timed below about this many FLOPs a step (fp32 there)
+AUTO_COMPILE_FLOPS = 5e12  # compile = "auto" on a CPU: a run of at least this many FLOPs
 
 
 def make_optimizer(model: VAE, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
@@ -126,18 +127,23 @@ def bf16_step_gain(model: VAE, tc: TrainConfig, x: Tensor, y: Tensor | None,
     return statistics.median(ratios)
 
 
-def fast_paths(tc: TrainConfig, model: VAE, device: torch.device) -> dict[str, bool]:
-    """Which of compile and channels-last a run uses ("auto" resolved for this device).
-    auto leaves the step eager on a CPU: compiled, the Fashion-MNIST configs' GELU MLP
-    step measured 1.16-1.22x alone but whole epochs only 1.04-1.05x (alternating in one
-    process), the ReLU reference MLP's 0.97-1.0x, against 5-30 s of compilation
-    (docs/benchmarks.md)."""
+def fast_paths(tc: TrainConfig, model: VAE, device: torch.device,
+               steps: int = 0) -> dict[str, bool]:
+    """Which of compile and channels-last a run of ``steps`` steps uses ("auto" resolved
+    for this device). auto compiles a single-layer model's step on CUDA, and an MLP's on a
+    CPU where the run is long enough to repay the compilation (4-30 s): at least
+    AUTO_COMPILE_FLOPS in all (6 x batch x parameters a step). Compiled, the reference
+    MLP's epochs measured 1.1-1.5x on an AMD EPYC, the Fashion-MNIST GELU MLP's 1.05x and
+    the VampPrior config's 1.27-1.33x on Xeons; the digits Quick start (~0.2 TFLOP) stays
+    eager (docs/benchmarks.md)."""
     def pick(value: str, auto: bool) -> bool:
         return value == "yes" or (value == "auto" and auto)
 
-    cuda = device.type == "cuda"
+    cuda, cpu = device.type == "cuda", device.type == "cpu"
     conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
-    compiled = pick(tc.compile, cuda and model.layers == 1)
+    work = 6 * tc.batch_size * steps * sum(p.numel() for p in model.parameters())
+    repaid = cpu and work >= AUTO_COMPILE_FLOPS and not conv  # (MLPs measured; convs not)
+    compiled = pick(tc.compile, (cuda or repaid) and model.layers == 1)
     if compiled and conv and tc.precision == "bf16" and device.type == "cpu":
         # measured with PyTorch 2.13: the compiled step under bf16 autocast on a CPU gives
         # a conv decoder of two or more stages zero gradients (tests/test_fast.py)
@@ -156,7 +162,7 @@ class Stepper:
 
     def __init__(self, model: VAE, opt: torch.optim.Optimizer, tc: TrainConfig,
                  device: torch.device, world: World, backend: str | Callable = "inductor",
-                 norm_mean: float = 0.0):
+                 norm_mean: float = 0.0, steps: int = 0):
         self.opt, self.world, self.device = opt, world, device
         self.model, self.clip, self.skip = model, tc.grad_clip, tc.skip_spikes
         # the global gradient norms before clipping, how many steps were clipped and how
@@ -166,7 +172,7 @@ class Stepper:
         # seconds of the compiled step's first call (its compilation): in all, and since
         # take_compiling(); the global batch size it was compiled for
         self.compile_seconds, self._compiling, self._batch = 0.0, 0.0, None
-        paths = fast_paths(tc, model, device)
+        paths = fast_paths(tc, model, device, steps)  # (steps: the whole run's)
         self.channels_last = paths["channels_last"]
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
