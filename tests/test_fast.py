@@ -191,6 +191,7 @@ def test_auto_switches_pick_the_fast_paths_per_device():
         return math.ceil(over * AUTO_COMPILE_FLOPS / per)
 
     assert fast_paths(cfg.train, mlp, cpu, steps(mlp))["compile"] is True
+    assert fast_paths(cfg.train, mlp, cpu, steps(mlp), distributed=True)["compile"] is False
     assert fast_paths(cfg.train, mlp, cpu, steps(mlp, 0.99))["compile"] is False
     assert fast_paths(cfg.train, conv, cpu, steps(conv))["compile"] is False
     assert fast_paths(cfg.train, hvae, cpu, steps(hvae))["compile"] is False

@@ -127,22 +127,22 @@ def bf16_step_gain(model: VAE, tc: TrainConfig, x: Tensor, y: Tensor | None,
     return statistics.median(ratios)
 
 
-def fast_paths(tc: TrainConfig, model: VAE, device: torch.device,
-               steps: int = 0) -> dict[str, bool]:
+def fast_paths(tc: TrainConfig, model: VAE, device: torch.device, steps: int = 0,
+               distributed: bool = False) -> dict[str, bool]:
     """Which of compile and channels-last a run of ``steps`` steps uses ("auto" resolved
     for this device). auto compiles a single-layer model's step on CUDA, and an MLP's on a
     CPU where the run is long enough to repay the compilation (4-30 s): at least
     AUTO_COMPILE_FLOPS in all (6 x batch x parameters a step). Compiled, the reference
     MLP's epochs measured 1.1-1.5x on an AMD EPYC, the Fashion-MNIST GELU MLP's 1.05x and
     the VampPrior config's 1.27-1.33x on Xeons; the digits Quick start (~0.2 TFLOP) stays
-    eager (docs/benchmarks.md)."""
+    eager (docs/benchmarks.md). Not for several processes on CPUs (not measured there)."""
     def pick(value: str, auto: bool) -> bool:
         return value == "yes" or (value == "auto" and auto)
 
     cuda, cpu = device.type == "cuda", device.type == "cpu"
     conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
     work = 6 * tc.batch_size * steps * sum(p.numel() for p in model.parameters())
-    repaid = cpu and work >= AUTO_COMPILE_FLOPS and not conv  # (MLPs measured; convs not)
+    repaid = cpu and not distributed and not conv and work >= AUTO_COMPILE_FLOPS
     compiled = pick(tc.compile, (cuda or repaid) and model.layers == 1)
     if compiled and conv and tc.precision == "bf16" and device.type == "cpu":
         # measured with PyTorch 2.13: the compiled step under bf16 autocast on a CPU gives
@@ -172,7 +172,7 @@ class Stepper:
         # seconds of the compiled step's first call (its compilation): in all, and since
         # take_compiling(); the global batch size it was compiled for
         self.compile_seconds, self._compiling, self._batch = 0.0, 0.0, None
-        paths = fast_paths(tc, model, device, steps)  # (steps: the whole run's)
+        paths = fast_paths(tc, model, device, steps, world.distributed)  # (the run's steps)
         self.channels_last = paths["channels_last"]
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
