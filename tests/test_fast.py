@@ -184,11 +184,10 @@ def test_auto_switches_pick_the_fast_paths_per_device():
     assert fast_paths(cfg.train, mlp, cpu) == {"compile": False, "channels_last": False}
     # on a CPU, auto compiles a run long enough to repay it (in FLOPs: 6 x batch x weights
     # x steps), of a single-layer MLP (conv nets were not measured compiled on CPUs)
-    from vaelab.training.step import AUTO_COMPILE_FLOPS
+    from vaelab.training.step import AUTO_COMPILE_FLOPS, dense_step_flops
 
     def steps(model, over=1.0):
-        per = 6 * cfg.train.batch_size * sum(p.numel() for p in model.parameters())
-        return math.ceil(over * AUTO_COMPILE_FLOPS / per)
+        return math.ceil(over * AUTO_COMPILE_FLOPS / dense_step_flops(model, cfg.train.batch_size))
 
     assert fast_paths(cfg.train, mlp, cpu, steps(mlp))["compile"] is True
     assert fast_paths(cfg.train, mlp, cpu, steps(mlp), distributed=True)["compile"] is False

@@ -71,6 +71,12 @@ class Loss(nn.Module):
                                   t.recon.detach().sum(), t.kl.detach().sum()])
 
 
+def dense_step_flops(model: VAE, batch: int) -> int:
+    """A training step's arithmetic as a dense net's: 6 x batch x parameters (2 forward, 4
+    backward); a conv net, which reuses its weights, does more."""
+    return 6 * batch * sum(p.numel() for p in model.parameters())
+
+
 def auto_precision(model: VAE, tc: TrainConfig, split, device: torch.device,
                    world: World) -> str:
     """``precision = "auto"`` resolved for this run: "bf16" where the device has fast
@@ -84,7 +90,7 @@ def auto_precision(model: VAE, tc: TrainConfig, split, device: torch.device,
     per-operation overhead, which the casts add to (the digits' MLP, ~130 MFLOP, measured
     0.93-0.99), and a timing that small is noise where other work shares the cores."""
     n = min(tc.batch_size, len(split))
-    flops = 6 * n * sum(p.numel() for p in model.parameters())  # (a dense net's step)
+    flops = dense_step_flops(model, n)
     gain, why = None, "no fast bfloat16 products here"
     if flops < AUTO_BF16_FLOPS:  # per-op overhead, which autocast's casts add to, rules
         why = f"a step of ~{flops / 1e6:.0f} MFLOP: too small for bf16 to pay"
@@ -141,7 +147,7 @@ def fast_paths(tc: TrainConfig, model: VAE, device: torch.device, steps: int = 0
 
     cuda, cpu = device.type == "cuda", device.type == "cpu"
     conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
-    work = 6 * tc.batch_size * steps * sum(p.numel() for p in model.parameters())
+    work = steps * dense_step_flops(model, tc.batch_size)
     repaid = cpu and not distributed and not conv and work >= AUTO_COMPILE_FLOPS
     compiled = pick(tc.compile, (cuda or repaid) and model.layers == 1)
     if compiled and conv and tc.precision == "bf16" and device.type == "cpu":
