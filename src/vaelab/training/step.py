@@ -20,7 +20,7 @@ from torch import nn
 from ..config import TrainConfig
 from ..devices import World, fast_bf16
 from ..models.vae import VAE
-from ..noise import batch_shard
+from ..noise import batch_shard, seeded
 from ..objectives import elbo
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def auto_precision(model: VAE, tc: TrainConfig, split, device: torch.device,
     if flops < AUTO_BF16_FLOPS:  # per-op overhead, which autocast's casts add to, rules
         why = f"a step of ~{flops / 1e6:.0f} MFLOP: too small for bf16 to pay"
     elif fast_bf16(device):
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with seeded(None, device):
             x = split.batch(slice(0, n)).to(device)  # (a dynamic binarization draws: forked)
             y = split.labels[:n].to(device) if model.classes else None
         gain = bf16_step_gain(model, tc, x, y, device)
@@ -127,7 +127,7 @@ def bf16_step_gain(model: VAE, tc: TrainConfig, x: Tensor, y: Tensor | None,
             torch.cuda.synchronize(device)
         return time.perf_counter() - t0
 
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with seeded(None, device):
         n = max(1, min(10, int(budget / max(steps("fp32", 1), steps("bf16", 1), 1e-6))))
         ratios = [steps("fp32", n) / steps("bf16", n) for _ in range(rounds)]  # (both warm)
     return statistics.median(ratios)
