@@ -207,14 +207,13 @@ def vaelab_epoch(data: Data, device: torch.device, cfg: vaelab.Config
 
 
 def kinds(runs: list[tuple[str, float]]) -> str:
-    """How a loop's timed runs trained, counted, with the median (range) of their first
-    epochs' seconds of compiling: "bf16 compiled x5 (3.6 s; 3.1-4.0)"."""
+    """How a loop's timed runs trained, counted, with the longest of their first epochs'
+    compiling (the cold one: later runs in the process find the compiled code cached):
+    "bf16 compiled x5 (3.0 s)"."""
     out = []
     for kind in sorted({k for k, _ in runs}):
-        secs = [c for k, c in runs if k == kind and c]
-        out.append(f"{kind} x{sum(k == kind for k, _ in runs)}" + (
-            f" ({statistics.median(secs):.1f} s; {min(secs):.1f}-{max(secs):.1f})"
-            if secs else ""))
+        secs, n = max(c for k, c in runs if k == kind), sum(k == kind for k, _ in runs)
+        out.append(f"{kind} x{n}" + (f" ({secs:.1f} s)" if secs else ""))
     return ", ".join(out)
 
 
