@@ -391,6 +391,25 @@ def test_a_compiled_run_stopped_every_epoch_resumes_exactly(tmp_path):
         assert all(torch.equal(x[k], y[k]) for k in x), name
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_channels_last_run_resumes_with_its_adam_moments_in_the_weights_layout(
+        tmp_path, device):
+    """A conv run's weights are channels-last; its Adam moments, loaded from the checkpoint
+    contiguous, take the weights' layout (fused Adam on CUDA refuses a mismatch) and their
+    values: the resumed run steps on like the run in one go."""
+    from vaelab.runs.records import read_metrics
+
+    cfg = vaelab.Config().override(dataset="digits", **SETTINGS["conv"], epochs=2,
+                                   channels_last="yes", compile="no", device=device)
+    vaelab.train(cfg, tmp_path / "full", progress=False)
+    vaelab.train(cfg, tmp_path / "cut", progress=False, time_limit=1e-3)
+    vaelab.train(vaelab.Config.load(tmp_path / "cut" / "config.toml"), tmp_path / "cut",
+                 resume=True, progress=False)
+    a, b = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "cut")
+    assert len(b) == 2
+    assert [m["val_elbo"] for m in a] == pytest.approx([m["val_elbo"] for m in b], abs=1e-3)
+
+
 def _denormals(t: torch.Tensor) -> int:
     return int(((t != 0) & (t.abs() < torch.finfo(torch.float32).tiny)).sum())
 

@@ -78,8 +78,8 @@ class Split:
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
         if t.device == self.device:
             return t
-        if self.device.type == "cuda":
-            t = t.pin_memory()
+        if self.device.type == "cuda" and t.device.type == "cpu":  # (a resident split's
+            t = t.pin_memory()  # rows are on cuda:0 already while its device says "cuda")
         return t.to(self.device, non_blocking=True)
 
     def _floats(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

@@ -182,6 +182,10 @@ class Stepper:
         self.channels_last = paths["channels_last"]
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
+            for p in model.parameters():  # a resumed run's Adam moments, loaded contiguous,
+                for k, v in opt.state.get(p, {}).items():  # take their weights' layout
+                    if v.shape == p.shape:  # (fused Adam on CUDA requires it)
+                        opt.state[p][k] = torch.empty_like(p).copy_(v)
         net: nn.Module = Loss(model, tc, device)
         self.loss = net
         if world.distributed:
