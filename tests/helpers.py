@@ -1,5 +1,6 @@
-"""What several tests do with real processes and a real browser: a free port, a server
-process started until it answers and stopped with Ctrl-C, a script awaited in Chromium."""
+"""What several tests share: the devices a device path is checked on; with real processes
+and a real browser, a free port, a server process started until it answers and stopped
+with Ctrl-C, a script awaited in Chromium."""
 from __future__ import annotations
 
 import contextlib
@@ -9,6 +10,13 @@ import socket
 import subprocess
 import sys
 import time
+
+import pytest
+import torch
+
+# every device path is checked on the CPU, and on a GPU where there is one
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device"))]
 
 
 def free_port() -> int:

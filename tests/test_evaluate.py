@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from helpers import DEVICES
 from test_objectives import LinearGaussian
 
 from vaelab.objectives import log_likelihood
@@ -155,12 +156,15 @@ def test_a_hierarchy_is_evaluated_eagerly_and_a_failed_compile_falls_back(caplog
     assert "compiling log p(x|z) failed" in caplog.text
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layers", [1, 2])
-def test_an_images_estimate_does_not_depend_on_batches_chunks_or_processes(layers):
+def test_an_images_estimate_does_not_depend_on_batches_chunks_or_processes(layers, device):
     """Each image draws its codes from its own stream: the same numbers whether it is
     estimated in a batch of 7 or of 3, in chunks of 5 samples or of all 1500 (crossing the
-    streams' blocks of 1024), or as image 4 of the data set in a second process's share."""
+    streams' blocks of 1024), or as image 4 of the data set in a second process's share.
+    On a CUDA device the streams are drawn there (the device's generator)."""
     model, x = _fresh(layers=layers)
+    model, x = model.to(device), x.to(device)
     whole = log_likelihood(model, x, k=1500, batch_size=7)
     assert torch.allclose(whole, log_likelihood(model, x, k=1500, batch_size=3,
                                                 budget=3 * 5 * 784), rtol=0, atol=1e-3)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import vaelab
+from helpers import DEVICES
 from vaelab.data.splits import load_data, resolve
 from vaelab.devices import SINGLE
 from vaelab.models.vae import VAE
@@ -16,9 +17,6 @@ SETTINGS = {"mlp": dict(hidden="64", latent_dim=8),
             "hvae": dict(layers=2, hidden="64", latent_dim=4)}
 
 
-# every fast path is checked on the CPU, and on a GPU where there is one
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no CUDA device"))]
 
 
 def _setup(net: str, device: str = "cpu", **train):

@@ -75,9 +75,20 @@ class ExampleStreams:
         finally:
             _STREAMS[0] = before
 
-    def _make(self, ordinal: int, block: int, b: int, width: int, dtype) -> Tensor:
+    def _make(self, ordinal: int, block: int, b: int, width: int, dtype, device) -> Tensor:
         """A block of every example's stream, (block, B, L), filled example by example
-        (one copy each: torch.stack, or one strided copy of them all, is 8-30x slower)."""
+        (one copy each: torch.stack, or one strided copy of them all, is 8-30x slower).
+        On a CUDA device the streams are the device's own generator's (Philox), drawn
+        there: drawn on the CPU and copied, they held a k = 5000 estimate on an H200 to 4 %
+        of its decoder's arithmetic rate (docs/benchmarks.md). An image's codes then depend
+        on the kind of device (CPU or CUDA), still not on its batch, chunk or process."""
+        if torch.device(device).type == "cuda":  # one kernel per example: its rows in
+            g = torch.Generator(device=device)  # place, then one transposing copy
+            rows = torch.empty(b, self.block, width, dtype=dtype, device=device)
+            for i in range(b):
+                torch.randn(self.block, width, dtype=dtype, out=rows[i], generator=g.manual_seed(
+                    _key(self.seed, self.first + i, block, ordinal)))
+            return rows.transpose(0, 1).contiguous()
         g, row = torch.Generator(), torch.empty(self.block, width, dtype=dtype)
         out = torch.empty(self.block, b, width, dtype=dtype)
         for i in range(b):
@@ -100,7 +111,7 @@ class ExampleStreams:
         for block in range(lo, hi + 1):
             key = (ordinal, block, dtype)
             if key not in self._blocks:
-                self._blocks[key] = self._make(ordinal, block, b, width, dtype)
+                self._blocks[key] = self._make(ordinal, block, b, width, dtype, device)
             a, z = max(start, block * n), min(start + k, (block + 1) * n)  # samples [a, z)
             pieces.append(self._blocks[key][a - block * n:z - block * n])
         return (pieces[0] if len(pieces) == 1 else torch.cat(pieces)).to(device)
