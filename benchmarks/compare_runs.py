@@ -8,23 +8,22 @@ every run has an estimate, and each run's training minutes and median seconds pe
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
+import sys
 from pathlib import Path
 
-
-def metrics(run: Path) -> dict[int, dict]:
-    """Epoch -> its metrics line (a resumed run's later line for an epoch wins)."""
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    return {m["epoch"]: m for m in map(json.loads, filter(None, lines))}
+from vaelab.errors import RunError
+from vaelab.runs.records import read_metrics
 
 
 def speed(ms: dict[int, dict]) -> str:
-    """Training minutes, and the median seconds of an ELBO and of an IWAE epoch."""
-    secs = {e: m["seconds"] - m.get("compile_seconds", 0.0) for e, m in ms.items()}
+    """Training minutes, and the median seconds of an ELBO and of an IWAE epoch (less any
+    compiling)."""
     total = sum(m["seconds"] for m in ms.values()) / 60
-    kinds = {"ELBO": [secs[e] for e, m in ms.items() if "val_iwae" not in " ".join(m)],
-             "IWAE": [secs[e] for e, m in ms.items() if "val_iwae" in " ".join(m)]}
+    kinds: dict[str, list[float]] = {"ELBO": [], "IWAE": []}
+    for m in ms.values():  # an IWAE epoch validates its bound too (val_iwae<k>)
+        kind = "IWAE" if any(k.startswith("val_iwae") for k in m) else "ELBO"
+        kinds[kind].append(m["seconds"] - m.get("compile_seconds", 0.0))
     per = ", ".join(f"{k} {statistics.median(v):.2f} s" for k, v in kinds.items() if v)
     return f"{len(ms)} epochs in {total:.1f} training minutes ({per} per epoch)"
 
@@ -34,7 +33,13 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--every", type=int, default=1, help="every Nth shared estimate")
     args = ap.parse_args()
-    runs = {str(r): metrics(r) for r in args.runs if (r / "metrics.jsonl").exists()}
+    if args.every < 1:
+        ap.error(f"--every {args.every}: give 1 or more")
+    try:
+        runs = {str(r): {m["epoch"]: m for m in read_metrics(r)} for r in args.runs}
+    except RunError as e:
+        sys.exit(f"error: {e}")
+    runs = {r: ms for r, ms in runs.items() if ms}
     for r in args.runs:
         print(f"{r}: " + (speed(runs[str(r)]) if str(r) in runs else "no metrics.jsonl"))
     if not runs:
@@ -43,8 +48,10 @@ def main() -> None:
         {e for e, m in ms.items() if "val_log_px" in m} for ms in runs.values())))
     print("\n| epoch | " + " | ".join(f"{r}: val ELBO / estimate" for r in runs) + " |")
     print("|---:|" + "---|" * len(runs))
-    for e in shared[::args.every] + ([shared[-1]] if shared[::args.every][-1:] != shared[-1:]
-                                      else []):
+    rows = shared[::args.every]
+    if rows and rows[-1] != shared[-1]:  # the last shared estimate is always shown
+        rows.append(shared[-1])
+    for e in rows:
         cells = [f"{ms[e]['val_elbo']:.2f} / {-ms[e]['val_log_px']:.2f}" for ms in runs.values()]
         print(f"| {e} | " + " | ".join(cells) + " |")
     for r, ms in runs.items():
