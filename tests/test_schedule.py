@@ -127,8 +127,9 @@ def test_weight_average_is_the_exponential_moving_average():
         assert not a.requires_grad
 
 
-def test_adamw_decays_matrices_only():
-    model = VAE.from_config(small(likelihood="bernoulli").model, (1, 8, 8))
+@pytest.mark.parametrize("prior", ["normal", "vamp", "mog"])
+def test_adamw_decays_the_nets_matrices_only(prior):
+    model = VAE.from_config(small(likelihood="bernoulli", prior=prior).model, (1, 8, 8))
     opt = make_optimizer(model, 0.1, weight_decay=0.5)
     assert isinstance(opt, torch.optim.AdamW)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -136,7 +137,8 @@ def test_adamw_decays_matrices_only():
         p.grad = torch.zeros_like(p)
     opt.step()  # zero gradients: Adam moves nothing, the decay shrinks by lr * wd
     for n, p in model.named_parameters():
-        factor = 1 - 0.1 * 0.5 if p.ndim >= 2 else 1.0
+        net_matrix = p.ndim >= 2 and not n.startswith("prior.")  # not pseudo-inputs, means
+        factor = 1 - 0.1 * 0.5 if net_matrix else 1.0
         torch.testing.assert_close(p.detach(), before[n] * factor, msg=n)
     assert type(make_optimizer(model, 0.1)) is torch.optim.Adam
 

@@ -157,8 +157,8 @@ class TrainConfig:
     plateau_factor: float = field(default=0.5, metadata=_help(
         "plateau schedule: the learning rate's factor at each cut"))
     weight_decay: float = field(default=0.0, metadata=_help(
-        "decoupled weight decay of the weight matrices (AdamW, Loshchilov & Hutter 2019; "
-        "biases are not decayed); 0: Adam"))
+        "decoupled weight decay of the nets' weight matrices (AdamW, Loshchilov & Hutter "
+        "2019; biases and the prior's parameters are not decayed); 0: Adam"))
     grad_clip: float = field(default=0.0, metadata=_help(
         "clip the global gradient norm to this value before each step; 0: none"))
     skip_spikes: float = field(default=0.0, metadata=_help(

@@ -34,11 +34,14 @@ AUTO_COMPILE_FLOPS = 5e12  # compile = "auto" on a CPU: a run of at least this m
 
 
 def make_optimizer(model: VAE, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """Adam; AdamW when ``weight_decay`` > 0, decaying the weight matrices and kernels
-    only (not biases, scales or the prior's parameters of one dimension)."""
+    """Adam; AdamW when ``weight_decay`` > 0, decaying the nets' weight matrices and
+    kernels only: not biases or scales, and none of the prior's parameters (a VampPrior's
+    pseudo-inputs are images, a mixture's means are places: neither is a weight to
+    shrink toward 0)."""
     if weight_decay > 0:
-        decay = [p for p in model.parameters() if p.ndim >= 2]
-        rest = [p for p in model.parameters() if p.ndim < 2]
+        named = list(model.named_parameters())
+        decay = [p for n, p in named if p.ndim >= 2 and not n.startswith("prior.")]
+        rest = [p for n, p in named if p.ndim < 2 or n.startswith("prior.")]
         groups = [{"params": decay, "weight_decay": weight_decay},
                   {"params": rest, "weight_decay": 0.0}]
         make = torch.optim.AdamW
