@@ -127,9 +127,10 @@ def test_weight_average_is_the_exponential_moving_average():
         assert not a.requires_grad
 
 
-@pytest.mark.parametrize("prior", ["normal", "vamp", "mog"])
-def test_adamw_decays_the_nets_matrices_only(prior):
-    model = VAE.from_config(small(likelihood="bernoulli", prior=prior).model, (1, 8, 8))
+@pytest.mark.parametrize("prior, layers", [("normal", 1), ("vamp", 1), ("mog", 1), ("vamp", 2)])
+def test_adamw_decays_the_nets_matrices_only(prior, layers):
+    cfg = small(likelihood="bernoulli", prior=prior, layers=layers)
+    model = VAE.from_config(cfg.model, (1, 8, 8))
     opt = make_optimizer(model, 0.1, weight_decay=0.5)
     assert isinstance(opt, torch.optim.AdamW)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}

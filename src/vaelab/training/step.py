@@ -39,9 +39,10 @@ def make_optimizer(model: VAE, lr: float, weight_decay: float = 0.0) -> torch.op
     pseudo-inputs are images, a mixture's means are places: neither is a weight to
     shrink toward 0)."""
     if weight_decay > 0:
-        named = list(model.named_parameters())
-        decay = [p for n, p in named if p.ndim >= 2 and not n.startswith("prior.")]
-        rest = [p for n, p in named if p.ndim < 2 or n.startswith("prior.")]
+        prior = {id(p) for p in model.prior.parameters()}
+        decay, rest = [], []
+        for p in model.parameters():  # in the model's order: the checkpoint's groups
+            (decay if p.ndim >= 2 and id(p) not in prior else rest).append(p)
         groups = [{"params": decay, "weight_decay": weight_decay},
                   {"params": rest, "weight_decay": 0.0}]
         make = torch.optim.AdamW
