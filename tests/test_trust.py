@@ -167,6 +167,26 @@ def test_damaged_checkpoint_metadata_is_a_clear_error(run, tmp_path):
     assert r.returncode == 2 and "damaged" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
+def test_optimizer_state_grouped_otherwise_is_named_not_called_damaged(run, tmp_path):
+    """A checkpoint whose optimizer groups the parameters otherwise (config.toml's weight
+    decay edited after training, or a run from a vaelab that still decayed the prior's
+    parameters) is refused with what differs and what to do; nothing is lost."""
+    import shutil
+
+    d = tmp_path / "copy"
+    shutil.copytree(run, d)
+    conf = (d / "config.toml").read_text()
+    assert "weight_decay = 0.0\n" in conf
+    (d / "config.toml").write_text(conf.replace("weight_decay = 0.0\n", "weight_decay = 0.1\n"))
+    before = (d / "checkpoint.safetensors").read_bytes()
+    r = _cli("train", "--resume", str(d), "--epochs", "3", "--no-progress")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "groups differently" in r.stderr and f"--init {d}" in r.stderr
+    assert "damaged" not in r.stderr
+    assert (d / "checkpoint.safetensors").read_bytes() == before
+    assert [m["epoch"] for m in read_metrics(d)] == [1, 2]
+
+
 def test_no_space_left_is_a_clear_error(tmp_path):
     """A file-size limit makes every large write fail as a full disk does."""
     import resource

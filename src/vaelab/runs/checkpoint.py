@@ -94,7 +94,16 @@ def restore_checkpoint(run_dir: Path, model: VAE, opt: torch.optim.Optimizer,
         raise RunError(f"{path} does not fit {run_dir / 'config.toml'} (was the config edited "
                        f"after training?): {str(e).splitlines()[0]}") from None
     try:
-        opt.load_state_dict(_optimizer_state(tensors, meta["optimizer"]))
+        saved = _optimizer_state(tensors, meta["optimizer"])
+        sizes = [len(g["params"]) for g in saved["param_groups"]]
+        if sizes != [len(g["params"]) for g in opt.param_groups]:
+            raise RunError(
+                f"{path} holds optimizer state for parameter groups of {sizes} tensors, which "
+                f"this run's optimizer groups differently (a run with weight decay from a "
+                f"vaelab that still decayed the prior's parameters, or [train] settings "
+                f"edited after training): resume it with the vaelab that wrote it, or start "
+                f"anew from its weights with --init {run_dir}")
+        opt.load_state_dict(saved)
         torch.set_rng_state(tensors["rng.cpu"])
         gen.set_state(tensors["rng.data"])
         if "rng.cuda" in tensors and model.device.type == "cuda":
@@ -102,6 +111,8 @@ def restore_checkpoint(run_dir: Path, model: VAE, opt: torch.optim.Optimizer,
         state = TrainState(**json.loads(meta["state"]))
         if not isinstance(state.epoch, int) or state.epoch < 1:
             raise ValueError(f"epoch {state.epoch!r}")
+    except RunError:
+        raise
     except (KeyError, ValueError, TypeError, RuntimeError) as e:
         raise RunError(f"{path} is damaged ({type(e).__name__}: {e}); the run cannot be "
                        "resumed from it (its best weights, model.safetensors, are intact)") \
