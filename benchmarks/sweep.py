@@ -7,6 +7,9 @@ orders the table (the number a user reads, not the bound). The test set is not t
 Each ``--axis KEY=V1,V2,...`` is varied on its own around the base settings (one factor
 at a time); ``--cartesian`` crosses the axes instead. Every setting runs once per seed.
 Runs already in OUT are read, not trained again, so a sweep that was stopped goes on.
+Every setting is read by ``vaelab train``'s own parser before anything runs (a misspelt
+key or value stops the sweep at once), and one that comes to the base's configuration
+(``--axis weight_decay=0`` where the base has no decay) is the base: not trained twice.
 
     python benchmarks/sweep.py --out runs/sweep-digits --seeds 0,1,2 \\
         --axis activation=relu,elu,silu,gelu --axis lr_schedule=constant,cosine
@@ -48,6 +51,38 @@ def name(setting: dict[str, str], seed: int) -> str:
 
 def flags(setting: dict[str, str]) -> list[str]:
     return [x for k, v in setting.items() for x in (f"--{k.replace('_', '-')}", v)]
+
+
+def resolved(base: list[str], setting: dict[str, str]):
+    """The configuration `vaelab train` would train with these flags (its parser's own
+    errors, with exit status 2, for a misspelt key or a wrong value)."""
+    from vaelab.app.cli import build_parser
+    from vaelab.app.cli.common import config_from_args
+    from vaelab.errors import USER_ERRORS
+    argv = ["train", *base, *flags(setting)]
+    try:
+        return config_from_args(build_parser().parse_args(argv))
+    except USER_ERRORS as e:
+        print(f"sweep.py: error: vaelab {shlex.join(argv)}: {e}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def distinct(base: list[str], todo: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The settings less those whose configuration is one already listed (the base's, or
+    an earlier setting's), each dropped one said so."""
+    seen: dict = {}
+    out = []
+    for setting in todo:
+        cfg = resolved(base, setting)
+        same = next((s for c, s in seen.items() if c == cfg), None)
+        if same is not None:
+            label = ", ".join(f"{k}={v}" for k, v in same.items()) or "the base"
+            print(f"{', '.join(f'{k}={v}' for k, v in setting.items())}: the same "
+                  f"configuration as {label}; not trained twice", file=sys.stderr)
+            continue
+        seen[cfg] = setting
+        out.append(setting)
+    return out
 
 
 def run(out: Path, base: list[str], setting: dict[str, str], seed: int, threads: int,
@@ -126,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     base = shlex.split(args.base)
     args.out.mkdir(parents=True, exist_ok=True)
-    todo = [(s, seed) for s in settings(axes, args.cartesian) for seed in seeds]
+    todo = [(s, seed) for s in distinct(base, settings(axes, args.cartesian)) for seed in seeds]
     with ThreadPoolExecutor(args.jobs) as pool:
         k = args.k if args.rank == "nll" else 0
         dirs = list(pool.map(lambda t: run(args.out, base, t[0], t[1], threads, k), todo))
