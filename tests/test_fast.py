@@ -39,11 +39,16 @@ def _loss_and_grads(loss_module, model, x, seed=1):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES)
-def test_compiled_step_matches_eager(monkeypatch, device):
+@pytest.mark.parametrize("train", [{}, dict(objective="iwae", samples=5, iwae_gradient="dreg",
+                                            prior="vamp", prior_components=5)],
+                         ids=["elbo", "iwae-dreg-vamp"])
+def test_compiled_step_matches_eager(monkeypatch, device, train):
+    """(The doubly reparameterized gradient reweighs the codes' gradient by a hook that
+    the compiled step must keep.)"""
     import torch._inductor.config as inductor
 
     monkeypatch.setattr(inductor, "fallback_random", True)  # eager's random numbers
-    cfg, model, x = _setup("mlp", device)
+    cfg, model, x = _setup("mlp", device, **train)
     loss = Loss(model, cfg.train, torch.device(device))
     eager = _loss_and_grads(loss, model, x)
     mode = "reduce-overhead" if device == "cuda" else None  # as the Stepper compiles it

@@ -437,6 +437,21 @@ def test_kl_balancing_weighs_layers_by_their_share_during_warm_up(tmp_path):
         TrainConfig(objective="iwae", samples=5, kl_balance=True)
 
 
+def test_dreg_trains_a_one_layer_model_and_refuses_a_hierarchy(tmp_path):
+    """--iwae-gradient dreg: an IWAE run (here a tail of one) trains with it and records it
+    in config.toml; a hierarchy, whose q has no parameters to hold, is refused up front."""
+    cfg = Config().override(epochs=3, iwae_epochs=1, select="nll", hidden="32", latent_dim=4,
+                            iwae_gradient="dreg", select_k=5, select_images=50)
+    run = train(cfg, tmp_path / "dreg", progress=False)
+    assert all(math.isfinite(m["train_loss"]) for m in run.history)
+    assert load_run(tmp_path / "dreg")[1].train.iwae_gradient == "dreg"
+    with pytest.raises(ConfigError, match="one stochastic layer"):
+        train(cfg.override(layers=2), tmp_path / "hier")
+    assert [p.name for p in (tmp_path / "hier").iterdir()] == [".lock"]  # nothing written
+    with pytest.raises(ConfigError, match="reparam, dreg"):
+        TrainConfig(iwae_gradient="drag")
+
+
 def test_hierarchical_settings_are_checked():
     with pytest.raises(ConfigError, match="hierarchical"):
         VAE.from_config(ModelConfig(layers=2, conditional=True, classes=10,

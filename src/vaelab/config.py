@@ -5,8 +5,7 @@ Field names are unique across the three sections, so every field is also a comma
 flag (``latent_dim`` -> ``--latent-dim``) and an override (``latent_dim=50``).
 
 Names that pick an implementation (a data set, a likelihood, a net, a prior, an
-activation) are looked up in a :class:`Registry`; an unknown name raises
-:class:`ConfigError` naming the valid choices.
+activation) are looked up in a :class:`Registry`; an unknown one is a :class:`ConfigError`.
 """
 from __future__ import annotations
 
@@ -28,6 +27,7 @@ SWITCHES = ("auto", "no", "yes")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16", "auto")
 OBJECTIVES = ("elbo", "iwae")
+IWAE_GRADIENTS = ("reparam", "dreg")
 SELECTS = ("elbo", "nll")
 DEFAULT_KL_WARMUP = 10
 DEFAULT_TAIL = 6  # the IWAE tail's default: a sixth of the epochs
@@ -56,12 +56,9 @@ class DataConfig:
         "validation images split off the training set (default: 10000 for the MNIST-likes, "
         "10%% otherwise)"))
     split_seed: int = field(default=0, metadata=_help("seed of the train/validation split"))
-    image_size: int | None = field(default=None, metadata=_help(
-        "folder data: resize images to this size (square)"))
-    channels: int = field(default=1, metadata=_help(
-        "folder data: 1 = grayscale, 3 = RGB", choices=(1, 3)))
-    download: bool = field(default=True, metadata=_help(
-        "download missing MNIST/Fashion-MNIST files"))
+    image_size: int | None = field(default=None, metadata=_help("folder: resize to this square"))
+    channels: int = field(default=1, metadata=_help("folder: 1 = grey, 3 = RGB", choices=(1, 3)))
+    download: bool = field(default=True, metadata=_help("download missing (Fashion-)MNIST files"))
     stream: str = field(default="auto", metadata=_help(
         "no: hold the data on the training device; yes: keep it in host memory and stream "
         "chunks of batches to the device; auto: stream on a GPU when the data take more "
@@ -102,10 +99,8 @@ class ModelConfig:
         "(a mixture of q(z|u_k) over learned pseudo-inputs u_k)"))
     prior_components: int = field(default=100, metadata=_help(
         "components of the mog prior, pseudo-inputs of the vamp prior"))
-    logistic_mixtures: int = field(default=5, metadata=_help(
-        "components per pixel of the dlogistic likelihood"))
-    min_scale: float = field(default=1e-3, metadata=_help(
-        "lower bound on standard deviations of Gaussian heads"))
+    logistic_mixtures: int = field(default=5, metadata=_help("dlogistic: components per pixel"))
+    min_scale: float = field(default=1e-3, metadata=_help("least sd of a Gaussian head"))
     levels: int | None = field(default=None, metadata=_help(
         "grey levels of the data, for discrete likelihoods (default: from the data)"))
     conditional: bool = field(default=False, metadata=_help(
@@ -198,6 +193,10 @@ class TrainConfig:
         "default: a sixth of the epochs for an ELBO run kept on the NLL (chosen on "
         "validation, docs/quality.md), none otherwise"))
     iwae_k: int = field(default=5, metadata=_help("importance samples of the iwae_epochs' bound"))
+    iwae_gradient: str = field(default="reparam", metadata=_help(
+        "the encoder's gradient of the IWAE bound: reparam, or dreg, doubly reparameterized "
+        "(Tucker et al. 2019): the same mean, less noise; one stochastic layer",
+        choices=IWAE_GRADIENTS))
     free_bits: float = field(default=0.0, metadata=_help(
         "free bits (Kingma et al. 2016): nats per latent dimension below which its batch-mean "
         "KL is not penalised in training; 0: none"))
@@ -278,7 +277,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name, choices in (("device", DEVICES), ("precision", PRECISIONS), ("compile",
                               SWITCHES), ("channels_last", SWITCHES), ("lr_schedule",
-                              LR_SCHEDULES), ("objective", OBJECTIVES), ("select", SELECTS)):
+                              LR_SCHEDULES), ("objective", OBJECTIVES), ("select", SELECTS),
+                              ("iwae_gradient", IWAE_GRADIENTS)):
             check_choice(name, getattr(self, name), choices)
         for name in ("epochs", "batch_size", "samples", "eval_batch_size", "select_k",
                      "select_images", "iwae_k"):

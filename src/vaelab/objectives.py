@@ -22,6 +22,7 @@ from torch.distributions import Distribution, Independent, Normal
 from torch.distributions import kl_divergence as _registered_kl
 
 from .devices import SINGLE, World, fast_bf16_everywhere
+from .models.distributions import held
 from .noise import ExampleStreams, seeded
 
 log = logging.getLogger(__name__)
@@ -71,14 +72,18 @@ def kl_divergence(q: Distribution, p: Distribution, z: Tensor | None = None,
 
 def elbo(model, x: Tensor, k: int = 1, beta: float | Tensor = 1.0, y: Tensor | None = None, *,
          sample: bool = True, free_bits: float = 0.0, iwae: bool = False,
-         kl_balance: bool = False) -> tuple[Tensor, Terms]:
+         kl_balance: bool = False, dreg: bool = False) -> tuple[Tensor, Terms]:
     """A training loss and the per-example ELBO terms (always with beta = 1), from k
     reparameterized samples z ~ q(z|x):
 
     * ``-mean_B(recon - beta * KL)``, the (beta-weighted) negative ELBO;
     * ``free_bits`` = lambda > 0: the KL term is sum_d max(lambda, mean_B KL_d) over latent
       dimensions d (the total KL against lambda * L where it does not factorize);
-    * ``iwae``: the negative importance-weighted bound -mean_B log (1/k) sum_k w_k;
+    * ``iwae``: the negative importance-weighted bound -mean_B log (1/k) sum_k w_k; with
+      ``dreg`` its doubly reparameterized gradient (Tucker et al. 2019): the encoder's
+      gradient through the codes weighted by the normalized weights squared, log q taken
+      with its parameters held (the score term, zero in expectation, dropped); the same
+      value, the same gradient for everything else, and for the encoder the same mean;
     * ``kl_balance`` (a hierarchy, while beta < 1): the KL term is
       sum_t gamma_t mean_B KL_t with gamma_t proportional to |mean_B KL_t| + 0.01 and mean 1
       over the layers (no gradient through gamma; Vahdat & Kautz 2020);
@@ -92,9 +97,13 @@ def elbo(model, x: Tensor, k: int = 1, beta: float | Tensor = 1.0, y: Tensor | N
     log_px_z = model.decode(z, y).log_prob(x)  # (k, B)
     recon = log_px_z.mean(0)  # (B,)
     if iwae:
-        log_pq = prior.log_prob(z) - q.log_prob(z)  # (k, B), once for the bound and the KL
-        kl = kl_divergence(q, prior, z, log_qp=-log_pq)
-        loss = -(torch.logsumexp(log_px_z + log_pq, 0) - math.log(k)).mean()
+        log_pq = prior.log_prob(z) - (held(q) if dreg else q).log_prob(z)  # (k, B)
+        kl = kl_divergence(q, prior, z, log_qp=-log_pq)  # (its value: q held or not)
+        log_w = log_px_z + log_pq
+        if dreg and z.requires_grad:  # d/dz of sum w~ log w, times w~ once more
+            w2 = torch.softmax(log_w.detach(), 0).unsqueeze(-1)
+            z.register_hook(lambda g: g * w2)
+        loss = -(torch.logsumexp(log_w, 0) - math.log(k)).mean()
     elif kl_balance and model.layers > 1 and float(beta) < 1:
         kl_t = q.layer_log_ratios(prior, z).mean(0)  # (B, T)
         kl = kl_t.sum(-1)

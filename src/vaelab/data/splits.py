@@ -288,6 +288,9 @@ def resolve(cfg: Config, data: Data) -> Config:
     if cfg.train.kl_balance and cfg.model.layers < 2:
         raise ConfigError("kl_balance weighs the layers of a hierarchical model: it needs "
                           "--layers 2 or more")
+    if cfg.train.iwae_gradient == "dreg" and cfg.model.layers > 1:
+        raise ConfigError("iwae_gradient = dreg needs one stochastic layer (a hierarchy's q "
+                          "has no parameters to hold fixed); use --iwae-gradient reparam")
     if cfg.model.conditional:
         data.require_labels("a conditional model")
         classes = len(data.classes)

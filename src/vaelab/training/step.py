@@ -70,7 +70,7 @@ class Loss(nn.Module):
         with torch.autocast(**self.autocast):
             loss, t = elbo(self.model, x, tc.samples, beta, y, sample=not tc.autoencoder,
                            free_bits=tc.free_bits, iwae=tc.objective == "iwae",
-                           kl_balance=tc.kl_balance)
+                           kl_balance=tc.kl_balance, dreg=tc.iwae_gradient == "dreg")
         return loss, torch.stack([loss.detach() * x.shape[0], t.elbo.detach().sum(),
                                   t.recon.detach().sum(), t.kl.detach().sum()])
 
