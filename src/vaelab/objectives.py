@@ -22,7 +22,6 @@ from torch.distributions import Distribution, Independent, Normal
 from torch.distributions import kl_divergence as _registered_kl
 
 from .devices import SINGLE, World, fast_bf16_everywhere
-from .models.distributions import held
 from .noise import ExampleStreams, seeded
 
 log = logging.getLogger(__name__)
@@ -97,7 +96,7 @@ def elbo(model, x: Tensor, k: int = 1, beta: float | Tensor = 1.0, y: Tensor | N
     log_px_z = model.decode(z, y).log_prob(x)  # (k, B)
     recon = log_px_z.mean(0)  # (B,)
     if iwae:
-        log_pq = prior.log_prob(z) - (held(q) if dreg else q).log_prob(z)  # (k, B)
+        log_pq = prior.log_prob(z) - (_held(q) if dreg else q).log_prob(z)  # (k, B)
         kl = kl_divergence(q, prior, z, log_qp=-log_pq)  # (its value: q held or not)
         log_w = log_px_z + log_pq
         if dreg and z.requires_grad:  # d/dz of sum w~ log w, times w~ once more
@@ -114,6 +113,14 @@ def elbo(model, x: Tensor, k: int = 1, beta: float | Tensor = 1.0, y: Tensor | N
         kl = kl_divergence(q, prior, z)  # (B,)
         loss = -(recon.mean() - beta * _kl_term(q, prior, kl, free_bits))
     return loss, Terms(recon - kl, recon, kl)
+
+
+def _held(q: Independent) -> Independent:
+    """q(z|x) (a diagonal Gaussian) with its parameters held fixed: the same density of z,
+    no gradient to the encoder through it (the score term that DReG drops)."""
+    base = q.base_dist
+    return Independent(Normal(base.loc.detach(), base.scale.detach(), validate_args=False),
+                       q.reinterpreted_batch_ndims, validate_args=False)
 
 
 def _kl_term(q: Distribution, prior: Distribution, kl: Tensor, free_bits: float) -> Tensor:

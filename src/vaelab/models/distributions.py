@@ -51,13 +51,6 @@ def independent_normal(loc: Tensor, scale: Tensor, event_dims: int = 1) -> Indep
                        validate_args=False)
 
 
-def held(q: Independent) -> Independent:
-    """q(z|x) with its parameters held fixed: the same density of z, no gradient to the
-    encoder through it (the score term that doubly reparameterized gradients replace)."""
-    return independent_normal(q.base_dist.loc.detach(), q.base_dist.scale.detach(),
-                              q.reinterpreted_batch_ndims)
-
-
 def widened(*tensors: Tensor) -> torch.dtype:
     """The dtype of ``tensors`` computed together, at least float32 (a net's outputs under
     bfloat16 autocast are widened before their densities are)."""
