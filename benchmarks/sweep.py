@@ -49,6 +49,10 @@ def name(setting: dict[str, str], seed: int) -> str:
     return "__".join(parts or ["base"]) + f"__seed={seed}"
 
 
+def label(setting: dict[str, str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in setting.items()) or "base"
+
+
 def flags(setting: dict[str, str]) -> list[str]:
     return [x for k, v in setting.items() for x in (f"--{k.replace('_', '-')}", v)]
 
@@ -70,19 +74,14 @@ def resolved(base: list[str], setting: dict[str, str]):
 def distinct(base: list[str], todo: list[dict[str, str]]) -> list[dict[str, str]]:
     """The settings less those whose configuration is one already listed (the base's, or
     an earlier setting's), each dropped one said so."""
-    seen: dict = {}
-    out = []
+    seen: dict = {}  # configuration -> the first setting that comes to it
     for setting in todo:
-        cfg = resolved(base, setting)
-        same = next((s for c, s in seen.items() if c == cfg), None)
-        if same is not None:
-            label = ", ".join(f"{k}={v}" for k, v in same.items()) or "the base"
-            print(f"{', '.join(f'{k}={v}' for k, v in setting.items())}: the same "
-                  f"configuration as {label}; not trained twice", file=sys.stderr)
-            continue
-        seen[cfg] = setting
-        out.append(setting)
-    return out
+        same = seen.setdefault(resolved(base, setting), setting)
+        if same is not setting:
+            print(f"{label(setting)}: the same configuration as "
+                  f"{'the base' if not same else label(same)}; not trained twice",
+                  file=sys.stderr)
+    return list(seen.values())
 
 
 def run(out: Path, base: list[str], setting: dict[str, str], seed: int, threads: int,
@@ -167,8 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         dirs = list(pool.map(lambda t: run(args.out, base, t[0], t[1], threads, k), todo))
     results: dict[str, list[dict]] = {}
     for (setting, _), d in zip(todo, dirs):
-        label = ", ".join(f"{k}={v}" for k, v in setting.items()) or "base"
-        results.setdefault(label, []).append(summary(d, k))
+        results.setdefault(label(setting), []).append(summary(d, k))
     print(f"base: vaelab train {args.base}; seeds {args.seeds}; {threads} thread(s) per run, "
           f"{args.jobs} at once\n")
     nll = f"validation NLL, k = {k} (mean) | ± (sd) | " if k else ""
@@ -180,14 +178,14 @@ def main(argv: list[str] | None = None) -> None:
         return statistics.mean(r["val_nll"] for r in kv[1]) if k else \
             -statistics.mean(r["val_elbo"] for r in kv[1])
 
-    for label, rs in sorted(results.items(), key=order):
+    for row, rs in sorted(results.items(), key=order):
         v = [r["val_elbo"] for r in rs]
         sd = statistics.stdev(v) if len(v) > 1 else float("nan")
         if k:
             n = [r["val_nll"] for r in rs]
-            label += f" | {statistics.mean(n):.2f} | " + \
+            row += f" | {statistics.mean(n):.2f} | " + \
                 (f"{statistics.stdev(n):.2f}" if len(n) > 1 else "nan")
-        print(f"| {label} | {statistics.mean(v):.2f} | {sd:.2f} | "
+        print(f"| {row} | {statistics.mean(v):.2f} | {sd:.2f} | "
               f"{statistics.mean(r['epoch'] for r in rs):.0f} | "
               f"{statistics.mean(r['minutes'] for r in rs):.2f} | "
               f"{statistics.mean(r['s_per_epoch'] for r in rs):.2f} |")
