@@ -15,6 +15,7 @@ import argparse
 import torch
 
 from vaelab.data.splits import load_data
+from vaelab.errors import USER_ERRORS
 from vaelab.objectives import elbo
 from vaelab.runs.rundir import load_run
 
@@ -39,9 +40,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--draws", type=int, default=200)
     p.add_argument("--batch", type=int, default=64, help="validation images in the batch")
     args = p.parse_args(argv)
-    model, cfg = load_run(args.run)
+    try:
+        model, cfg = load_run(args.run)
+        x = load_data(cfg.data, "cpu").val.batch(slice(0, args.batch))
+    except USER_ERRORS as e:
+        p.error(str(e))
+    if model.layers > 1:
+        p.error(f"{args.run} is a hierarchy: the doubly reparameterized gradient needs one "
+                "stochastic layer")
     model.train(False)
-    x = load_data(cfg.data, "cpu").val.batch(slice(0, args.batch))
     print(f"{args.run}: {args.batch} validation images, {args.draws} draws each\n")
     print("| k | median SNR, plain | median SNR, dreg | variance, dreg / plain |")
     print("|---:|---:|---:|---:|")
